@@ -1,0 +1,96 @@
+"""The configuration of a run: every hyper-parameter of every stage, with the paper's defaults.
+
+``experiments/train.py`` maps absl flags one-to-one onto these fields (same names), so
+``--epochs=40`` sets ``Config.epochs``.  Library code receives a ``Config``; it never reads flags.
+Defaults are the paper's (IV-B) where the paper gives a value, the authors' code where it is silent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass
+class Config:
+  """All settings of ``camera_jax.pipeline.train_and_evaluate``."""
+
+  # Data.
+  data_dir: str = ""                 # a format-v1 directory; empty: generate a synthetic preset
+  preset: str = "tiny"               # synthetic preset when data_dir is empty: tiny|small|paper
+  image_size: int = 64               # side of the images fed to both CNNs (paper: 224)
+  seed: int = 0                      # one seed for everything (split, init, data order, negatives)
+  check_images: bool = True          # the validator decodes every image
+
+  # Word2Vec (gensim).
+  w2v_dim: int = 100
+  w2v_epochs: int = 10
+
+  # CNN layout shared by the concept generator and COSMIC (the authors' 5-layer CNN).
+  cnn_channels: tuple[int, ...] = (32, 64, 64, 128, 128)
+  cnn_pools: tuple[int, ...] = (3, 1, 2, 1, 2)
+  cnn_fc: int = 1024
+
+  # Concept generator (paper IV-D; authors: Adam 1e-3, 60 epochs, batch 32, 80/20 split).
+  use_gt_concepts: bool = False      # use posts' ground-truth `concepts` as h instead of predicting
+  cg_epochs: int = 60
+  cg_batch_size: int = 32
+  cg_learning_rate: float = 1e-3
+  cg_lr_decay: float = 1.0
+  cg_held_out: float = 0.2
+  cg_threshold: float = 0.5          # h_i = 1 when sigmoid(logit_i) >= threshold ...
+  cg_min_k: int = 1                  # ... and at least the top cg_min_k concepts ...
+  cg_max_k: int = 10                 # ... and at most the top cg_max_k concepts (paper: ~10 per post)
+  augment: bool = True
+
+  # COSMIC (paper III-B; authors: batch 32, 25 epochs, Adam 1e-3, L1 0.001).
+  d_u: int = 100
+  cosmic_epochs: int = 25
+  cosmic_batch_size: int = 32
+  cosmic_learning_rate: float = 1e-3
+  cosmic_lr_decay: float = 1.0
+  cosmic_l1: float = 0.0
+  zprime_mode: str = "masked"        # masked | faithful (see docs/deviations.md)
+  semantic: bool = True              # False: the C-w/o-SI ablation (z' = normalised h)
+  cosmic_logit_scale: str = "inner"  # inner (paper eq. 3) | mean (authors)
+
+  # Ranker (paper III-C, III-D, IV-B).
+  epochs: int = 40
+  batch_size: int = 8
+  learning_rate: float = 1e-3
+  lr_decay: float = 0.95
+  dropout: float = 0.6
+  margin: float = 7.0
+  temperature: float = 1.0
+  init_scale: float = 0.1
+  l1: float = 1e-3
+  top_k: int = 10
+  psi_features: tuple[int, ...] = (1024, 512)
+  gamma_features: tuple[int, ...] = (1024, 1024, 512)
+  d_score: int = 64
+  attention_scale: str = "inner"     # inner (paper eq. 7) | mean (authors)
+  num_negatives: int = 1             # sampled negatives per positive (paper: 1)
+  loss: str = "triplet"              # a name of camera_jax.losses.REGISTRY
+  endorsement: str = "mean"          # mean: leak-free E(p~) estimate | observed: paper form (training only)
+  use_interaction: bool = True       # False: the C-w/o-MR ablation (S = S_con)
+  eval_chunk: int = 8192             # pairs scored per jitted call
+
+  # Evaluation.
+  baselines: tuple[str, ...] = ("RAND", "POP", "ENG", "MIV", "CONTENT")
+  report: bool = True
+
+  # Multi-process (jax.distributed).
+  coordinator_address: str = ""
+  num_processes: int = 1
+  process_id: int = 0
+
+  def replace(self, **changes: Any) -> "Config":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def fields() -> list[dataclasses.Field]:
+  """The dataclass fields (used by experiments/train.py to define one flag per field)."""
+  return list(dataclasses.fields(Config))

@@ -1,0 +1,259 @@
+"""Concept-based radar charts (paper section III-E, Fig. 4).
+
+Two kinds of chart explain a recommendation:
+
+* the *historical-activities* chart of an account: its top-``K`` concepts of
+  the historical concept distribution ``w_a`` (eq. 5), drawn with the raw
+  ``w_a`` values (probabilities over all ``n`` concepts, so they sum to at most
+  1 over the shown concepts);
+* the *marketing-direction* charts of a brand/influencer pair: the brand's
+  ``w_b`` over the brand's top-10 concepts and the influencer's ``w_m`` over the
+  influencer's top-10 concepts (eq. 7, softmax over those 10 concepts, so each
+  chart sums to 1).
+
+Scales: a chart's radial axis runs from 0 to ``max_value``.  When
+``max_value`` is ``None`` it is the chart's own largest weight rounded up to a
+"nice" number (1, 2, 2.5 or 5 times a power of ten).  Charts that are meant to
+be compared side by side (the two charts of :func:`pair_charts`, or all
+charts of one case study in the HTML report) are drawn with one shared
+``max_value`` (:func:`shared_max`) so that equal radii mean equal weights.
+Historical (``w_a``) and marketing-direction (``w_b``/``w_m``) charts live on
+different scales (probabilities over ``n`` concepts vs. over 10) and are
+therefore never forced onto the same scale.
+
+Everything uses :class:`matplotlib.figure.Figure` with the Agg canvas directly:
+no pyplot, no global figure registry, nothing to close.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import textwrap
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = [
+    "radar_chart",
+    "save_figure",
+    "account_chart",
+    "pair_charts",
+    "account_concepts",
+    "pair_concepts",
+    "shared_max",
+    "nice_max",
+    "concept_label",
+]
+
+_FILL = {"history": "#1f77b4", "brand": "#d62728", "influencer": "#2ca02c"}
+
+
+def concept_label(name: str, width: int = 14) -> str:
+    """Readable label of a concept name: ``'ready_to_eat'`` -> ``'ready to eat'``, wrapped."""
+    text = str(name).replace("_", " ").strip()
+    return "\n".join(textwrap.wrap(text, width=width, break_long_words=True)) or text
+
+
+def nice_max(value: float) -> float:
+    """Smallest "nice" number (1, 2, 2.5, 5 x 10^k) that is >= ``value``; 1.0 for non-positive."""
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        return 1.0
+    exp = math.floor(math.log10(value))
+    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
+        cand = m * 10.0**exp
+        if cand >= value * (1 - 1e-9):
+            return cand
+    return 10.0 ** (exp + 1)  # pragma: no cover
+
+
+def shared_max(*weight_lists: Sequence[float]) -> float:
+    """One nice radial maximum covering all given weight lists (for side-by-side charts)."""
+    vals = [float(np.max(np.asarray(w, dtype=np.float64))) for w in weight_lists if len(w)]
+    return nice_max(max(vals) if vals else 0.0)
+
+
+def radar_chart(
+    names: Sequence[str],
+    weights: Sequence[float],
+    *,
+    title: str,
+    max_value: float | None = None,
+    ax: Any = None,
+    color: str = _FILL["history"],
+) -> Figure:
+    """Draws one radar chart of concept ``weights`` and returns its figure.
+
+    Args:
+      names: concept names, one spoke each (``'_'`` is shown as a space, long
+        names are wrapped).
+      weights: one non-negative weight per name.
+      title: chart title.
+      max_value: radial maximum; ``None`` -> :func:`nice_max` of the largest
+        weight.  Pass the same value to charts that are compared.
+      ax: an existing *polar* axes to draw into (its figure is returned);
+        ``None`` creates a new 4.2 x 4.2 inch figure.
+      color: line/fill colour.
+
+    Returns:
+      The :class:`~matplotlib.figure.Figure` holding the chart.
+    """
+    names = [str(n) for n in names]
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(names) != w.shape[0]:
+        raise ValueError(f"radar_chart: {len(names)} names but {w.shape[0]} weights")
+    if len(names) == 0:
+        raise ValueError("radar_chart: no concepts to draw")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("radar_chart: weights must be finite")
+    vmax = nice_max(float(w.max()) if max_value is None else float(max_value))
+
+    if ax is None:
+        fig = Figure(figsize=(4.2, 4.2), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(projection="polar")
+    else:
+        fig = ax.figure
+        if getattr(ax, "name", "") != "polar":
+            raise ValueError("radar_chart: ax must be a polar axes (projection='polar')")
+
+    k = len(names)
+    angles = np.linspace(0.0, 2.0 * np.pi, k, endpoint=False)
+    closed_a = np.concatenate([angles, angles[:1]])
+    closed_w = np.concatenate([np.clip(w, 0.0, vmax), np.clip(w[:1], 0.0, vmax)])
+    ax.set_theta_offset(np.pi / 2)  # first concept at the top
+    ax.set_theta_direction(-1)  # clockwise, like a clock face
+    ax.plot(closed_a, closed_w, color=color, linewidth=1.8)
+    ax.fill(closed_a, closed_w, color=color, alpha=0.25)
+    ax.scatter(angles, np.clip(w, 0.0, vmax), color=color, s=10, zorder=3)
+    ax.set_ylim(0.0, vmax)
+    ticks = [vmax * f for f in (0.25, 0.5, 0.75, 1.0)]
+    ax.set_yticks(ticks)
+    ax.set_yticklabels([_fmt_tick(t) for t in ticks], fontsize=6, color="#666666")
+    ax.set_rlabel_position(180.0 / k)
+    ax.set_xticks(angles)
+    ax.set_xticklabels([concept_label(n) for n in names], fontsize=7)
+    ax.tick_params(axis="x", pad=6)
+    ax.grid(True, color="#cccccc", linewidth=0.6)
+    ax.spines["polar"].set_color("#999999")
+    ax.set_title(title, fontsize=9, pad=18)
+    fig.tight_layout()
+    return fig
+
+
+def _fmt_tick(v: float) -> str:
+    if v == 0:
+        return "0"
+    if v >= 0.1:
+        return f"{v:.2f}".rstrip("0").rstrip(".")
+    return f"{v:.2g}"
+
+
+def save_figure(fig: Figure, path_stem: str | pathlib.Path, *, dpi: int = 120) -> list[pathlib.Path]:
+    """Writes ``fig`` as ``<path_stem>.png`` and ``<path_stem>.svg``; returns both paths.
+
+    Parent folders are created.  The SVG embeds its glyphs as paths (no fonts
+    needed) and carries no date, so identical figures give identical files.
+    """
+    stem = pathlib.Path(path_stem)
+    if stem.suffix.lower() in (".png", ".svg"):
+        stem = stem.with_suffix("")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    if fig.canvas is None or not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    png = stem.with_name(stem.name + ".png")
+    svg = stem.with_name(stem.name + ".svg")
+    fig.savefig(png, format="png", dpi=dpi, metadata={"Software": None})
+    fig.savefig(svg, format="svg", metadata={"Date": None})
+    return [png, svg]
+
+
+def _row(run: Any, account_id: str) -> int:
+    index = run.account_index
+    if account_id not in index:
+        import difflib
+
+        close = difflib.get_close_matches(str(account_id), list(index), n=5, cutoff=0.0)
+        raise KeyError(f"unknown account {account_id!r}; closest known ids: {', '.join(close)}")
+    return int(index[account_id])
+
+
+def account_concepts(run: Any, account_id: str, top: int = 10) -> tuple[list[str], np.ndarray]:
+    """Top-``top`` concepts of an account by ``w_a`` (descending) and their ``w_a`` weights."""
+    w_a = np.asarray(run.w_a[_row(run, account_id)], dtype=np.float64)
+    top = max(1, min(int(top), w_a.shape[0]))
+    idx = np.argsort(-w_a, kind="stable")[:top]
+    return [run.concepts[i] for i in idx], w_a[idx]
+
+
+def account_chart(
+    run: Any, account_id: str, top: int = 10, *, max_value: float | None = None, title: str | None = None
+) -> Figure:
+    """Historical-activities radar chart of ``account_id``: its top concepts of ``w_a``."""
+    names, weights = account_concepts(run, account_id, top)
+    return radar_chart(
+        names,
+        weights,
+        title=title or f"{account_id}\nhistorical activities (w_a)",
+        max_value=max_value,
+        color=_FILL["history"],
+    )
+
+
+def pair_concepts(run: Any, brand_id: str, influencer_id: str) -> dict[str, Any]:
+    """Marketing-direction weights of one pair via ``run.score``.
+
+    Returns a dict with ``brand_names``, ``w_b`` (over the brand's top-K
+    concepts, in ``run.top_idx`` order), ``influencer_names``, ``w_m`` and the
+    pair's scores ``S``, ``S_con``, ``S_ed``, ``S_in`` as floats.
+    """
+    b = _row(run, brand_id)
+    m = _row(run, influencer_id)
+    out = run.score(np.asarray([b], dtype=np.int64), np.asarray([m], dtype=np.int64))
+    top_idx = np.asarray(run.top_idx)
+    return {
+        "brand_names": [run.concepts[int(i)] for i in top_idx[b]],
+        "w_b": np.asarray(out["w_b"], dtype=np.float64)[0],
+        "influencer_names": [run.concepts[int(i)] for i in top_idx[m]],
+        "w_m": np.asarray(out["w_m"], dtype=np.float64)[0],
+        **{k: float(np.asarray(out[k]).reshape(-1)[0]) for k in ("S", "S_con", "S_ed", "S_in")},
+    }
+
+
+def pair_charts(
+    run: Any,
+    brand_id: str,
+    influencer_id: str,
+    *,
+    max_value: float | None = None,
+    pair: dict[str, Any] | None = None,
+) -> tuple[Figure, Figure]:
+    """Marketing-direction charts of a pair (paper Fig. 4): ``(brand w_b chart, influencer w_m chart)``.
+
+    The brand chart spans the brand's top-10 concepts weighted by ``w_b``; the
+    influencer chart spans the influencer's top-10 weighted by ``w_m``.  Both
+    share one radial maximum (``max_value`` or :func:`shared_max` of both).
+    ``pair`` may pass a precomputed :func:`pair_concepts` result.
+    """
+    p = pair if pair is not None else pair_concepts(run, brand_id, influencer_id)
+    vmax = max_value if max_value is not None else shared_max(p["w_b"], p["w_m"])
+    order_b = np.argsort(-p["w_b"], kind="stable")
+    order_m = np.argsort(-p["w_m"], kind="stable")
+    fb = radar_chart(
+        [p["brand_names"][i] for i in order_b],
+        p["w_b"][order_b],
+        title=f"{brand_id} \u2192 {influencer_id}\nbrand marketing direction (w_b)",
+        max_value=vmax,
+        color=_FILL["brand"],
+    )
+    fm = radar_chart(
+        [p["influencer_names"][i] for i in order_m],
+        p["w_m"][order_m],
+        title=f"{influencer_id} \u2190 {brand_id}\ninfluencer marketing direction (w_m)",
+        max_value=vmax,
+        color=_FILL["influencer"],
+    )
+    return fb, fm

@@ -1,0 +1,400 @@
+"""Ranked micro-influencer recommendations for a brand, with their explanation (eq. 18).
+
+:func:`recommend` scores a brand of a finished run against candidate
+influencers with ``run.score`` and returns one row per recommended influencer:
+its rank, the four scores and the interpretability parameters ``Exp`` (the
+brand's ``w_b`` and the influencer's ``w_m`` over their top-10 concepts).
+:func:`recommend_new_brand` does the same for a brand the model has never
+seen, from a folder of its posts.
+
+Row schema (``SCHEMA_VERSION`` = 1; keys are stable, new keys may be added in
+a later version, existing ones keep their meaning)::
+
+    {
+      "rank": int,                 # 1-based, by S descending (ties: influencer id)
+      "brand": str,                # the brand id
+      "influencer": str,           # the influencer id
+      "category": str,             # the influencer's category ("" if unknown)
+      "S": float,                  # ranking score S = S_con * S_ed * S_in (eq. 18)
+      "S_con": float,              # content score (eq. 17)
+      "S_ed": float,               # endorsement effect score (eq. 11)
+      "S_in": float,               # influence score (eq. 14)
+      "known_partner": bool,       # the dataset has a cooperation of this pair
+      "brand_concepts": [          # the brand's top-10 concepts, by w_b descending
+        {"concept": str, "weight": float,      # w_b (marketing direction, eq. 7)
+         "history": float}, ...                # the brand's w_a of that concept (eq. 5)
+      ],
+      "influencer_concepts": [     # the influencer's top-10 concepts, by w_m descending
+        {"concept": str, "weight": float, "history": float}, ...
+      ]
+    }
+
+:func:`to_json` wraps the rows as ``{"schema_version": 1, "brand": ...,
+<extra metadata>, "results": [rows]}``; :func:`to_csv` flattens the concept
+lists into ``name:weight`` pairs joined by ``;``; :func:`format_table` prints
+a fixed-width text table.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import math
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "UnknownNameError",
+    "recommend",
+    "recommend_new_brand",
+    "read_brand_dir",
+    "format_table",
+    "to_json",
+    "to_csv",
+]
+
+SCHEMA_VERSION = 1
+
+_BRAND = "brand"
+_INFLUENCER = "influencer"
+_CSV_COLUMNS = (
+    "rank", "brand", "influencer", "category", "S", "S_con", "S_ed", "S_in", "known_partner",
+    "brand_concepts", "influencer_concepts",
+)  # fmt: skip
+
+
+class UnknownNameError(LookupError):
+    """An id that the run does not know; the message is one line naming the closest known ids.
+
+    Attributes:
+      name: the unknown id.
+      closest: up to 5 closest known ids (difflib).
+    """
+
+    def __init__(self, what: str, name: str, known: Sequence[str], note: str = ""):
+        self.name = name
+        self.closest = difflib.get_close_matches(str(name), list(known), n=5, cutoff=0.0)
+        msg = f"unknown {what} {name!r}{note}"
+        msg += f"; closest known ids: {', '.join(self.closest)}" if self.closest else "; none known"
+        super().__init__(msg)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _accounts(run: Any) -> dict[str, Any]:
+    return {a.id: a for a in run.dataset.accounts}
+
+
+def _brand_ids(run: Any, accounts: Mapping[str, Any]) -> list[str]:
+    """Brands the run can score: dataset brands plus accounts added after loading."""
+    return [i for i in run.account_index if i not in accounts or accounts[i].kind == _BRAND]
+
+
+def _default_candidates(run: Any, accounts: Mapping[str, Any]) -> list[str]:
+    cands = list(getattr(run.dataset.split, "candidates", ()) or ())
+    if not cands:
+        cands = [a.id for a in run.dataset.accounts if a.kind == _INFLUENCER]
+    return [c for c in cands if c in run.account_index]
+
+
+def _concept_list(run: Any, row: int, weights: np.ndarray) -> list[dict[str, Any]]:
+    idx = np.asarray(run.top_idx[row]).reshape(-1)
+    hist = np.asarray(run.top_w[row], dtype=np.float64).reshape(-1)
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+    order = sorted(range(len(idx)), key=lambda j: (-weights[j], run.concepts[int(idx[j])]))
+    return [
+        {"concept": str(run.concepts[int(idx[j])]), "weight": float(weights[j]), "history": float(hist[j])}
+        for j in order
+    ]
+
+
+def recommend(
+    run: Any, brand_id: str, top_k: int = 10, candidates: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Top-``top_k`` influencers for ``brand_id`` with scores and explanation (schema: module doc).
+
+    Args:
+      run: a :class:`camera_jax.run.Run` (``dataset``, ``concepts``,
+        ``account_index``, ``top_idx``, ``top_w``, ``score``).
+      brand_id: a brand of the run's dataset or one added with ``run.add_account``.
+      top_k: number of rows (all candidates when <= 0 or larger than their number).
+      candidates: influencer ids to rank; default: the dataset split's
+        candidates, or every influencer when the split names none.
+
+    Raises:
+      UnknownNameError: unknown brand id (or an influencer id given as brand),
+        or an unknown candidate id.
+    """
+    accounts = _accounts(run)
+    brands = _brand_ids(run, accounts)
+    if brand_id not in run.account_index:
+        raise UnknownNameError("brand", brand_id, brands)
+    if brand_id in accounts and accounts[brand_id].kind != _BRAND:
+        raise UnknownNameError("brand", brand_id, brands, note=f" (it is a {accounts[brand_id].kind})")
+    if candidates is None:
+        cands = _default_candidates(run, accounts)
+    else:
+        cands = [str(c) for c in candidates]
+        influencers = [a.id for a in run.dataset.accounts if a.kind == _INFLUENCER]
+        for c in cands:
+            if c not in run.account_index:
+                raise UnknownNameError("influencer", c, influencers)
+    cands = [c for c in dict.fromkeys(cands) if c != brand_id]
+    if not cands:
+        return []
+    b = int(run.account_index[brand_id])
+    m_rows = np.asarray([run.account_index[c] for c in cands], dtype=np.int64)
+    out = run.score(np.full(len(cands), b, dtype=np.int64), m_rows)
+    out = {k: np.asarray(v) for k, v in out.items()}
+    s = out["S"].astype(np.float64).reshape(-1)
+    order = sorted(range(len(cands)), key=lambda j: (-s[j], cands[j]))
+    if top_k and top_k > 0:
+        order = order[: int(top_k)]
+    positives = {(c.brand, c.influencer) for c in run.dataset.cooperations}
+    rows = []
+    for rank, j in enumerate(order, start=1):
+        m = cands[j]
+        acc = accounts.get(m)
+        rows.append(
+            {
+                "rank": rank,
+                "brand": brand_id,
+                "influencer": m,
+                "category": acc.category if acc is not None else "",
+                **{k: float(out[k].reshape(-1)[j]) for k in ("S", "S_con", "S_ed", "S_in")},
+                "known_partner": (brand_id, m) in positives,
+                "brand_concepts": _concept_list(run, b, out["w_b"][j]),
+                "influencer_concepts": _concept_list(run, int(m_rows[j]), out["w_m"][j]),
+            }
+        )
+    return rows
+
+
+def _dataset_error(errors: list[str]) -> Exception:
+    from camera_jax.data.format import DatasetError
+
+    return DatasetError(errors)
+
+
+def _nonneg_int(obj: Mapping[str, Any], key: str, where: str, errors: list[str]) -> int:
+    v = obj.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        errors.append(f'{where}: field "{key}" must be a non-negative integer, got {v!r}')
+        return 0
+    if v < 0:
+        errors.append(f'{where}: field "{key}" must be a non-negative integer, got {v!r}')
+        return 0
+    return int(v)
+
+
+def read_brand_dir(brand_dir: str | pathlib.Path) -> tuple[dict[str, Any], list[Any]]:
+    """Reads a new brand's folder: ``(account, posts)``.
+
+    The folder holds ``posts.jsonl`` (format v1 post lines: ``id``, ``image``
+    relative to the folder, ``caption``, ``likes``, ``comments``, optional
+    ``account``) and its images, and optionally ``account.json`` with ``id``,
+    ``followers`` and ``category``.  The brand id is ``account.json``'s ``id``,
+    else the posts' common ``account``, else the folder name.
+
+    Returns:
+      ``account`` dict (``id``, ``followers`` or ``None``, ``category``) and a
+      list of :class:`camera_jax.data.format.Post` with ``account`` set to the id.
+
+    Raises:
+      FileNotFoundError: the folder or its ``posts.jsonl`` is missing.
+      DatasetError: malformed files (lines ``FILE:LINE: message``) or no posts.
+    """
+    from camera_jax.data.format import Post
+
+    root = pathlib.Path(brand_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"brand folder {str(root)!r} does not exist")
+    posts_file = root / "posts.jsonl"
+    if not posts_file.is_file():
+        raise FileNotFoundError(f"{str(posts_file)!r} does not exist (a new brand needs posts.jsonl)")
+    errors: list[str] = []
+    account: dict[str, Any] = {"id": None, "followers": None, "category": ""}
+    acc_file = root / "account.json"
+    if acc_file.is_file():
+        try:
+            obj = json.loads(acc_file.read_text(encoding="utf-8-sig"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            line = getattr(e, "lineno", 0)
+            errors.append(f"account.json:{line}: malformed JSON ({e})")
+            obj = {}
+        if not isinstance(obj, dict):
+            errors.append("account.json:1: expected a JSON object")
+            obj = {}
+        if "id" in obj:
+            if not isinstance(obj["id"], str) or not obj["id"].strip():
+                errors.append('account.json:1: field "id" must be a non-empty string')
+            else:
+                account["id"] = obj["id"].strip()
+        if "followers" in obj:
+            account["followers"] = _nonneg_int(obj, "followers", "account.json:1", errors)
+        if "category" in obj:
+            account["category"] = str(obj["category"])
+    raw_posts: list[tuple[int, dict[str, Any]]] = []
+    with posts_file.open("r", encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                errors.append(f"posts.jsonl:{lineno}: malformed JSON ({e.msg})")
+                continue
+            if not isinstance(obj, dict):
+                errors.append(f"posts.jsonl:{lineno}: expected a JSON object")
+                continue
+            raw_posts.append((lineno, obj))
+    owners = {o.get("account") for _, o in raw_posts if isinstance(o.get("account"), str)}
+    if account["id"] is None:
+        account["id"] = owners.pop() if len(owners) == 1 else root.resolve().name
+    seen: set[str] = set()
+    posts = []
+    for lineno, obj in raw_posts:
+        where = f"posts.jsonl:{lineno}"
+        pid = obj.get("id")
+        if not isinstance(pid, str) or not pid:
+            errors.append(f'{where}: field "id" must be a non-empty string')
+            continue
+        if pid in seen:
+            errors.append(f'{where}: duplicate post id {pid!r}')
+            continue
+        seen.add(pid)
+        image = obj.get("image")
+        if not isinstance(image, str) or not image:
+            errors.append(f'{where}: field "image" must be a non-empty string')
+            continue
+        rel = pathlib.PurePosixPath(image)
+        if rel.is_absolute() or ".." in rel.parts:
+            errors.append(f'{where}: field "image": path {image!r} must stay inside the brand folder')
+            continue
+        if not (root / image).is_file():
+            errors.append(f'{where}: field "image": file {image!r} does not exist')
+            continue
+        caption = obj.get("caption", "")
+        if not isinstance(caption, str):
+            errors.append(f'{where}: field "caption" must be a string')
+            continue
+        likes = _nonneg_int(obj, "likes", where, errors)
+        comments = _nonneg_int(obj, "comments", where, errors)
+        posts.append(Post(id=pid, account=account["id"], image=image, caption=caption, likes=likes, comments=comments))
+    if not errors and not posts:
+        errors.append("posts.jsonl:0: no posts (a new brand needs at least one post)")
+    if errors:
+        raise _dataset_error(errors)
+    return account, posts
+
+
+def recommend_new_brand(
+    run: Any,
+    brand_dir: str | pathlib.Path,
+    top_k: int = 10,
+    candidates: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Recommendations for a brand the model has never seen (see :func:`read_brand_dir`).
+
+    The brand's posts go through the trained concept layer
+    (``run.represent_posts(posts, root, followers=...)``: ``w_a``, top-10
+    concepts, mean engagement rate with ``account.json``'s ``followers``, or
+    the run's median follower count when absent), the brand is appended with
+    ``run.add_account(id, repr, category=...)`` and then ranked like a known
+    brand by :func:`recommend`.
+
+    Raises:
+      FileNotFoundError, DatasetError: see :func:`read_brand_dir`.
+      ValueError: the brand id already belongs to an account of the run.
+    """
+    account, posts = read_brand_dir(brand_dir)
+    brand_id = account["id"]
+    if brand_id in run.account_index:
+        raise ValueError(
+            f"brand id {brand_id!r} already exists in the run; use --brand={brand_id} or set another"
+            " id in account.json"
+        )
+    root = pathlib.Path(brand_dir)
+    if account["followers"] is not None:
+        rep = dict(run.represent_posts(posts, root, followers=account["followers"]))
+        rep["followers"] = account["followers"]
+    else:
+        rep = run.represent_posts(posts, root)
+    if account["category"]:
+        run.add_account(brand_id, rep, category=account["category"])
+    else:
+        run.add_account(brand_id, rep)
+    return recommend(run, brand_id, top_k=top_k, candidates=candidates)
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.4f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def _concepts_short(items: Sequence[Mapping[str, Any]], n: int = 3) -> str:
+    return ", ".join(f"{c['concept']} ({c['weight']:.2f})" for c in items[:n])
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], n_concepts: int = 3) -> str:
+    """Fixed-width text table: rank, influencer, category, scores and the top concepts of w_b / w_m."""
+    header = ["rank", "influencer", "category", "S", "S_con", "S_ed", "S_in", "partner",
+              "brand concepts (w_b)", "influencer concepts (w_m)"]  # fmt: skip
+    body = [
+        [
+            str(r["rank"]), str(r["influencer"]), str(r.get("category", "")),
+            _fmt(r["S"]), _fmt(r["S_con"]), _fmt(r["S_ed"]), _fmt(r["S_in"]),
+            "yes" if r.get("known_partner") else "",
+            _concepts_short(r["brand_concepts"], n_concepts),
+            _concepts_short(r["influencer_concepts"], n_concepts),
+        ]  # fmt: skip
+        for r in rows
+    ]
+    if not body:
+        return "(no candidates)"
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    numeric = {0, 3, 4, 5, 6}
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    out += [line(b) for b in body]
+    return "\n".join(out)
+
+
+def to_json(rows: Sequence[Mapping[str, Any]], *, indent: int | None = 2, **meta: Any) -> str:
+    """``{"schema_version": 1, "brand": ..., **meta, "results": rows}`` as JSON text.
+
+    ``brand`` defaults to the rows' brand (``None`` for no rows); ``meta``
+    adds keys such as ``brand_category`` or ``new_brand``.
+    """
+    doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "brand": rows[0]["brand"] if rows else None}
+    doc.update(meta)
+    doc["results"] = [dict(r) for r in rows]
+    return json.dumps(doc, indent=indent, ensure_ascii=False)
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV text with a header; concept lists as ``name:weight`` joined by ``;`` (w_b / w_m order)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(_CSV_COLUMNS)
+    for r in rows:
+        w.writerow(
+            [
+                r["rank"], r["brand"], r["influencer"], r.get("category", ""),
+                repr(float(r["S"])), repr(float(r["S_con"])), repr(float(r["S_ed"])), repr(float(r["S_in"])),
+                int(bool(r.get("known_partner"))),
+                ";".join(f"{c['concept']}:{c['weight']:.6g}" for c in r["brand_concepts"]),
+                ";".join(f"{c['concept']}:{c['weight']:.6g}" for c in r["influencer_concepts"]),
+            ]  # fmt: skip
+        )
+    return buf.getvalue()

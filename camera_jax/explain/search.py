@@ -1,0 +1,449 @@
+"""Keyword-based micro-influencer search (paper section IV-H-3, Fig. 5) and its two baselines.
+
+CAMERA search
+-------------
+The paper "calculated the word similarity between the keywords and the social
+media concepts for each micro-influencer, and returned a weighted score for the
+matching".  Our exact formula, for keywords ``K`` and an influencer ``m`` with
+historical concept distribution ``w_a[m]`` (eq. 5):
+
+* ``T(m)`` = the ``top_concepts`` (default 10, as ``U_a`` in eq. 6) concepts
+  with the largest ``w_a[m]``;
+* ``v[m, c] = w_a[m, c] / sum_{c' in T(m)} w_a[m, c']`` for ``c`` in ``T(m)``
+  (the top weights renormalised to sum to 1, so accounts with peaky and flat
+  ``w_a`` are comparable), 0 elsewhere;
+* ``sim(k, c)`` = cosine between keyword ``k`` and concept ``c`` in the run's
+  Word2Vec space (:meth:`TextEmbedder.similarity`: the mean unit vector of the
+  keyword's tokens vs. the mean of the concept name's tokens), or a fallback
+  similarity below;
+* ``s(m) = 1/|K| * sum_{k in K} sum_{c in T(m)} v[m, c] * max(0, sim(k, c))``
+  (similarities below ``min_similarity``, default 0, count as 0).
+
+``s(m)`` lies in [0, 1]: it is the prominence-weighted mean similarity between
+the query and the influencer's main concepts; the mean over keywords rewards
+influencers that match *all* keywords.  Results are sorted by ``s`` (ties by
+id) and only influencers with ``s > 0`` are returned.
+
+Keywords outside the Word2Vec vocabulary (fallbacks, reported per keyword in
+each result's ``keywords`` entry as ``method``):
+
+1. ``"word2vec"`` -- at least one of the keyword's tokens has a word vector.
+2. ``"concept_string"`` -- otherwise, a keyword that equals a concept name
+   (similarity 1), or is a substring/prefix of a concept name or token, or
+   contains a concept token (``"watches"`` contains ``"watch"``; both at least
+   3 characters), matches that concept with similarity
+   ``difflib.SequenceMatcher(None, keyword, s).ratio()`` (best over the name
+   and its tokens).
+3. ``"closest_word"`` -- otherwise the keyword is mapped to the closest
+   Word2Vec vocabulary word by character similarity
+   (``difflib.get_close_matches(keyword, vocabulary, n=1, cutoff=0.6)``) and
+   that word's cosines are used (``word`` names it).
+4. ``"unmatched"`` -- nothing found; the keyword contributes 0.
+
+If the query as a whole scores 0 for every influencer (every keyword
+unmatched, or only negative cosines), every keyword falls back to
+``"string_similarity"``: ``sim(k, c)`` = the best difflib ratio between the
+keyword and the concept's name or tokens, so a multi-keyword query never comes
+back empty.  Only a query with no usable keyword (empty, or no letter/digit)
+or one sharing no character with any concept raises :class:`ValueError` with
+a one-line message naming the closest known words.
+
+Baselines (paper: "direct search results from Instagram" and "keywords matching
+with posts' text")
+--------------------------------------------------------------------------------
+* :func:`caption_keyword_search` -- an influencer's score is the number of its
+  posts whose caption (tokenised with :func:`camera_jax.data.text.tokenize`)
+  contains *every* keyword token; influencers with no such post are dropped,
+  so the result is empty when no single post has all keywords.
+* :func:`exact_match_search` -- the Instagram-search stand-in: an account
+  matches only if every keyword appears verbatim as a whole token of its
+  profile text (bio); ranked by the number of keyword occurrences.  Longer
+  queries quickly return nothing.
+
+:func:`search_precision` measures how often the top results' concepts include
+the queried ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from camera_jax.data.text import concept_tokens, tokenize
+
+__all__ = [
+    "KeywordMatch",
+    "resolve_keywords",
+    "keyword_search",
+    "caption_keyword_search",
+    "exact_match_search",
+    "search_precision",
+    "vocabulary_of",
+]
+
+_MIN_SUBSTRING = 3  # shortest keyword/token used for substring matching (fallback a)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeywordMatch:
+    """How one keyword was matched to the concepts.
+
+    Attributes:
+      keyword: the keyword as normalised (lowercase, tokens joined by ``_``).
+      method: ``word2vec`` | ``concept_string`` | ``closest_word`` |
+        ``unmatched`` | ``string_similarity`` (see the module docstring).
+      word: the vocabulary word used by ``closest_word`` (else ``None``).
+      similarity: float [n] similarity of the keyword to every concept.
+    """
+
+    keyword: str
+    method: str
+    word: str | None
+    similarity: np.ndarray
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly description (no similarity vector)."""
+        return {"keyword": self.keyword, "method": self.method, "word": self.word}
+
+
+def vocabulary_of(embedder: Any) -> list[str]:
+    """The Word2Vec vocabulary of an embedder (``embedder.vocabulary`` or ``embedder.kv.index_to_key``)."""
+    vocab = getattr(embedder, "vocabulary", None)
+    if vocab is None:
+        kv = getattr(embedder, "kv", None)
+        vocab = getattr(kv, "index_to_key", None) if kv is not None else None
+    return [str(w) for w in vocab] if vocab is not None else []
+
+
+def _closest_words(word: str, vocab: Sequence[str], concept_names: Sequence[str], n: int = 5) -> list[str]:
+    pool = list(dict.fromkeys(list(vocab) + [str(c) for c in concept_names]))
+    if not word:
+        return pool[:n]
+    return difflib.get_close_matches(word, pool, n=n, cutoff=0.0)
+
+
+def _normalise(keywords: Sequence[str] | str) -> list[tuple[str, str]]:
+    """(raw, normalised) pairs; normalised = tokens joined by '_'; raises on empty input."""
+    if isinstance(keywords, str):
+        keywords = [k for k in keywords.split(",")]
+    out = []
+    for raw in keywords:
+        toks = tokenize(str(raw).replace("_", " "))
+        out.append((str(raw), "_".join(toks)))
+    return out
+
+
+def _concept_strings(concept_names: Sequence[str]) -> list[list[str]]:
+    """Per concept: its name (lowercase, '_'-joined tokens) followed by its tokens."""
+    out = []
+    for name in concept_names:
+        toks = concept_tokens(str(name))
+        out.append(["_".join(toks)] + toks)
+    return out
+
+
+def _ratio(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b).ratio()
+
+
+def _concept_string_similarity(q: str, strings: list[list[str]]) -> np.ndarray:
+    """Fallback (a): exact name -> 1, substring/prefix either way -> difflib ratio, else 0."""
+    sims = np.zeros(len(strings), dtype=np.float64)
+    q_sp = q.replace("_", " ")
+    for i, (name, *toks) in enumerate(strings):
+        if q == name:
+            sims[i] = 1.0
+            continue
+        best = 0.0
+        for s in [name] + toks:
+            s_sp = s.replace("_", " ")
+            if len(q) >= _MIN_SUBSTRING and (q in s or q_sp in s_sp):
+                best = max(best, _ratio(q, s))
+            elif len(s) >= _MIN_SUBSTRING and s in toks and s in q:
+                best = max(best, _ratio(q, s))
+        sims[i] = best
+    return sims
+
+
+def _string_similarity(q: str, strings: list[list[str]]) -> np.ndarray:
+    """Final fallback: best difflib ratio between the keyword and the concept name or tokens."""
+    return np.asarray([max(_ratio(q, s) for s in strs) for strs in strings], dtype=np.float64)
+
+
+def resolve_keywords(
+    keywords: Sequence[str] | str,
+    *,
+    embedder: Any,
+    concept_names: Sequence[str],
+    cutoff: float = 0.6,
+) -> list[KeywordMatch]:
+    """Matches each keyword to the concepts (Word2Vec or a documented fallback).
+
+    Args:
+      keywords: keywords (a comma-separated string is split).
+      embedder: object with ``embed_words(words) -> (vectors, known)`` and
+        ``similarity(words, concept_names) -> [W, n]`` (a
+        :class:`camera_jax.data.text.TextEmbedder`).
+      concept_names: the concept vocabulary (row order of ``w_a``'s columns).
+      cutoff: difflib cutoff of the ``closest_word`` fallback.
+
+    Returns:
+      One :class:`KeywordMatch` per keyword, in order.
+
+    Raises:
+      ValueError: no keywords, or a keyword without any letter or digit.
+    """
+    pairs = _normalise(keywords)
+    vocab = vocabulary_of(embedder)
+    if not pairs:
+        raise ValueError(
+            "no keywords given; known words include: " + ", ".join(_closest_words("", vocab, concept_names))
+        )
+    for raw, q in pairs:
+        if not q:
+            raise ValueError(
+                f"keyword {raw!r} has no letter or digit; closest known words: "
+                + ", ".join(_closest_words(raw.strip().lower(), vocab, concept_names))
+            )
+    strings = _concept_strings(concept_names)
+    _, known = embedder.embed_words([q for _, q in pairs])
+    known = np.asarray(known, dtype=bool).reshape(-1)
+    w2v = [q for (_, q), k in zip(pairs, known) if k]
+    w2v_sims = (
+        np.asarray(embedder.similarity(w2v, list(concept_names)), dtype=np.float64) if w2v else None
+    )
+    out: list[KeywordMatch] = []
+    j = 0
+    for (_, q), is_known in zip(pairs, known):
+        if is_known:
+            out.append(KeywordMatch(q, "word2vec", None, w2v_sims[j]))
+            j += 1
+            continue
+        sims = _concept_string_similarity(q, strings)
+        if sims.max(initial=0.0) > 0:
+            out.append(KeywordMatch(q, "concept_string", None, sims))
+            continue
+        close = difflib.get_close_matches(q, vocab, n=1, cutoff=cutoff) if vocab else []
+        if close:
+            sims = np.asarray(embedder.similarity(close, list(concept_names)), dtype=np.float64)[0]
+            out.append(KeywordMatch(q, "closest_word", close[0], sims))
+            continue
+        out.append(KeywordMatch(q, "unmatched", None, np.zeros(len(concept_names))))
+    return out
+
+
+def _scores(sim: np.ndarray, v: np.ndarray, min_similarity: float) -> np.ndarray:
+    """s(m) = mean_k sum_c v[m, c] * clip(sim[k, c]); sim [K, n], v [I, n] -> [I]."""
+    s = np.where(sim >= min_similarity, np.maximum(sim, 0.0), 0.0)
+    return (v @ s.T).mean(axis=1)
+
+
+def keyword_search(
+    keywords: Sequence[str] | str,
+    *,
+    embedder: Any,
+    concept_names: Sequence[str],
+    w_a: np.ndarray,
+    influencer_ids: Sequence[str],
+    top_k: int = 3,
+    top_concepts: int = 10,
+    min_similarity: float = 0.0,
+    categories: Mapping[str, str] | None = None,
+    cutoff: float = 0.6,
+) -> list[dict[str, Any]]:
+    """Ranks influencers by the similarity of the keywords to their concepts (paper IV-H-3).
+
+    Args:
+      keywords: the query (a comma-separated string is split).
+      embedder: a :class:`camera_jax.data.text.TextEmbedder` (or duck type).
+      concept_names: concept vocabulary, length ``n``.
+      w_a: float [I, n] historical concept distributions of the influencers.
+      influencer_ids: ``I`` ids, row order of ``w_a``.
+      top_k: number of results.
+      top_concepts: size of each influencer's concept set ``T(m)``.
+      min_similarity: similarities below it count as 0 (default: clip at 0).
+      categories: optional id -> category, copied into the results.
+      cutoff: difflib cutoff of the ``closest_word`` fallback.
+
+    Returns:
+      Up to ``top_k`` dicts, best first: ``rank`` (1-based), ``influencer``,
+      ``score`` (``s(m)``), ``matched_concepts`` (list of ``(concept,
+      similarity, weight)``: the concepts of ``T(m)`` with a positive
+      similarity, similarity = max over keywords, weight = ``v[m, c]``, sorted
+      by contribution), ``top_concepts`` (names of ``T(m)``), ``keywords``
+      (per keyword: ``keyword``, ``method``, ``word``), ``fallback``
+      (``None`` or ``"string_similarity"``) and ``category`` when given.
+      Never empty for a valid query.
+
+    Raises:
+      ValueError: empty query, a keyword without letters/digits, or a query
+        sharing no character with any concept; the message is one line and
+        names the closest known words.
+    """
+    w_a = np.asarray(w_a, dtype=np.float64)
+    ids = [str(i) for i in influencer_ids]
+    if w_a.ndim != 2 or w_a.shape != (len(ids), len(concept_names)):
+        raise ValueError(
+            f"w_a must be [len(influencer_ids), len(concept_names)] = [{len(ids)}, {len(concept_names)}],"
+            f" got {list(w_a.shape)}"
+        )
+    if not ids:
+        raise ValueError("no influencers to search")
+    matches = resolve_keywords(keywords, embedder=embedder, concept_names=concept_names, cutoff=cutoff)
+
+    t = max(1, min(int(top_concepts), w_a.shape[1]))
+    top_idx = np.argsort(-w_a, axis=1, kind="stable")[:, :t]
+    v = np.zeros_like(w_a)
+    rows = np.arange(w_a.shape[0])[:, None]
+    top_w = np.maximum(w_a[rows, top_idx], 0.0)
+    denom = top_w.sum(axis=1, keepdims=True)
+    v[rows, top_idx] = np.divide(top_w, denom, out=np.full_like(top_w, 1.0 / t), where=denom > 0)
+
+    sim = np.stack([m.similarity for m in matches])
+    scores = _scores(sim, v, min_similarity)
+    fallback = None
+    if scores.max(initial=0.0) <= 0:
+        strings = _concept_strings(concept_names)
+        matches = [
+            KeywordMatch(m.keyword, "string_similarity", None, _string_similarity(m.keyword, strings))
+            for m in matches
+        ]
+        sim = np.stack([m.similarity for m in matches])
+        scores = _scores(sim, v, 0.0)
+        fallback = "string_similarity"
+        if scores.max(initial=0.0) <= 0:
+            vocab = vocabulary_of(embedder)
+            q = matches[0].keyword
+            raise ValueError(
+                f"no keyword of {[m.keyword for m in matches]} matches a concept or a known word;"
+                f" closest known words: {', '.join(_closest_words(q, vocab, concept_names))}"
+            )
+
+    order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))
+    clipped = np.where(sim >= min_similarity, np.maximum(sim, 0.0), 0.0)
+    best_sim = clipped.max(axis=0)  # [n]
+    mean_sim = clipped.mean(axis=0)
+    described = [m.describe() for m in matches]
+    results = []
+    for i in order[: max(0, int(top_k))]:
+        if scores[i] <= 0:
+            break
+        concepts = [int(c) for c in top_idx[i]]
+        matched = [c for c in concepts if best_sim[c] > 0]
+        matched.sort(key=lambda c: (-(v[i, c] * mean_sim[c]), concept_names[c]))
+        row: dict[str, Any] = {
+            "rank": len(results) + 1,
+            "influencer": ids[i],
+            "score": float(scores[i]),
+            "matched_concepts": [
+                (str(concept_names[c]), float(best_sim[c]), float(v[i, c])) for c in matched
+            ],
+            "top_concepts": [str(concept_names[c]) for c in concepts],
+            "keywords": described,
+            "fallback": fallback,
+        }
+        if categories is not None:
+            row["category"] = categories.get(ids[i], "")
+        results.append(row)
+    return results
+
+
+def _keyword_tokens(keywords: Sequence[str] | str) -> list[str]:
+    if isinstance(keywords, str):
+        keywords = keywords.split(",")
+    toks: list[str] = []
+    for k in keywords:
+        toks.extend(tokenize(str(k).replace("_", " ")))
+    if not toks:
+        raise ValueError("no keywords given (need at least one word with a letter or digit)")
+    return list(dict.fromkeys(toks))
+
+
+def caption_keyword_search(
+    keywords: Sequence[str] | str,
+    captions_by_influencer: Mapping[str, Sequence[str]],
+    top_k: int = 3,
+) -> list[dict[str, Any]]:
+    """Baseline "keywords matching with posts' text" (paper IV-H-3).
+
+    An influencer's score is the number of its posts whose tokenised caption
+    contains every keyword token; ranked by that count, then by the fraction
+    of its posts that match, then id.  Influencers with no matching post are
+    left out, so the result is empty when no single post has all keywords.
+
+    Returns:
+      Up to ``top_k`` dicts: ``rank``, ``influencer``, ``score`` (matching
+      posts), ``n_posts``, ``example`` (first matching caption).
+    """
+    toks = set(_keyword_tokens(keywords))
+    hits = []
+    for acc, captions in captions_by_influencer.items():
+        captions = list(captions)
+        matching = [c for c in captions if toks <= set(tokenize(c))]
+        if matching:
+            hits.append((len(matching), len(matching) / len(captions), str(acc), matching[0], len(captions)))
+    hits.sort(key=lambda h: (-h[0], -h[1], h[2]))
+    return [
+        {"rank": r + 1, "influencer": acc, "score": float(n), "n_posts": total, "example": ex}
+        for r, (n, _, acc, ex, total) in enumerate(hits[: max(0, int(top_k))])
+    ]
+
+
+def exact_match_search(
+    keywords: Sequence[str] | str,
+    texts_by_account: Mapping[str, str],
+    top_k: int | None = 3,
+) -> list[dict[str, Any]]:
+    """Baseline "direct search results from Instagram" (paper IV-H-3): exact profile matching.
+
+    An account matches only if every keyword appears verbatim as a whole token
+    of its profile text (bio; no stemming, no synonyms); matches are ranked by
+    the total number of keyword occurrences, then id.  Long queries usually
+    match nothing and return ``[]``.
+
+    Returns:
+      Up to ``top_k`` (all when ``None``) dicts: ``rank``, ``influencer``,
+      ``score`` (occurrences).
+    """
+    toks = _keyword_tokens(keywords)
+    hits = []
+    for acc, text in texts_by_account.items():
+        words = tokenize(text or "")
+        counts = [words.count(t) for t in toks]
+        if all(counts):
+            hits.append((sum(counts), str(acc)))
+    hits.sort(key=lambda h: (-h[0], h[1]))
+    if top_k is not None:
+        hits = hits[: max(0, int(top_k))]
+    return [{"rank": r + 1, "influencer": acc, "score": float(n)} for r, (n, acc) in enumerate(hits)]
+
+
+def search_precision(
+    results: Sequence[Mapping[str, Any]],
+    relevant_concepts: Iterable[str],
+    *,
+    concepts_of: Mapping[str, Iterable[str]] | None = None,
+) -> float:
+    """Fraction of results whose concepts include at least one relevant concept.
+
+    A result's concepts are ``concepts_of[result["influencer"]]`` when given
+    (use it for the baselines, e.g. each influencer's top-10 ``w_a`` concepts),
+    else its ``top_concepts``, else the names in ``matched_concepts``.  An
+    empty result list has precision 0.0 (the query found nothing useful).
+    """
+    relevant = {str(c) for c in relevant_concepts}
+    if not results:
+        return 0.0
+    good = 0
+    for r in results:
+        if concepts_of is not None:
+            cs = set(map(str, concepts_of.get(r["influencer"], ())))
+        elif "top_concepts" in r:
+            cs = set(map(str, r["top_concepts"]))
+        else:
+            cs = {str(m[0]) for m in r.get("matched_concepts", ())}
+        good += bool(cs & relevant)
+    return good / len(results)

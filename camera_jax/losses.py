@@ -1,0 +1,351 @@
+"""Ranking losses for the CAMERA ranker, selected by name (``--loss=NAME``).
+
+Every loss has one signature::
+
+    loss(pos, neg, where, **hparams) -> scalar
+
+* ``pos``: float ``[B]``, the score ``F(b_i, m_j)`` of each positive pair;
+* ``neg``: float ``[B, N]``, the scores ``F(b_i, m_q)`` of ``N`` negatives sampled
+  for that positive;
+* ``where``: bool ``[B, N]``, True for a real (positive, negative) triplet, False for a
+  padded row (the whole row False) or a padded negative.
+
+A row whose mask is all False contributes nothing, masked scores never reach the value
+or the gradient (they are replaced by 0 before any arithmetic, so even NaN or inf
+padding is harmless), and an all-False batch gives 0 with zero, finite gradients. Each
+loss is a pure ``jax.numpy`` function: differentiable, ``jax.jit``-able, and it
+reduces in float32 over the whole (global) batch, so it gives the same value whether
+the batch is sharded or not.
+
+The registry (names are what ``--loss`` accepts):
+
+=================== ======================================================== ==========
+name                per-triplet term / reduction                              defaults
+=================== ======================================================== ==========
+``triplet``         ``max(s_neg - s_pos + margin, 0)`` (paper eq. 19),       margin=7.0
+                    mean over valid triplets
+``triplet_authors`` same term; sum / (#triplets with positive loss + 1e-16)   margin=7.0
+                    (the authors' released code)
+``hinge``           ``max(s_neg - s_pos + margin, 0)`` (optionally squared),  margin=1.0
+                    summed over a positive's negatives, mean over positives
+``bpr``             ``-log sigmoid(s_pos - s_neg)``, mean over valid triplets
+``infonce``         ``-log softmax([s_pos, s_neg...] / T)[0]``, mean over     T=1.0
+                    positives
+``approx_ndcg``     ``1 - 1/log2(1 + approx_rank(pos))`` (ApproxNDCG with a   T=1.0
+                    single relevant item), mean over positives
+=================== ======================================================== ==========
+
+Add a loss with one function and one line (see ``docs/adding-a-loss.md``)::
+
+    @register("my_loss")
+    def my_loss(pos, neg, where, *, alpha=1.0): ...
+
+>>> import jax.numpy as jnp
+>>> loss = get_loss("triplet", margin=1.0)
+>>> float(loss(jnp.array([2.0]), jnp.array([[1.5, 0.0]]), jnp.array([[True, True]])))
+0.25
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "REGISTRY",
+    "LossFn",
+    "approx_ndcg",
+    "bpr",
+    "get_loss",
+    "hinge",
+    "hparams_of",
+    "infonce",
+    "masked_mean",
+    "register",
+    "sanitize",
+    "triplet",
+    "triplet_authors",
+]
+
+#: A loss with its hyper-parameters bound: ``(pos [B], neg [B, N], where [B, N]) -> scalar``.
+LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+#: Every registered loss by name. ``--loss=NAME`` looks the name up here.
+REGISTRY: dict[str, Callable[..., jax.Array]] = {}
+
+
+def register(name: str, *, overwrite: bool = False) -> Callable[[Callable[..., jax.Array]], Callable[..., jax.Array]]:
+    """Decorator that adds a loss to :data:`REGISTRY` under ``name`` and returns it unchanged.
+
+    The function must take ``(pos, neg, where)`` positionally and its hyper-parameters as
+    keyword arguments with defaults. Registering an existing name raises ``ValueError``
+    unless ``overwrite=True``.
+
+    >>> @register("doc_example_zero")
+    ... def zero(pos, neg, where, *, scale=1.0):
+    ...     return scale * 0.0 * jnp.sum(jnp.where(where, neg, 0.0))
+    >>> "doc_example_zero" in REGISTRY
+    True
+    >>> del REGISTRY["doc_example_zero"]
+    """
+
+    def decorator(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+        if name in REGISTRY and not overwrite:
+            raise ValueError(f"loss {name!r} is already registered; pass overwrite=True to replace it")
+        REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def hparams_of(name: str) -> dict[str, Any]:
+    """The keyword hyper-parameters the loss ``name`` accepts, with their defaults.
+
+    >>> hparams_of("triplet")
+    {'margin': 7.0}
+    >>> hparams_of("bpr")
+    {}
+    """
+    fn = _lookup(name)
+    params = list(inspect.signature(fn).parameters.values())[3:]
+    return {
+        p.name: p.default
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def get_loss(name: str, **hparams: Any) -> LossFn:
+    """The loss ``name`` with the hyper-parameters it accepts bound.
+
+    ``hparams`` may carry settings for other losses too (e.g. the main job passes every
+    loss flag): a key the chosen loss does not accept is ignored, and so is a value of
+    ``None`` (meaning "use the loss's own default", so a flag left unset does not override
+    a loss-specific default such as ``hinge``'s margin 1.0). An unknown ``name`` raises
+    ``ValueError`` listing the registered names.
+
+    >>> import jax.numpy as jnp
+    >>> pos, neg, where = jnp.array([0.0]), jnp.array([[0.0]]), jnp.array([[True]])
+    >>> float(get_loss("triplet")(pos, neg, where))                 # default margin 7.0
+    7.0
+    >>> float(get_loss("triplet", margin=2.0, temperature=0.5)(pos, neg, where))
+    2.0
+    >>> float(get_loss("hinge", margin=None)(pos, neg, where))      # None: hinge's own 1.0
+    1.0
+    >>> get_loss("nope")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown loss 'nope'; available: approx_ndcg, bpr, hinge, infonce, triplet, triplet_authors
+    """
+    fn = _lookup(name)
+    accepted = hparams_of(name)
+    bound = {k: v for k, v in hparams.items() if k in accepted and v is not None}
+    return functools.partial(fn, **bound)
+
+
+def _lookup(name: str) -> Callable[..., jax.Array]:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; available: {', '.join(sorted(REGISTRY))}") from None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sanitize(pos: jax.Array, neg: jax.Array, where: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Float32 scores with padding replaced by 0, the bool mask and the valid-row mask.
+
+    Returns ``(pos [B], neg [B, N], where [B, N] bool, row [B] bool)`` where ``row`` is
+    True for a positive with at least one valid negative. Replacing masked scores before
+    any arithmetic keeps NaN/inf padding out of both value and gradient.
+
+    >>> p, n, w, r = sanitize(jnp.array([1.0, jnp.nan]), jnp.array([[2.0, jnp.inf], [jnp.nan, 3.0]]),
+    ...                       jnp.array([[True, False], [False, False]]))
+    >>> p.tolist(), n.tolist(), r.tolist()
+    ([1.0, 0.0], [[2.0, 0.0], [0.0, 0.0]], [True, False])
+    """
+    where = jnp.asarray(where, dtype=bool)
+    row = jnp.any(where, axis=-1)
+    pos = jnp.where(row, jnp.asarray(pos, jnp.float32), 0.0)
+    neg = jnp.where(where, jnp.asarray(neg, jnp.float32), 0.0)
+    return pos, neg, where, row
+
+
+def masked_mean(values: jax.Array, where: jax.Array) -> jax.Array:
+    """Mean of ``values`` over the entries where ``where`` is True; 0 when there are none.
+
+    The gradient is finite (zero) when nothing is valid.
+
+    >>> float(masked_mean(jnp.array([1.0, 3.0, 100.0]), jnp.array([True, True, False])))
+    2.0
+    >>> float(masked_mean(jnp.array([1.0]), jnp.array([False])))
+    0.0
+    """
+    where = jnp.asarray(where, dtype=bool)
+    total = jnp.sum(jnp.where(where, values, 0.0))
+    count = jnp.sum(where).astype(total.dtype)
+    return total / jnp.maximum(count, 1.0)
+
+
+def _hinge_terms(pos: jax.Array, neg: jax.Array, margin: float) -> jax.Array:
+    # jax.nn.relu has gradient 0 at 0 (jnp.maximum would split it 0.5/0.5).
+    return jax.nn.relu(neg - pos[:, None] + margin)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+@register("triplet")
+def triplet(pos: jax.Array, neg: jax.Array, where: jax.Array, *, margin: float = 7.0) -> jax.Array:
+    """The paper's triplet loss, eq. 19, averaged over the valid triplets.
+
+    ``L = mean over valid (i, q) of max(F(b_i, m_q) - F(b_i, m_j) + margin, 0)``, with the
+    paper's margin 7.0 (Sec. IV-B). Unlike the authors' code (see :func:`triplet_authors`)
+    the mean counts every valid triplet, including those already satisfied, so the
+    gradient per triplet does not grow as training succeeds.
+
+    Hand-computed: margin 1, pos 2, negatives 1.5 and 0 give terms 0.5 and 0, mean 0.25.
+
+    >>> import jax.numpy as jnp
+    >>> float(triplet(jnp.array([2.0]), jnp.array([[1.5, 0.0]]), jnp.array([[True, True]]), margin=1.0))
+    0.25
+    """
+    pos, neg, where, _ = sanitize(pos, neg, where)
+    return masked_mean(_hinge_terms(pos, neg, margin), where)
+
+
+@register("triplet_authors")
+def triplet_authors(pos: jax.Array, neg: jax.Array, where: jax.Array, *, margin: float = 7.0) -> jax.Array:
+    """Eq. 19 with the authors' reduction: sum / (number of triplets with positive loss + 1e-16).
+
+    The per-triplet term is the paper's eq. 19; the authors' released code then divides the
+    sum over the batch by the count of *active* triplets (loss > 0) plus 1e-16 instead of by
+    the batch size. The count is an integer (no gradient flows through it), so the gradient
+    of each active triplet is ``1 / #active``: the loss is the mean over active triplets
+    only. When nothing is active (or everything is masked) the value is 0 with zero gradient.
+
+    Hand-computed: margin 1, pos 2, negatives 1.5 and 0 give terms 0.5 and 0; one active
+    triplet, so 0.5 / (1 + 1e-16) = 0.5 (vs 0.25 for :func:`triplet`).
+
+    >>> import jax.numpy as jnp
+    >>> float(triplet_authors(jnp.array([2.0]), jnp.array([[1.5, 0.0]]), jnp.array([[True, True]]), margin=1.0))
+    0.5
+    """
+    pos, neg, where, _ = sanitize(pos, neg, where)
+    terms = jnp.where(where, _hinge_terms(pos, neg, margin), 0.0)
+    active = jnp.sum(where & (terms > 0)).astype(terms.dtype)
+    return jnp.sum(terms) / (active + 1e-16)
+
+
+@register("hinge")
+def hinge(
+    pos: jax.Array, neg: jax.Array, where: jax.Array, *, margin: float = 1.0, squared: bool = False
+) -> jax.Array:
+    """Pairwise hinge with margin 1: summed over each positive's negatives, then mean over positives.
+
+    ``L = mean over valid rows i of sum over valid q of max(s_iq - s_i + margin, 0)^p`` with
+    ``p = 2`` when ``squared`` (squared hinge: a gradient proportional to the violation,
+    zero at the margin) and ``p = 1`` otherwise. Two differences from :func:`triplet`
+    (eq. 19): the default margin is 1.0 (suited to scores of order 1, e.g. logits, where
+    the paper's 7.0 would keep every triplet active) and the reduction is *per positive*:
+    a positive's violations add up, so a positive with more valid negatives weighs more
+    and with ``N`` negatives the value is ``N`` times triplet's when nothing is padded.
+
+    Hand-computed: pos 2, negatives 1.5 and 2.5, margin 1 give terms 0.5 and 1.5; their
+    sum is 2.0 (squared: 0.25 + 2.25 = 2.5).
+
+    >>> import jax.numpy as jnp
+    >>> args = jnp.array([2.0]), jnp.array([[1.5, 2.5]]), jnp.array([[True, True]])
+    >>> float(hinge(*args)), float(hinge(*args, squared=True))
+    (2.0, 2.5)
+    """
+    pos, neg, where, row = sanitize(pos, neg, where)
+    terms = _hinge_terms(pos, neg, margin)
+    if squared:
+        terms = jnp.square(terms)
+    per_row = jnp.sum(jnp.where(where, terms, 0.0), axis=-1)
+    return masked_mean(per_row, row)
+
+
+@register("bpr")
+def bpr(pos: jax.Array, neg: jax.Array, where: jax.Array) -> jax.Array:
+    """Bayesian personalised ranking (pairwise logistic): ``-log sigmoid(s_pos - s_neg)``.
+
+    Mean over valid triplets; computed as ``optax.losses.sigmoid_binary_cross_entropy``
+    with label 1 on the logit ``s_pos - s_neg`` (numerically stable log-sigmoid). A smooth
+    relative of eq. 19 without a margin: it never reaches zero, so every pair keeps a
+    (shrinking) gradient.
+
+    Hand-computed: pos 1, negative 1 gives log 2 = 0.6931; negative 1 - ln 3 gives
+    -log(1/(1 + 1/3)) = log(4/3) = 0.2877; mean 0.4904.
+
+    >>> import jax.numpy as jnp, math
+    >>> v = bpr(jnp.array([1.0]), jnp.array([[1.0, 1.0 - math.log(3.0)]]), jnp.array([[True, True]]))
+    >>> round(float(v), 4)
+    0.4904
+    """
+    pos, neg, where, _ = sanitize(pos, neg, where)
+    terms = optax.losses.sigmoid_binary_cross_entropy(pos[:, None] - neg, jnp.ones_like(neg))
+    return masked_mean(terms, where)
+
+
+@register("infonce")
+def infonce(pos: jax.Array, neg: jax.Array, where: jax.Array, *, temperature: float = 1.0) -> jax.Array:
+    """Sampled softmax (InfoNCE) over the positive and its negatives, mean over positives.
+
+    Row ``i``: ``-log softmax([s_i, s_i1, ..., s_iN] / T)[0]`` with masked negatives left
+    out of the softmax (``optax.losses.softmax_cross_entropy_with_integer_labels`` with
+    label 0 and a ``where`` mask). Rows with no valid negative are padding and are not
+    counted. ListNet's top-1 cross-entropy with relevance (1, 0, ..., 0) is this same loss.
+
+    Hand-computed: pos 0 and negatives (0, 0) give log 3 = 1.0986; the second negative
+    masked gives log 2 = 0.6931.
+
+    >>> import jax.numpy as jnp
+    >>> pos, neg = jnp.zeros(1), jnp.zeros((1, 2))
+    >>> round(float(infonce(pos, neg, jnp.array([[True, True]]))), 4)
+    1.0986
+    >>> round(float(infonce(pos, neg, jnp.array([[True, False]]))), 4)
+    0.6931
+    """
+    pos, neg, where, row = sanitize(pos, neg, where)
+    logits = jnp.concatenate([pos[:, None], neg], axis=-1) / temperature
+    valid = jnp.concatenate([row[:, None], where], axis=-1)
+    labels = jnp.zeros(pos.shape, jnp.int32)
+    per_row = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels, where=valid)
+    return masked_mean(per_row, row)
+
+
+@register("approx_ndcg")
+def approx_ndcg(pos: jax.Array, neg: jax.Array, where: jax.Array, *, temperature: float = 1.0) -> jax.Array:
+    """Listwise ApproxNDCG (Qin, Liu, Li 2010) on each positive's list, ``1 - NDCG``.
+
+    The list of row ``i`` is the positive followed by its valid negatives, with relevance
+    (1, 0, ..., 0). The positive's rank is replaced by the smooth rank
+    ``r_i = 1 + sum over valid q of sigmoid((s_iq - s_i) / T)``; with one relevant item the
+    ideal DCG is 1, so ``NDCG_i = 1 / log2(1 + r_i)`` and the loss is the mean over valid
+    rows of ``1 - NDCG_i``, in [0, 1). Unlike the pairwise losses it weighs a violation by
+    where it moves the positive in the list: gains near the top of the ranking count most,
+    which is what MRR and R@k reward. (ListMLE would not be a different loss here: with a
+    single relevant item its first term is :func:`infonce` and the rest depend only on an
+    arbitrary order of the negatives.)
+
+    Hand-computed: pos 0 and negatives (0, 0) give r = 1 + 0.5 + 0.5 = 2 and
+    1 - 1/log2(3) = 0.3691.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(approx_ndcg(jnp.zeros(1), jnp.zeros((1, 2)), jnp.array([[True, True]]))), 4)
+    0.3691
+    """
+    pos, neg, where, row = sanitize(pos, neg, where)
+    above = jax.nn.sigmoid((neg - pos[:, None]) / temperature)
+    rank = 1.0 + jnp.sum(jnp.where(where, above, 0.0), axis=-1)
+    ndcg = 1.0 / jnp.log2(1.0 + rank)
+    return masked_mean(1.0 - ndcg, row)

@@ -1,0 +1,110 @@
+"""The 5-layer CNN visual encoder shared by COSMIC and the concept generator.
+
+Paper III-B: "We extract the post visual feature v1 from the post image by utilizing a
+5-layer convolutional neural network". The layout follows the authors' code (see
+``shared/notes/reference-implementation.md``): five 3x3 'SAME' convolutions with 32, 64, 64,
+128 and 128 channels, each followed by BatchNorm and ReLU, a max pool with window = stride = 3
+after conv1 and window = stride = 2 after conv3 and conv5, then flatten, a fully connected
+layer of 1024 units, BatchNorm and leaky_relu (slope 0.01). The result is v1.
+
+The input side is free (the paper uses 224 px, this project defaults to 64 px); the flattened
+size, and so the parameter count of the fully connected layer, follows from it.
+
+Neither the convolutions nor the fully connected layer carry a bias: each is followed by a
+BatchNorm whose learned offset makes a bias redundant (same function class, fewer parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LEAKY_SLOPE = 0.01
+"""Negative slope of every leaky_relu in the models (the authors' code uses 0.01)."""
+
+
+def max_pool(x: jax.Array, window: int) -> jax.Array:
+  """Non-overlapping max pool (window = stride) over the two spatial axes of NHWC ``x``.
+
+  Implemented by reshape-and-max, which XLA:CPU runs faster than ``nn.max_pool`` (its
+  gradient avoids select-and-scatter; see ``shared/notes/performance.md``). When a spatial
+  side is not a multiple of ``window`` the trailing rows/columns are cropped first, which is
+  exactly what a VALID max pool with window = stride does, so the forward result is identical
+  to ``nn.max_pool(x, (window, window), strides=(window, window), padding='VALID')``.
+  (Gradients differ only where a window holds tied maxima: the reduction splits the
+  gradient between the ties, select-and-scatter gives it to one of them.)
+
+  Args:
+    x: [B, H, W, C].
+    window: pool window and stride; 1 returns ``x`` unchanged.
+
+  Returns:
+    [B, H // window, W // window, C].
+  """
+  if window == 1:
+    return x
+  b, h, w, c = x.shape
+  ho, wo = h // window, w // window
+  if ho == 0 or wo == 0:
+    raise ValueError(f"max_pool: spatial size {(h, w)} smaller than window {window}")
+  x = x[:, : ho * window, : wo * window, :]
+  x = x.reshape(b, ho, window, wo, window, c)
+  return jnp.max(x, axis=(2, 4))
+
+
+def output_side(side: int, pools: Sequence[int]) -> int:
+  """Spatial side of the last feature map for an input of ``side`` pixels ('SAME' convs)."""
+  for p in pools:
+    side //= p
+  return side
+
+
+class VisualEncoder(nn.Module):
+  """5-layer CNN: image [B, S, S, 3] -> v1 [B, fc] (paper III-B, the authors' layout).
+
+  Attributes:
+    channels: output channels of the 3x3 convolutions, one per layer.
+    pools: max-pool window (= stride) after each convolution; 1 means no pool.
+    fc: width of the fully connected layer (d_v1 = 1024 in the paper).
+    dtype: computation dtype (parameters stay float32).
+    bn_momentum: BatchNorm running-average momentum (Keras and flax default 0.99).
+    bn_epsilon: BatchNorm epsilon (Keras default 1e-3).
+  """
+
+  channels: Sequence[int] = (32, 64, 64, 128, 128)
+  pools: Sequence[int] = (3, 1, 2, 1, 2)
+  fc: int = 1024
+  dtype: Any = jnp.float32
+  bn_momentum: float = 0.99
+  bn_epsilon: float = 1e-3
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Encodes images.
+
+    Args:
+      x: float images [B, S, S, 3] (any range; the pipeline gives [0, 1]).
+      train: batch statistics (and their running averages in the mutable ``batch_stats``
+        collection) when True, the running averages when False.
+
+    Returns:
+      v1: [B, fc] in ``dtype``.
+    """
+    if len(self.channels) != len(self.pools):
+      raise ValueError("channels and pools must have the same length")
+    x = x.astype(self.dtype)
+    for i, (ch, pool) in enumerate(zip(self.channels, self.pools)):
+      x = nn.Conv(ch, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
+                  name=f"conv{i + 1}")(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                       epsilon=self.bn_epsilon, dtype=self.dtype, name=f"bn{i + 1}")(x)
+      x = nn.relu(x)
+      x = max_pool(x, pool)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.Dense(self.fc, use_bias=False, dtype=self.dtype, name="fc")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                     epsilon=self.bn_epsilon, dtype=self.dtype, name="bn_fc")(x)
+    return nn.leaky_relu(x, negative_slope=LEAKY_SLOPE)

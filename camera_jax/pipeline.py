@@ -1,0 +1,379 @@
+"""The end-to-end CAMERA job: data -> concepts -> account representations -> ranker -> metrics.
+
+``train_and_evaluate(config, workdir)`` runs every stage and caches each stage's output in the
+work directory (layout in docs/workdir.md), so rerunning the same command resumes: finished
+stages are loaded, an interrupted stage continues from its last per-epoch checkpoint.
+Every file is written atomically (temporary name, then rename): nothing half-written is trusted.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import pathlib
+import tempfile
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from camera_jax import baselines as baselines_lib
+from camera_jax import metrics as metrics_lib
+from camera_jax.config import Config
+from camera_jax.data import engagement as engagement_lib
+from camera_jax.data import format as format_lib
+from camera_jax.data import input_pipeline
+from camera_jax.data import text as text_lib
+from camera_jax.models import camera as camera_lib
+from camera_jax.training import concepts as concepts_lib
+from camera_jax.training import ranker as ranker_lib
+from camera_jax.training import sharding
+from camera_jax.training import trainer
+
+METRIC_KEYS = ("auc", "cauc", "recall@10", "recall@50", "mrr", "map", "medr")
+
+
+# --------------------------------------------------------------------------- small utilities
+
+
+def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
+  """Writes ``data`` to ``path`` through a temporary file and an atomic rename."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def atomic_write_text(path: pathlib.Path, text: str) -> None:
+  atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_npy(path: pathlib.Path, array: np.ndarray) -> None:
+  buf = io.BytesIO()
+  np.save(buf, array, allow_pickle=False)
+  atomic_write_bytes(path, buf.getvalue())
+
+
+def is_main() -> bool:
+  return jax.process_index() == 0
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def resolve_data(cfg: Config, workdir: pathlib.Path) -> pathlib.Path:
+  """The dataset directory: ``cfg.data_dir``, or a synthetic preset generated into workdir/data."""
+  if cfg.data_dir:
+    return pathlib.Path(cfg.data_dir)
+  from camera_jax.data import synthetic  # Imported lazily: only needed without --data_dir.
+  out = workdir / "data"
+  if is_main():
+    synthetic.generate(out, preset=cfg.preset, seed=cfg.seed, image_size=cfg.image_size)
+  sharding.sync("synthetic-data")
+  return out
+
+
+def load_dataset(cfg: Config, data_dir: pathlib.Path) -> format_lib.Dataset:
+  """Validates then loads the dataset; raises DatasetError with FILE:LINE lines when invalid."""
+  return format_lib.load(data_dir, seed=cfg.seed, check_images=cfg.check_images)
+
+
+def word2vec_stage(cfg: Config, dataset: format_lib.Dataset, workdir: pathlib.Path) -> text_lib.TextEmbedder:
+  """Trains (or reloads) Word2Vec on the captions plus the concept names."""
+  path = workdir / "word2vec"
+  if not path.exists():
+    captions = [p.caption for p in dataset.posts] + [p.caption for p in dataset.labeled_posts]
+    model = text_lib.train_word2vec(captions, dataset.concepts, dim=cfg.w2v_dim, seed=cfg.seed,
+                                    epochs=cfg.w2v_epochs)
+    if is_main():
+      tmp = workdir / ".word2vec.tmp"
+      text_lib.TextEmbedder(model.wv).save(tmp)
+      os.replace(tmp, path)
+    sharding.sync("word2vec")
+  return text_lib.TextEmbedder.load(path)
+
+
+def cnn_kwargs(cfg: Config) -> dict[str, Any]:
+  return {"channels": tuple(cfg.cnn_channels), "pools": tuple(cfg.cnn_pools), "fc": cfg.cnn_fc}
+
+
+def concept_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, Any],
+                  workdir: pathlib.Path, log: trainer.TrainLog, mesh) -> tuple[np.ndarray, dict]:
+  """The multi-hot h of every post: ground truth (``use_gt_concepts``) or the trained generator."""
+  path = workdir / "concepts" / "h.npy"
+  meta_path = workdir / "concepts" / "concept_generator.json"
+  if path.exists():
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return np.load(path), meta
+  vocab = dataset.concept_index()
+  if cfg.use_gt_concepts:
+    if any(p.concepts is None for p in dataset.posts):
+      raise ValueError("use_gt_concepts: some posts of posts.jsonl have no `concepts` field")
+    h = concepts_lib.multi_hot([p.concepts for p in dataset.posts], vocab)
+    meta = {"source": "ground truth"}
+  else:
+    if not dataset.labeled_posts or sources.get("labeled") is None:
+      raise ValueError("labeled_posts.jsonl is needed to train the concept generator "
+                       "(or pass --use_gt_concepts when posts carry `concepts`)")
+    labels = concepts_lib.multi_hot([p.concepts for p in dataset.labeled_posts], vocab)
+    stage_cfg = concepts_lib.ImageStageConfig(
+        epochs=cfg.cg_epochs, batch_size=cfg.cg_batch_size, learning_rate=cfg.cg_learning_rate,
+        lr_decay=cfg.cg_lr_decay, image_size=cfg.image_size, augment=cfg.augment, seed=cfg.seed)
+    h, metrics = concepts_lib.train_concept_generator(
+        labeled_source=sources["labeled"], labels=labels, posts_source=sources["posts"],
+        n_posts=len(dataset.posts), cfg=stage_cfg, model_kwargs=cnn_kwargs(cfg),
+        held_out=cfg.cg_held_out, threshold=cfg.cg_threshold, min_k=cfg.cg_min_k,
+        max_k=cfg.cg_max_k, ckpt_dir=workdir / "checkpoints" / "concept_generator", log=log,
+        mesh=mesh)
+    meta = {"source": "concept generator", "held_out": metrics}
+    if any(p.concepts is not None for p in dataset.posts):  # Agreement with known ground truth.
+      known = [i for i, p in enumerate(dataset.posts) if p.concepts is not None]
+      gt = concepts_lib.multi_hot([dataset.posts[i].concepts for i in known], vocab)
+      from camera_jax.models import concept_generator as cg_lib
+      meta["posts_vs_ground_truth"] = {k: float(v) for k, v in
+                                       cg_lib.multilabel_metrics(h[known], gt).items()}
+  if is_main():
+    save_npy(path, h.astype(bool))
+    atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
+  return h.astype(bool), meta
+
+
+def cosmic_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, Any],
+                 embedder: text_lib.TextEmbedder, h: np.ndarray, workdir: pathlib.Path,
+                 log: trainer.TrainLog, mesh) -> tuple[np.ndarray, np.ndarray, dict]:
+  """z' of every post (semantic attention) and the trained, standardised concept matrix U_C."""
+  cdir = workdir / "concepts"
+  t, has_text = embedder.embed_captions([p.caption for p in dataset.posts])
+  l = embedder.embed_concepts(dataset.concepts)
+  z_prime = concepts_lib.semantic_distributions(t, has_text, l, h, mode=cfg.zprime_mode,
+                                                semantic=cfg.semantic)
+  if (cdir / "U_C.npy").exists():
+    meta_path = cdir / "cosmic.json"
+    return z_prime, np.load(cdir / "U_C.npy"), (json.loads(meta_path.read_text()) if meta_path.exists() else {})
+  stage_cfg = concepts_lib.ImageStageConfig(
+      epochs=cfg.cosmic_epochs, batch_size=cfg.cosmic_batch_size,
+      learning_rate=cfg.cosmic_learning_rate, lr_decay=cfg.cosmic_lr_decay, l1=cfg.cosmic_l1,
+      image_size=cfg.image_size, augment=cfg.augment, seed=cfg.seed)
+  u_c, metrics = concepts_lib.train_cosmic(
+      posts_source=sources["posts"], z_prime=z_prime, cfg=stage_cfg,
+      model_kwargs={**cnn_kwargs(cfg), "d_u": cfg.d_u, "logit_scale": cfg.cosmic_logit_scale},
+      held_out=0.1, ckpt_dir=workdir / "checkpoints" / "cosmic", log=log, mesh=mesh)
+  if is_main():
+    save_npy(cdir / "z_prime.npy", z_prime)
+    atomic_write_text(cdir / "concepts.txt", "".join(c + "\n" for c in dataset.concepts))
+    atomic_write_text(cdir / "cosmic.json", json.dumps({"held_out": metrics}, indent=2))
+    save_npy(cdir / "U_C.npy", u_c.astype(np.float32))
+  return z_prime, u_c, {"held_out": metrics}
+
+
+def account_stage(cfg: Config, dataset: format_lib.Dataset, z_prime: np.ndarray,
+                  workdir: pathlib.Path) -> np.ndarray:
+  """w_a of every account (eq. 5), saved with the account ids."""
+  acc_index = dataset.account_index()
+  post_account = np.array([acc_index[p.account] for p in dataset.posts], np.int64)
+  sums = concepts_lib.account_distributions(z_prime, post_account, len(dataset.accounts))
+  w_a = np.asarray(camera_lib.historical_distribution(sums), np.float32)
+  if is_main():
+    save_npy(workdir / "concepts" / "w_a.npy", w_a)
+    atomic_write_text(workdir / "concepts" / "accounts.txt",
+                      "".join(a.id + "\n" for a in dataset.accounts))
+  return w_a
+
+
+def account_features(dataset: format_lib.Dataset) -> dict[str, np.ndarray]:
+  """Raw and scaled engagement/follower features of every account (eq. 10)."""
+  feats = engagement_lib.account_engagement(dataset)
+  feats["engagement_scaled"] = np.asarray(engagement_lib.scale_engagement(feats["mean_engagement"]), np.float32)
+  feats["followers_scaled"] = np.asarray(engagement_lib.scale_followers(feats["followers"]), np.float32)
+  return feats
+
+
+def build_tables(cfg: Config, w_a: np.ndarray, u_c: np.ndarray,
+                 feats: dict[str, np.ndarray]) -> ranker_lib.Tables:
+  idx, w = camera_lib.top_concepts(w_a, cfg.top_k)
+  return ranker_lib.Tables(top_idx=np.asarray(idx, np.int32), top_w=np.asarray(w, np.float32),
+                           engagement=feats["engagement_scaled"],
+                           followers=feats["followers_scaled"],
+                           concepts=np.asarray(u_c, np.float32))
+
+
+def ranker_config(cfg: Config) -> ranker_lib.RankerConfig:
+  return ranker_lib.RankerConfig(
+      epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+      lr_decay=cfg.lr_decay, dropout=cfg.dropout, init_scale=cfg.init_scale, l1=cfg.l1,
+      psi_features=tuple(cfg.psi_features), gamma_features=tuple(cfg.gamma_features),
+      d_score=cfg.d_score, attention_scale=cfg.attention_scale,
+      use_interaction=cfg.use_interaction, num_negatives=cfg.num_negatives, loss=cfg.loss,
+      loss_hparams=(("margin", cfg.margin), ("temperature", cfg.temperature)),
+      endorsement=cfg.endorsement, eval_chunk=cfg.eval_chunk, seed=cfg.seed)
+
+
+def training_positives(dataset: format_lib.Dataset, feats: dict[str, np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """Unique (brand row, influencer row) positives of the training brands and their observed E(p~)."""
+  acc = dataset.account_index()
+  post_index = dataset.post_index()
+  train = set(dataset.split.train)
+  seen: dict[tuple[int, int], float] = {}
+  for c in dataset.cooperations:
+    if c.brand not in train:
+      continue
+    key = (acc[c.brand], acc[c.influencer])
+    if key in seen:
+      continue
+    post = dataset.posts[post_index[c.post]]
+    rate = engagement_lib.engagement_rate(post.likes, post.comments, feats["followers"][key[1]])
+    seen[key] = float(engagement_lib.scale_engagement(rate))
+  pairs = np.array(sorted(seen), np.int64).reshape(-1, 2)
+  ed = np.array([seen[tuple(p)] for p in pairs], np.float32)
+  return pairs, ed
+
+
+def test_pairs(dataset: format_lib.Dataset) -> dict[str, np.ndarray]:
+  """Every (test brand, candidate) row pair with its label; labels are never model inputs."""
+  acc = dataset.account_index()
+  positives = dataset.positives()
+  brands = [acc[b] for b in dataset.split.test]
+  cands = np.array([acc[m] for m in dataset.split.candidates], np.int64)
+  b = np.repeat(np.array(brands, np.int64), len(cands))
+  m = np.tile(cands, len(brands))
+  ids = [a.id for a in dataset.accounts]
+  labels = np.array([ids[mi] in positives.get(ids[bi], ()) for bi, mi in zip(b, m)], np.int8)
+  return {"brand": b, "influencer": m, "label": labels}
+
+
+def evaluate_methods(cfg: Config, dataset: format_lib.Dataset, pairs: dict[str, np.ndarray],
+                     method_scores: dict[str, np.ndarray]) -> dict[str, Any]:
+  """metrics.json content: every method's metrics, and CAMERA's per brand category."""
+  ids = np.array([a.id for a in dataset.accounts])
+  cats = np.array([a.category for a in dataset.accounts])
+  out: dict[str, Any] = {"methods": {}, "per_category": {}}
+  for name, scores in method_scores.items():
+    res = metrics_lib.evaluate(ids[pairs["brand"]], ids[pairs["influencer"]], scores,
+                               pairs["label"], influencer_category=cats[pairs["influencer"]])
+    out["methods"][name] = {k: float(v) for k, v in res.items()}
+  if "CAMERA" in method_scores:
+    brand_cat = cats[pairs["brand"]]
+    for cat in sorted(set(brand_cat)):
+      sel = brand_cat == cat
+      res = metrics_lib.evaluate(ids[pairs["brand"][sel]], ids[pairs["influencer"][sel]],
+                                 method_scores["CAMERA"][sel], pairs["label"][sel],
+                                 influencer_category=cats[pairs["influencer"][sel]])
+      out["per_category"][str(cat)] = {k: float(v) for k, v in res.items()}
+  return out
+
+
+def baseline_features(feats: dict[str, np.ndarray], w_a: np.ndarray) -> dict[str, np.ndarray]:
+  return {"followers": feats["followers"], "mean_engagement": feats["mean_engagement"],
+          "n_posts": feats["n_posts"], "w_a": w_a}
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+  """A plain-text table of every method's metrics."""
+  header = f"{'method':<12}" + "".join(f"{k:>11}" for k in METRIC_KEYS)
+  lines = [header, "-" * len(header)]
+  for name, vals in metrics["methods"].items():
+    cells = "".join(f"{vals.get(k, float('nan')):>11.4f}" if k != "medr" else
+                    f"{vals.get(k, float('nan')):>11.1f}" for k in METRIC_KEYS)
+    lines.append(f"{name:<12}{cells}")
+  return "\n".join(lines)
+
+
+def write_scores(path: pathlib.Path, dataset: format_lib.Dataset, pairs: dict[str, np.ndarray],
+                 scores: np.ndarray) -> None:
+  """scores.csv: brand,influencer,score,label (one row per scored test pair)."""
+  ids = [a.id for a in dataset.accounts]
+  buf = io.StringIO()
+  writer = csv.writer(buf, lineterminator="\n")
+  writer.writerow(["brand", "influencer", "score", "label"])
+  for b, m, s, y in zip(pairs["brand"], pairs["influencer"], scores, pairs["label"]):
+    writer.writerow([ids[b], ids[m], repr(float(s)), int(y)])
+  atomic_write_text(path, buf.getvalue())
+
+
+@dataclasses.dataclass
+class Prepared:
+  """Everything the ranker needs, after the concept layer."""
+
+  dataset: format_lib.Dataset
+  embedder: text_lib.TextEmbedder
+  h: np.ndarray
+  z_prime: np.ndarray
+  u_c: np.ndarray
+  w_a: np.ndarray
+  feats: dict[str, np.ndarray]
+  concept_metrics: dict[str, Any]
+
+
+def prepare_concepts(cfg: Config, workdir: pathlib.Path, log: trainer.TrainLog, mesh) -> Prepared:
+  """Stages up to the account representations (data, Word2Vec, h, COSMIC, w_a)."""
+  t0 = time.perf_counter()
+  data_dir = resolve_data(cfg, workdir)
+  dataset = load_dataset(cfg, data_dir)
+  logging.info("dataset: %s", format_lib.summary(dataset))
+  embedder = word2vec_stage(cfg, dataset, workdir)
+  sources = input_pipeline.prepare(data_dir, workdir / "tfds")
+  h, cg_meta = concept_stage(cfg, dataset, sources, workdir, log, mesh)
+  z_prime, u_c, cosmic_meta = cosmic_stage(cfg, dataset, sources, embedder, h, workdir, log, mesh)
+  w_a = account_stage(cfg, dataset, z_prime, workdir)
+  feats = account_features(dataset)
+  logging.info("concept layer ready in %.1f s", time.perf_counter() - t0)
+  return Prepared(dataset, embedder, h, z_prime, u_c, w_a, feats,
+                  {"concept_generator": cg_meta, "cosmic": cosmic_meta})
+
+
+def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Runs the whole method and returns the content of metrics.json."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  t_start = time.perf_counter()
+  log = trainer.TrainLog(workdir / "train_log.jsonl", enabled=is_main())
+  mesh = sharding.make_mesh()
+  prep = prepare_concepts(cfg, workdir, log, mesh)
+  dataset = prep.dataset
+  rcfg = ranker_config(cfg)
+  tables = build_tables(cfg, prep.w_a, prep.u_c, prep.feats)
+  positives, ed_obs = training_positives(dataset, prep.feats)
+  acc = dataset.account_index()
+  candidates = np.array([acc[m] for m in dataset.split.candidates], np.int64)
+  params = ranker_lib.train_ranker(cfg=rcfg, tables=tables, positives=positives,
+                                   ed_observed=ed_obs, candidates=candidates,
+                                   ckpt_dir=workdir / "checkpoints" / "ranker", log=log, mesh=mesh)
+  result = evaluate_run(cfg, prep, tables, params, workdir)
+  result["seconds"] = time.perf_counter() - t_start
+  return result
+
+
+def evaluate_run(cfg: Config, prep: Prepared, tables: ranker_lib.Tables, params: Any,
+                 workdir: pathlib.Path) -> dict[str, Any]:
+  """Scores the test pairs with CAMERA and the baselines; writes metrics.json and scores.csv."""
+  dataset = prep.dataset
+  pairs = test_pairs(dataset)
+  local_mesh = sharding.make_mesh(jax.local_devices())
+  scored = ranker_lib.score_pairs(ranker_config(cfg), params, tables, pairs["brand"],
+                                  pairs["influencer"], mesh=local_mesh, keys=("S",))
+  method_scores = {"CAMERA": scored["S"]}
+  feats = baseline_features(prep.feats, prep.w_a)
+  rng = np.random.default_rng(cfg.seed)
+  for name in cfg.baselines:
+    method_scores[name] = np.asarray(baselines_lib.score_baseline(
+        name, {"brand": pairs["brand"], "influencer": pairs["influencer"]}, feats, rng), np.float64)
+  result = evaluate_methods(cfg, dataset, pairs, method_scores)
+  result["concept_layer"] = prep.concept_metrics
+  result["n_test_pairs"] = int(len(pairs["label"]))
+  result["n_test_positives"] = int(pairs["label"].sum())
+  if is_main():
+    write_scores(workdir / "scores.csv", dataset, pairs, scored["S"])
+    atomic_write_text(workdir / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
+  return result

@@ -1,0 +1,171 @@
+"""A finished run, loaded back from its work directory (for evaluate, explain, search, recommend).
+
+``load_run(workdir)`` reads the resolved flags, the dataset, the concept layer's outputs and the
+ranker's latest checkpoint; ``Run.score`` scores any (brand, influencer) rows leak-free, and
+``Run.represent_posts`` takes an unseen account's posts through the trained concept layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import typing
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from camera_jax import config as config_lib
+from camera_jax.data import engagement as engagement_lib
+from camera_jax.data import format as format_lib
+from camera_jax.data import input_pipeline
+from camera_jax.data import text as text_lib
+from camera_jax.models import camera as camera_lib
+from camera_jax.models import concept_generator as cg_lib
+from camera_jax.training import checkpoint as ckpt_lib
+from camera_jax.training import concepts as concepts_lib
+from camera_jax.training import ranker as ranker_lib
+from camera_jax.training import trainer
+
+
+def read_flags(path: pathlib.Path) -> config_lib.Config:
+  """Parses a flags file (``--name=value`` per line) into a Config; unknown flags are ignored."""
+  hints = typing.get_type_hints(config_lib.Config)
+  kwargs: dict[str, Any] = {}
+  for line in path.read_text(encoding="utf-8").splitlines():
+    line = line.strip()
+    if not line.startswith("--"):
+      continue
+    name, _, value = line[2:].partition("=")
+    if name.startswith("no") and name[2:] in hints and not _:
+      name, value = name[2:], "false"
+    if name not in hints:
+      continue
+    hint = hints[name]
+    if hint is bool:
+      kwargs[name] = value.lower() in ("", "true", "1")
+    elif hint in (int, float, str):
+      kwargs[name] = hint(value)
+    else:
+      (elem, _e) = typing.get_args(hint)
+      kwargs[name] = tuple(elem(v) for v in value.split(",") if v)
+  return config_lib.Config(**kwargs)
+
+
+@dataclasses.dataclass
+class Run:
+  """The artefacts of a finished run (see docs/architecture.md for the attributes)."""
+
+  workdir: pathlib.Path
+  config: config_lib.Config
+  dataset: format_lib.Dataset
+  concepts: tuple[str, ...]
+  U_C: np.ndarray
+  embedder: text_lib.TextEmbedder
+  w_a: np.ndarray
+  top_idx: np.ndarray
+  top_w: np.ndarray
+  account_ids: list[str]
+  account_index: dict[str, int]
+  categories: list[str]
+  tables: ranker_lib.Tables
+  params: Any
+  _score_fn: Any = None
+
+  @property
+  def ranker_config(self) -> ranker_lib.RankerConfig:
+    from camera_jax import pipeline
+    return pipeline.ranker_config(self.config)
+
+  def score(self, brand_rows: Sequence[int], influencer_rows: Sequence[int]) -> dict[str, np.ndarray]:
+    """S, S_con, S_ed, S_in [N] and w_b, w_m [N, K] of the row pairs (chunked, leak-free)."""
+    if self._score_fn is None:
+      self._score_fn = ranker_lib.make_score_fn(self.ranker_config)
+    return ranker_lib.score_pairs(self.ranker_config, self.params, self.tables,
+                                  np.asarray(brand_rows), np.asarray(influencer_rows),
+                                  score_fn=self._score_fn)
+
+  def represent_posts(self, posts: Sequence[format_lib.Post], root: str | pathlib.Path,
+                      followers: int | None = None) -> dict[str, Any]:
+    """Takes an unseen account's posts through the trained concept layer (h, z', w_a, top-K)."""
+    root = pathlib.Path(root)
+    vocab = {c: i for i, c in enumerate(self.concepts)}
+    if self.config.use_gt_concepts and all(p.concepts is not None for p in posts):
+      h = concepts_lib.multi_hot([p.concepts for p in posts], vocab)
+    else:
+      h = self._predict_concepts([root / p.image for p in posts])
+    t, has_text = self.embedder.embed_captions([p.caption for p in posts])
+    l = self.embedder.embed_concepts(self.concepts)
+    z_prime = concepts_lib.semantic_distributions(t, has_text, l, h, mode=self.config.zprime_mode,
+                                                  semantic=self.config.semantic, chunk=256)
+    w_a = np.asarray(camera_lib.historical_distribution(z_prime.sum(0)), np.float32)
+    idx, w = camera_lib.top_concepts(w_a, self.config.top_k)
+    fol = int(followers) if followers else int(np.median([self.dataset.accounts[i].followers
+                                                          for i in range(len(self.dataset.accounts))]))
+    rates = engagement_lib.engagement_rate(np.array([p.likes for p in posts], float),
+                                           np.array([p.comments for p in posts], float),
+                                           np.full(len(posts), fol, float))
+    return {"w_a": w_a, "top_idx": np.asarray(idx, np.int32), "top_w": np.asarray(w, np.float32),
+            "mean_engagement": float(np.mean(rates)) if len(posts) else 0.0, "followers": fol}
+
+  def _predict_concepts(self, paths: Sequence[pathlib.Path]) -> np.ndarray:
+    cfg = self.config
+    model = cg_lib.ConceptGenerator(num_concepts=len(self.concepts), channels=tuple(cfg.cnn_channels),
+                                    pools=tuple(cfg.cnn_pools), fc=cfg.cnn_fc)
+    tx = trainer.make_optimizer(cfg.cg_learning_rate, cfg.cg_lr_decay, 1)
+    state = concepts_lib.create_image_state(model, cfg.image_size, jax.random.PRNGKey(0), tx)
+    ckpt = ckpt_lib.Checkpointer(self.workdir / "checkpoints" / "concept_generator")
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"{self.workdir}: no concept generator checkpoint")
+    state, _ = ckpt.restore(target=state)
+    images = np.stack([input_pipeline.decode_image(p.read_bytes(), cfg.image_size) for p in paths])
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         jnp.asarray(images), train=False)
+    return np.asarray(cg_lib.predict_multi_hot(np.asarray(logits), threshold=cfg.cg_threshold,
+                                               min_k=cfg.cg_min_k, max_k=cfg.cg_max_k))
+
+  def add_account(self, account_id: str, rep: dict[str, Any], category: str = "") -> int:
+    """Appends an unseen account (from ``represent_posts``); returns its row."""
+    if account_id in self.account_index:
+      return self.account_index[account_id]
+    t = self.tables
+    self.tables = ranker_lib.Tables(
+        top_idx=np.concatenate([t.top_idx, rep["top_idx"][None]]),
+        top_w=np.concatenate([t.top_w, rep["top_w"][None]]),
+        engagement=np.append(t.engagement, np.float32(engagement_lib.scale_engagement(rep["mean_engagement"]))),
+        followers=np.append(t.followers, np.float32(engagement_lib.scale_followers(rep["followers"]))),
+        concepts=t.concepts)
+    self.w_a = np.concatenate([self.w_a, rep["w_a"][None]])
+    self.top_idx, self.top_w = self.tables.top_idx, self.tables.top_w
+    self.account_ids.append(account_id)
+    self.categories.append(category)
+    self.account_index[account_id] = len(self.account_ids) - 1
+    return self.account_index[account_id]
+
+
+def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = None) -> Run:
+  """Loads a finished run; ``data_dir`` overrides the run's dataset (same accounts expected)."""
+  from camera_jax import pipeline
+  workdir = pathlib.Path(workdir)
+  if not (workdir / "flags.txt").exists():
+    raise FileNotFoundError(f"{workdir}: not a run directory (no flags.txt)")
+  cfg = read_flags(workdir / "flags.txt")
+  if data_dir:
+    cfg = cfg.replace(data_dir=str(data_dir))
+  ddir = pathlib.Path(cfg.data_dir) if cfg.data_dir else workdir / "data"
+  dataset = format_lib.load(ddir, seed=cfg.seed, check_images=False)
+  cdir = workdir / "concepts"
+  concepts = tuple(x for x in (cdir / "concepts.txt").read_text(encoding="utf-8").splitlines() if x)
+  u_c = np.load(cdir / "U_C.npy")
+  w_a = np.load(cdir / "w_a.npy")
+  feats = pipeline.account_features(dataset)
+  tables = pipeline.build_tables(cfg, w_a, u_c, feats)
+  params = ranker_lib.restore_params(pipeline.ranker_config(cfg), tables, workdir / "checkpoints" / "ranker")
+  ids = [a.id for a in dataset.accounts]
+  return Run(workdir=workdir, config=cfg, dataset=dataset, concepts=concepts, U_C=u_c,
+             embedder=text_lib.TextEmbedder.load(workdir / "word2vec"), w_a=w_a,
+             top_idx=tables.top_idx, top_w=tables.top_w, account_ids=ids,
+             account_index={a: i for i, a in enumerate(ids)},
+             categories=[a.category for a in dataset.accounts], tables=tables, params=params)

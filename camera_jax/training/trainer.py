@@ -1,0 +1,133 @@
+"""Pieces shared by every trainer: train state, optimiser, L1 term, NaN guard, epoch logs.
+
+Each stage (concept generator, COSMIC, ranker) is trained by a pure, jitted ``train_step`` of
+the form ``state, metrics = train_step(state, batch, key)`` where ``metrics`` is a dict of
+on-device *sums* (loss x rows, rows, non-finite steps).  Sums are accumulated on device and read
+once per epoch, so the training loop never syncs with the host between logging intervals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+  """A flax TrainState that also carries BatchNorm statistics (empty dict when unused)."""
+
+  batch_stats: Any = flax.struct.field(default_factory=dict)
+
+
+class NonFiniteError(RuntimeError):
+  """Raised when a loss or gradient became NaN or inf; the last good checkpoint is kept."""
+
+
+def make_optimizer(learning_rate: float, decay_rate: float, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam with an exponential per-epoch (staircase) learning-rate decay, as in paper IV-B.
+
+  The paper: lr 0.001 decayed by 0.95 every epoch.  ``steps_per_epoch`` turns the per-epoch
+  decay into optax's step-based schedule.
+  """
+  return optax.adam(learning_rate_schedule(learning_rate, decay_rate, steps_per_epoch))
+
+
+def learning_rate_schedule(learning_rate: float, decay_rate: float, steps_per_epoch: int) -> optax.Schedule:
+  """lr(step) = learning_rate * decay_rate ** floor(step / steps_per_epoch)."""
+  return optax.exponential_decay(
+      init_value=learning_rate, transition_steps=max(1, int(steps_per_epoch)),
+      decay_rate=decay_rate, staircase=True)
+
+
+def l1_penalty(params: Any) -> jax.Array:
+  """Sum of |w| over every weight matrix (leaves named ``kernel`` or ``concept_matrix``).
+
+  The paper "tuned the L1 regularization with the regularization rate of 0.001"; the authors'
+  code applies it to weight matrices only, not to biases or BatchNorm scales.
+  """
+  total = jnp.zeros((), jnp.float32)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name in ("kernel", "concept_matrix"):
+      total = total + jnp.sum(jnp.abs(leaf))
+  return total
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True when every leaf of ``tree`` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def guarded_update(state: TrainState, grads: Any, loss: jax.Array, **updates: Any) -> tuple[TrainState, jax.Array]:
+  """Applies ``grads`` only when the loss and every gradient are finite (big_vision's NaN guard).
+
+  Returns the new state and a 0/1 flag counting a skipped (non-finite) step.  The training loop
+  reads the flag's epoch sum and stops the run with ``NonFiniteError`` before checkpointing.
+  """
+  ok = jnp.logical_and(jnp.isfinite(loss), all_finite(grads))
+  new_state = state.apply_gradients(grads=grads, **updates)
+  new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+  return new_state, jnp.logical_not(ok).astype(jnp.int32)
+
+
+def add_metrics(acc: dict[str, jax.Array] | None, new: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """On-device accumulation of metric sums."""
+  if acc is None:
+    return new
+  return jax.tree_util.tree_map(jnp.add, acc, new)
+
+
+def check_finite(stage: str, epoch: int, sums: dict[str, float]) -> None:
+  """Raises NonFiniteError with a clear message when any step of the epoch was non-finite."""
+  bad = int(sums.get("nonfinite", 0))
+  if bad:
+    raise NonFiniteError(
+        f"{stage}: {bad} step(s) of epoch {epoch} had a NaN or inf loss or gradient; "
+        "stopping (the last good checkpoint is kept). Lower the learning rate or check the inputs.")
+
+
+@dataclasses.dataclass
+class TrainLog:
+  """Appends one JSON object per line to ``workdir/train_log.jsonl`` (only on process 0)."""
+
+  path: pathlib.Path | None
+  enabled: bool = True
+
+  def write(self, **record: Any) -> None:
+    if self.path is None or not self.enabled:
+      return
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(record, sort_keys=True) + "\n")
+
+  def truncate_stage(self, stage: str, after_epoch: int) -> None:
+    """Drops the stage's records for epochs > after_epoch (a resumed run rewrites them)."""
+    if self.path is None or not self.enabled or not self.path.exists():
+      return
+    keep = []
+    for line in self.path.read_text(encoding="utf-8").splitlines():
+      if not line.strip():
+        continue
+      rec = json.loads(line)
+      if rec.get("stage") == stage and int(rec.get("epoch", 0)) > after_epoch:
+        continue
+      keep.append(line)
+    self.path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+
+
+def host_sums(acc: dict[str, jax.Array] | None) -> dict[str, float]:
+  """Fetches accumulated on-device sums (one host sync per epoch)."""
+  if acc is None:
+    return {}
+  return {k: float(v) for k, v in jax.device_get(acc).items()}
+
+
+StepFn = Callable[..., tuple[TrainState, dict[str, jax.Array]]]

@@ -1,0 +1,73 @@
+r"""The main job: the whole CAMERA method end to end.
+
+  python experiments/train.py --flagfile=camera.flags
+  python experiments/train.py --flagfile=experiments/configs/paper.flags --data_dir=DIR
+
+Without --data_dir it generates the synthetic preset (--preset) into the work directory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pathlib
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app, flags, logging  # noqa: E402
+
+import _flags  # noqa: E402
+
+_flags.define_config_flags()
+_WORKDIR = flags.DEFINE_string("workdir", "", "work directory (default: a fresh one under runs/)")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  from camera_jax import pipeline
+  from camera_jax.data import format as format_lib
+  from camera_jax.training import sharding, trainer
+
+  cfg = _flags.config_from_flags(FLAGS)
+  sharding.initialize_distributed(cfg.coordinator_address or None, cfg.num_processes, cfg.process_id)
+  workdir = pathlib.Path(_WORKDIR.value or os.path.join(
+      "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
+  if cfg.data_dir:  # Validate first: stop before doing any work.
+    if not os.path.isdir(cfg.data_dir):
+      print(f"{cfg.data_dir}: dataset directory does not exist", file=sys.stderr)
+      return 1
+    errors = format_lib.validate(cfg.data_dir, check_images=cfg.check_images)
+    if errors:
+      print("\n".join(errors), file=sys.stderr)
+      return 1
+  workdir.mkdir(parents=True, exist_ok=True)
+  if pipeline.is_main():
+    pipeline.atomic_write_text(workdir / "flags.txt", FLAGS.flags_into_string())
+  logging.info("work directory: %s", workdir)
+  try:
+    result = pipeline.train_and_evaluate(cfg, workdir)
+  except format_lib.DatasetError as e:
+    print("\n".join(e.errors), file=sys.stderr)
+    return 1
+  except trainer.NonFiniteError as e:
+    print(str(e), file=sys.stderr)
+    return 1
+  if pipeline.is_main():
+    if cfg.report:
+      try:
+        from camera_jax import run as run_lib
+        from camera_jax.explain import report
+        path = report.write_report(run_lib.load_run(workdir))
+        logging.info("report: %s", path)
+      except Exception as e:  # The report must never lose a finished run.
+        logging.exception("report failed: %s", e)
+    print(f"work directory: {workdir}")
+    print(pipeline.format_table(result))
+    print(f"finished in {result['seconds']:.1f} s")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

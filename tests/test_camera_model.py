@@ -1,0 +1,222 @@
+"""Tests for camera_jax.models.camera (eq. 5-18 and the CAMERA module)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camera_jax.models import camera
+
+SMALL = dict(d_hidden=(16, 8), gamma=(16, 16, 8), d_score=4)
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + math.exp(-x))
+
+
+# -- equations on hand examples ------------------------------------------------------------------
+
+
+def test_eq5_historical_distribution():
+  w = camera.historical_distribution(jnp.array([0.0, math.log(2.0), math.log(3.0)]))
+  np.testing.assert_allclose(w, [1 / 6, 2 / 6, 3 / 6], rtol=1e-6)
+
+
+def test_top_concepts_keeps_raw_weights():
+  idx, w = camera.top_concepts(jnp.array([0.1, 0.4, 0.2, 0.3]), k=2)
+  np.testing.assert_array_equal(idx, [1, 3])
+  np.testing.assert_allclose(w, [0.4, 0.3])           # not renormalised (sum 0.7)
+  assert idx.dtype == jnp.int32
+  # top-10 of 20 random distributions, batched
+  w_a = jax.nn.softmax(jax.random.normal(jax.random.key(0), (3, 20)), axis=-1)
+  idx, w = camera.top_concepts(w_a, k=10)
+  assert idx.shape == (3, 10) and w.shape == (3, 10)
+  for r in range(3):
+    want = np.argsort(-np.asarray(w_a[r]), kind="stable")[:10]
+    np.testing.assert_array_equal(idx[r], want)
+    np.testing.assert_allclose(w[r], np.asarray(w_a[r])[want])
+  assert np.all(np.diff(np.asarray(w), axis=-1) <= 0)
+  # ties -> lower index
+  np.testing.assert_array_equal(camera.top_concepts(jnp.full((5,), 0.2), k=3)[0], [0, 1, 2])
+
+
+def test_eq6_eq8_weighted_sums():
+  w = jnp.array([0.5, 0.25])
+  u = jnp.array([[2.0, 0.0], [0.0, 4.0]])
+  np.testing.assert_allclose(camera.historical_representation(w, u), [1.0, 1.0])
+  np.testing.assert_allclose(camera.marketing_representation(w, u), [1.0, 1.0])
+  # batched: [B=2, k=2, d=2]
+  wb = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+  ub = jnp.stack([u, u])
+  np.testing.assert_allclose(camera.historical_representation(wb, ub), [[2, 0], [0, 4]])
+
+
+def test_eq7_marketing_weights():
+  psi = jnp.array([[1.0, 0.0]])
+  rho = jnp.array([[[math.log(3.0), 7.0], [0.0, 7.0], [math.log(2.0), 7.0]]])
+  # inner products [ln 3, 0, ln 2] -> softmax = [3, 1, 2] / 6
+  np.testing.assert_allclose(camera.marketing_weights(psi, rho), [[0.5, 1 / 6, 1 / 3]],
+                             rtol=1e-6)
+  # "mean": inner product / p (p = 2) -> [sqrt 3, 1, sqrt 2] / sum
+  s = math.sqrt(3) + 1 + math.sqrt(2)
+  np.testing.assert_allclose(camera.marketing_weights(psi, rho, scale="mean"),
+                             [[math.sqrt(3) / s, 1 / s, math.sqrt(2) / s]], rtol=1e-6)
+  np.testing.assert_allclose(
+      camera.marketing_weights(psi, rho, jnp.array([[True, True, False]])),
+      [[0.75, 0.25, 0.0]], rtol=1e-6)
+  with pytest.raises(ValueError):
+    camera.marketing_weights(psi, rho, scale="cosine")
+
+
+def test_eq9_fuse_concatenates_h_then_r():
+  e_a = camera.fuse(lambda x: x * 2, jnp.array([1.0, 2.0]), jnp.array([3.0]))
+  np.testing.assert_allclose(e_a, [2.0, 4.0, 6.0])
+
+
+def test_eq11_to_eq18_scores():
+  w1 = jnp.array([[1.0, -1.0]])
+  b1 = jnp.array([0.0, 2.0])
+  w2 = jnp.array([[1.0], [2.0]])
+  # x = 2: sigmoid([2, 0]) @ [1, 2] = 0.880797 + 2 * 0.5
+  got = camera.score_mlp(jnp.array([2.0]), w1, b1, w2)
+  np.testing.assert_allclose(got, [_sigmoid(2.0) + 1.0], rtol=1e-6)
+  assert float(camera.endorsement_score(jnp.float32(0.5), jnp.float32(0.5))) == pytest.approx(
+      _sigmoid(1.0))
+  assert float(camera.influence_score(jnp.float32(-1.0), jnp.float32(1.0))) == pytest.approx(0.5)
+  s_con = camera.content_score(jnp.array([[1.0, 2.0, 3.0]]), jnp.array([[4.0, 5.0, 6.0]]))
+  np.testing.assert_allclose(s_con, [32.0])                          # 4 + 10 + 18
+  np.testing.assert_allclose(camera.ranking_score(s_con, 0.5, 0.25), [4.0])
+
+
+# -- the module ----------------------------------------------------------------------------------
+
+
+def _batch(b=3, k=4, n=30, d_u=6, seed=0):
+  rng = np.random.default_rng(seed)
+  w_a = jax.nn.softmax(jnp.asarray(rng.normal(size=(2 * b, n)) * 2), axis=-1)
+  idx, w = camera.top_concepts(w_a, k)
+  batch = dict(brand_idx=idx[:b], brand_w=w[:b], inf_idx=idx[b:], inf_w=w[b:],
+               ed_post=jnp.asarray(rng.random(b), jnp.float32),
+               ed_brand=jnp.asarray(rng.random(b), jnp.float32),
+               followers=jnp.asarray(rng.random(b), jnp.float32),
+               eng_inf=jnp.asarray(rng.random(b), jnp.float32))
+  concepts = jnp.asarray(rng.standard_normal((n, d_u)), jnp.float32)
+  return batch, concepts
+
+
+def test_forward_shapes_and_attention_sums():
+  batch, concepts = _batch()
+  model = camera.CAMERA(**SMALL)
+  v = model.init(jax.random.key(0), batch, concepts, deterministic=True)
+  out = model.apply(v, batch, concepts, deterministic=True)
+  for key in ("S", "S_con", "S_ed", "S_in"):
+    assert out[key].shape == (3,) and out[key].dtype == jnp.float32
+  assert out["w_b"].shape == (3, 4) and out["w_m"].shape == (3, 4)
+  np.testing.assert_allclose(out["w_b"].sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(out["w_m"].sum(-1), 1.0, rtol=1e-6)
+  assert np.all((out["S_ed"] > 0) & (out["S_ed"] < 1) & (out["S_in"] > 0) & (out["S_in"] < 1))
+  np.testing.assert_allclose(out["S"], out["S_con"] * out["S_ed"] * out["S_in"], rtol=1e-6)
+  # bf16 compute still returns float32 scores
+  bf = camera.CAMERA(**SMALL, dtype=jnp.bfloat16).apply(v, batch, concepts, deterministic=True)
+  assert bf["S"].dtype == jnp.float32
+
+
+def test_rho_table_path_equals_gathered_path():
+  batch, concepts = _batch()   # 2 * 3 * 4 = 24 gathered rows < n = 30: "auto" uses rows
+  v = camera.CAMERA(**SMALL).init(jax.random.key(0), batch, concepts, deterministic=True)
+  outs = {p: camera.CAMERA(**SMALL, rho_path=p).apply(v, batch, concepts, deterministic=True)
+          for p in ("auto", "rows", "table")}
+  for key in outs["rows"]:
+    np.testing.assert_allclose(outs["table"][key], outs["rows"][key], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(outs["auto"][key], outs["rows"][key])
+  # training mode on the table path runs and still gives distributions
+  tr = camera.CAMERA(**SMALL, rho_path="table").apply(
+      v, batch, concepts, deterministic=False, rngs={"dropout": jax.random.key(1)})
+  np.testing.assert_allclose(tr["w_b"].sum(-1), 1.0, rtol=1e-6)
+
+
+def test_score_pairs_equals_call():
+  batch, concepts = _batch()
+  model = camera.CAMERA(**SMALL)
+  v = model.init(jax.random.key(0), batch, concepts, deterministic=True)
+  want = model.apply(v, batch, concepts, deterministic=True)
+  # catalogue style: encode 3 brands and 3 influencers once, the rho table once, then score
+  # the pairs (i, i) gathered from the encodings in a different row order
+  brands = model.apply(v, batch["brand_idx"], batch["brand_w"], concepts,
+                       method=camera.CAMERA.encode_accounts)
+  infs = model.apply(v, batch["inf_idx"], batch["inf_w"], concepts,
+                     method=camera.CAMERA.encode_accounts)
+  table = model.apply(v, concepts, method=camera.CAMERA.concept_table)
+  assert table.shape == (30, 8)
+  order = jnp.array([2, 0, 1])
+  pick = lambda enc: jax.tree.map(lambda a: a[order], enc)
+  feats = {k: batch[k][order] for k in ("ed_post", "ed_brand", "followers", "eng_inf")}
+  got = model.apply(v, pick(brands), pick(infs), table, feats, method=camera.CAMERA.score_pairs)
+  for key in want:
+    np.testing.assert_allclose(got[key], np.asarray(want[key])[np.asarray(order)], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_dropout_only_when_not_deterministic():
+  batch, concepts = _batch()
+  model = camera.CAMERA(**SMALL)
+  v = model.init(jax.random.key(0), batch, concepts, deterministic=True)
+  a = model.apply(v, batch, concepts, deterministic=True, rngs={"dropout": jax.random.key(1)})
+  b = model.apply(v, batch, concepts, deterministic=True, rngs={"dropout": jax.random.key(2)})
+  np.testing.assert_array_equal(a["S"], b["S"])   # repeatable, rng ignored
+  c = model.apply(v, batch, concepts, deterministic=False, rngs={"dropout": jax.random.key(1)})
+  d = model.apply(v, batch, concepts, deterministic=False, rngs={"dropout": jax.random.key(2)})
+  c2 = model.apply(v, batch, concepts, deterministic=False, rngs={"dropout": jax.random.key(1)})
+  assert not np.allclose(c["S_con"], a["S_con"])
+  assert not np.allclose(c["S_con"], d["S_con"])
+  np.testing.assert_array_equal(c["S"], c2["S"])  # same rng, same masks
+  no_drop = camera.CAMERA(**SMALL, dropout=0.0)
+  e = no_drop.apply(v, batch, concepts, deterministic=False)   # no rng needed
+  np.testing.assert_allclose(e["S"], a["S"], rtol=1e-6)
+
+
+def test_without_interaction_s_equals_s_con():
+  batch, concepts = _batch()
+  model = camera.CAMERA(**SMALL, use_interaction=False)
+  v = model.init(jax.random.key(0), batch, concepts, deterministic=True)
+  assert not any(k.startswith("phi") for k in v["params"])
+  out = model.apply(v, batch, concepts, deterministic=True)
+  np.testing.assert_array_equal(out["S"], out["S_con"])
+  np.testing.assert_array_equal(out["S_ed"], np.ones(3))
+  np.testing.assert_array_equal(out["S_in"], np.ones(3))
+  # the same psi/rho/gamma params give the same S_con inside the full model
+  full = camera.CAMERA(**SMALL)
+  vf = full.init(jax.random.key(0), batch, concepts, deterministic=True)
+  vf = {"params": {**vf["params"], **v["params"]}}
+  np.testing.assert_allclose(full.apply(vf, batch, concepts, deterministic=True)["S_con"],
+                             out["S_con"], rtol=1e-6)
+
+
+def test_ed_mask_zeroes_endorsement():
+  batch, concepts = _batch()
+  model = camera.CAMERA(**SMALL)
+  v = model.init(jax.random.key(0), batch, concepts, deterministic=True)
+  out = model.apply(v, {**batch, "ed_mask": jnp.array([1.0, 0.0, 1.0])}, concepts,
+                    deterministic=True)
+  ref = model.apply(v, batch, concepts, deterministic=True)
+  assert float(out["S_ed"][1]) == 0.0 and float(out["S"][1]) == 0.0
+  np.testing.assert_allclose(np.asarray(out["S"])[[0, 2]], np.asarray(ref["S"])[[0, 2]], rtol=1e-6)
+
+
+def test_default_sizes_init_range_and_parameter_count():
+  batch, concepts = _batch(b=2, k=10, n=40, d_u=100)
+  model = camera.CAMERA()
+  v = model.init(jax.random.key(0), batch, concepts, deterministic=True)
+  leaves = jax.tree.leaves(v["params"])
+  lo = min(float(jnp.min(a)) for a in leaves)
+  hi = max(float(jnp.max(a)) for a in leaves)
+  assert -0.1 <= lo < -0.09 and 0.09 < hi <= 0.1       # uniform(-0.1, 0.1), biases included
+  assert all(float(jnp.min(jnp.abs(a))) < 0.01 for a in leaves)   # no constant init
+  # psi, rho: 100*1024 + 1024 + 1024*512 + 512 = 628,224 each
+  # gamma: 200*1024 + 1024 + 1024*1024 + 1024 + 1024*512 + 512 = 1,780,224
+  # phi: (64 + 64 + 64) x 4 = 768
+  count = sum(int(np.prod(a.shape)) for a in leaves)
+  assert count == 2 * 628_224 + 1_780_224 + 768 == 3_037_440
+  assert v["params"]["gamma_mlp"]["dense0"]["kernel"].shape == (200, 1024)

@@ -1,0 +1,219 @@
+"""Tests for camera_jax.training.checkpoint.Checkpointer (orbax CheckpointManager wrapper)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.training import train_state
+
+from camera_jax.training.checkpoint import Checkpointer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+class _Net(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = nn.Dense(3)(x)
+        return nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
+
+
+class State(train_state.TrainState):
+    batch_stats: Any
+    rng: jax.Array
+
+
+def _make_state(seed: int, steps: int) -> State:
+    """A TrainState with Adam moments, batch stats, a typed key and `steps` updates applied."""
+    net = _Net()
+    variables = net.init(jax.random.key(seed), jnp.ones((4, 2)))
+    state = State.create(
+        apply_fn=net.apply,
+        params=variables["params"],
+        tx=optax.adam(1e-2),
+        batch_stats=variables["batch_stats"],
+        rng=jax.random.key(seed + 100),
+    )
+    x = jnp.arange(8.0).reshape(4, 2) + seed
+    for _ in range(steps):
+
+        def loss(params):
+            y, upd = state.apply_fn(
+                {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.sum(y**2), upd
+
+        grads, upd = jax.grad(loss, has_aux=True)(state.params)
+        state = state.apply_gradients(grads=grads).replace(
+            batch_stats=upd["batch_stats"], rng=jax.random.split(state.rng)[0]
+        )
+    return state
+
+
+def _assert_trees_equal(a: Any, b: Any) -> None:
+    # Static fields (apply_fn, tx) come from the restore template: compare paths, not treedefs.
+    paths_a, leaves_a = zip(*jax.tree.flatten_with_path(a)[0])
+    paths_b, leaves_b = zip(*jax.tree.flatten_with_path(b)[0])
+    assert paths_a == paths_b
+    for x, y in zip(leaves_a, leaves_b):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            assert jax.random.key_impl(x) == jax.random.key_impl(y)
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_of_a_train_state_with_adam_key_and_batch_stats(tmp_path: pathlib.Path) -> None:
+    saved = _make_state(seed=0, steps=3)
+    assert saved.step == 3
+    mu = saved.opt_state[0].mu["Dense_0"]["kernel"]
+    assert float(jnp.abs(mu).sum()) > 0  # real Adam moments, not zeros
+    meta = {"epoch": 2, "data_seed": np.int64(11), "metrics": {"loss": np.float32(0.5)}, "rng": jax.random.key(5)}
+    with Checkpointer(tmp_path / "ckpt") as ckpt:
+        ckpt.save(3, saved, meta)
+        ckpt.wait()
+        template = _make_state(seed=1, steps=0)  # same structure, different values
+        restored, restored_meta = ckpt.restore(target=template)
+
+    _assert_trees_equal(restored, saved)
+    assert isinstance(restored, State)
+    assert type(restored.opt_state[0]) is type(saved.opt_state[0])  # ScaleByAdamState namedtuple
+    assert type(restored.opt_state[0]).__name__ == "ScaleByAdamState"
+    assert int(restored.step) == 3
+    assert jax.dtypes.issubdtype(restored.rng.dtype, jax.dtypes.prng_key)
+    # Keys still behave as keys and give the same stream.
+    np.testing.assert_array_equal(jax.random.normal(restored.rng, (3,)), jax.random.normal(saved.rng, (3,)))
+    assert restored_meta == {
+        "epoch": 2,
+        "data_seed": 11,
+        "metrics": {"loss": 0.5},
+        "rng": np.asarray(jax.random.key_data(jax.random.key(5))).tolist(),
+    }
+    # The restored state trains on as the saved one would.
+    assert restored.apply_gradients(grads=jax.tree.map(jnp.ones_like, restored.params)).step == 4
+
+
+def test_restore_keeps_the_target_sharding(tmp_path: pathlib.Path) -> None:
+    from camera_jax.training.sharding import make_mesh, replicate, replicated
+
+    mesh = make_mesh()
+    state = replicate({"w": jnp.arange(4.0), "rng": jax.random.key(2)}, mesh)
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(0, state)
+        restored, meta = ckpt.restore(target=state)
+    assert meta == {}
+    assert restored["w"].sharding == replicated(mesh)
+    _assert_trees_equal(restored, state)
+
+
+def test_restore_without_target_gives_raw_arrays(tmp_path: pathlib.Path) -> None:
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, {"w": jnp.ones(2), "rng": jax.random.key(0)}, {"epoch": 0})
+        state, meta = ckpt.restore()
+    np.testing.assert_array_equal(np.asarray(state["w"]), [1.0, 1.0])
+    np.testing.assert_array_equal(np.asarray(state["rng"]), np.asarray(jax.random.key_data(jax.random.key(0))))
+    assert meta == {"epoch": 0}
+
+
+def test_latest_step_and_max_to_keep(tmp_path: pathlib.Path) -> None:
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        assert ckpt.latest_step() is None
+        with pytest.raises(FileNotFoundError):
+            ckpt.restore()
+        for step in (10, 20, 30):
+            ckpt.save(step, {"x": jnp.full((2,), float(step))}, {"step": step})
+        ckpt.wait()
+        assert ckpt.latest_step() == 30
+        assert ckpt.all_steps() == [20, 30]
+        state, meta = ckpt.restore(target={"x": jnp.zeros(2)})
+        assert state["x"].tolist() == [30.0, 30.0] and meta == {"step": 30}
+        state, meta = ckpt.restore(20, target={"x": jnp.zeros(2)})
+        assert state["x"].tolist() == [20.0, 20.0] and meta == {"step": 20}
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["20", "30"]
+    # A new Checkpointer on the same directory sees the same steps (resume).
+    with Checkpointer(tmp_path, max_to_keep=2) as again:
+        assert again.latest_step() == 30
+
+
+def test_save_returns_after_the_host_copy_so_the_state_can_be_donated(tmp_path: pathlib.Path) -> None:
+    x = jnp.arange(1000.0) * 2
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, {"x": x})
+        x.delete()  # what donation does to the buffer
+        ckpt.wait()
+        state, _ = ckpt.restore(target={"x": jax.ShapeDtypeStruct((1000,), jnp.float32)})
+    np.testing.assert_array_equal(np.asarray(state["x"]), np.arange(1000.0) * 2)
+
+
+def test_a_stray_incomplete_tmp_directory_is_ignored(tmp_path: pathlib.Path) -> None:
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, {"x": jnp.ones(2)}, {"epoch": 1})
+        ckpt.save(2, {"x": jnp.full(2, 2.0)}, {"epoch": 2})
+    # What a crash in the middle of writing step 3 leaves behind.
+    stray = tmp_path / "3.orbax-checkpoint-tmp"
+    (stray / "state").mkdir(parents=True)
+    (stray / "state" / "partial").write_bytes(b"\x00" * 10)
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() == 2
+        assert ckpt.all_steps() == [1, 2]
+        state, meta = ckpt.restore(target={"x": jnp.zeros(2)})
+        assert state["x"].tolist() == [2.0, 2.0] and meta == {"epoch": 2}
+        # And step 3 can still be written for real.
+        ckpt.save(3, {"x": jnp.full(2, 3.0)}, {"epoch": 3})
+        ckpt.wait()
+        assert ckpt.latest_step() == 3
+        assert ckpt.restore(target={"x": jnp.zeros(2)})[0]["x"].tolist() == [3.0, 3.0]
+
+
+_CRASH = textwrap.dedent(
+    """
+    import os, sys
+    import jax.numpy as jnp
+    from orbax.checkpoint._src.path import atomicity
+    from camera_jax.training.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(sys.argv[1])
+    ckpt.save(1, {"x": jnp.ones(4)}, {"epoch": 1})
+    ckpt.wait()
+    if not hasattr(atomicity.AtomicRenameTemporaryPath, "finalize"):
+        os._exit(5)
+
+    async def die(self, *args, **kwargs):  # the process is killed after writing, before the rename
+        os._exit(3)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = die
+    ckpt.save(2, {"x": jnp.full(4, 2.0)}, {"epoch": 2})
+    ckpt.wait()
+    os._exit(0)
+    """
+)
+
+
+def test_a_crash_mid_save_leaves_the_previous_checkpoint_restorable(tmp_path: pathlib.Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASH, str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode == 5:
+        pytest.skip("this orbax version has no AtomicRenameTemporaryPath.finalize to interrupt")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    leftovers = [p.name for p in tmp_path.iterdir() if "tmp" in p.name]
+    assert leftovers, "the interrupted save should have left its temporary directory"
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() == 1
+        state, meta = ckpt.restore(target={"x": jnp.zeros(4)})
+    assert state["x"].tolist() == [1.0] * 4 and meta == {"epoch": 1}

@@ -1,0 +1,81 @@
+"""Tests for camera_jax.models.visual."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camera_jax.models import visual
+
+
+def _count(tree):
+  return int(sum(np.prod(a.shape) for a in jax.tree.leaves(tree)))
+
+
+@pytest.mark.parametrize("side,window", [(8, 2), (9, 2), (7, 3), (9, 3), (5, 1)])
+def test_max_pool_equals_valid_max_pool(side, window):
+  x = jax.random.normal(jax.random.key(side * 10 + window), (2, side, side + 1, 3))
+  want = nn.max_pool(x, (window, window), strides=(window, window), padding="VALID")
+  got = visual.max_pool(x, window)
+  assert got.shape == want.shape
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_max_pool_hand_values():
+  x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+  # windows 2x2: maxima are the bottom-right element of each block: 5, 7, 13, 15
+  np.testing.assert_array_equal(np.asarray(visual.max_pool(x, 2))[0, :, :, 0], [[5, 7], [13, 15]])
+  # window 3 on a 4x4 input crops to 3x3: a single window with max 10
+  assert float(visual.max_pool(x, 3)[0, 0, 0, 0]) == 10.0
+
+
+def test_output_side():
+  assert visual.output_side(64, (3, 1, 2, 1, 2)) == 5     # 64 -> 21 -> 10 -> 5
+  assert visual.output_side(224, (3, 1, 2, 1, 2)) == 18   # 224 -> 74 -> 37 -> 18
+
+
+# conv kernels (3*3*c_in*c_out, no bias): 3*32 + 32*64 + 64*64 + 64*128 + 128*128 = 30,816 -> x9
+CONV = 9 * (3 * 32 + 32 * 64 + 64 * 64 + 64 * 128 + 128 * 128)   # = 277,344
+BN = 2 * (32 + 64 + 64 + 128 + 128 + 1024)                         # scale + bias = 2,880
+
+
+@pytest.mark.parametrize("side,flat", [(64, 5 * 5 * 128), (224, 18 * 18 * 128)])
+def test_shapes_and_parameter_count(side, flat):
+  enc = visual.VisualEncoder()
+  x = jnp.zeros((2, side, side, 3))
+  variables = jax.eval_shape(lambda: enc.init(jax.random.key(0), x, train=False))
+  out = jax.eval_shape(lambda v: enc.apply(v, x, train=False), variables)
+  assert out.shape == (2, 1024)
+  assert variables["params"]["fc"]["kernel"].shape == (flat, 1024)
+  # 64 px: 277,344 + 2,880 + 3,200 * 1,024 (3,276,800) = 3,557,024
+  # 224 px: 277,344 + 2,880 + 41,472 * 1,024 (42,467,328) = 42,747,552
+  expected = CONV + BN + flat * 1024
+  assert _count(variables["params"]) == expected
+  assert _count(variables["batch_stats"]) == BN   # mean + var per BatchNorm channel
+  assert CONV == 277_344
+  assert {64: 3_557_024, 224: 42_747_552}[side] == expected
+
+
+def test_batchnorm_train_vs_eval_and_dtype():
+  enc = visual.VisualEncoder(channels=(4, 4, 4, 4, 4), fc=8)
+  x = jax.random.uniform(jax.random.key(1), (3, 12, 12, 3))
+  v = enc.init(jax.random.key(0), x, train=False)
+  y, upd = enc.apply(v, x, train=True, mutable=["batch_stats"])
+  assert y.shape == (3, 8)
+  before = v["batch_stats"]["bn1"]["mean"]
+  after = upd["batch_stats"]["bn1"]["mean"]
+  assert not np.allclose(before, after)              # running mean moved
+  # eval mode is a pure function of the variables
+  a = enc.apply(v, x, train=False)
+  b = enc.apply(v, x, train=False)
+  np.testing.assert_array_equal(a, b)
+  assert enc.apply(v, x, train=False).dtype == jnp.float32
+  bf = visual.VisualEncoder(channels=(4, 4, 4, 4, 4), fc=8, dtype=jnp.bfloat16)
+  assert bf.apply(v, x, train=False).dtype == jnp.bfloat16
+
+
+def test_rejects_mismatched_layout():
+  with pytest.raises(ValueError):
+    visual.VisualEncoder(channels=(4, 4), pools=(2,)).init(
+        jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
