@@ -87,6 +87,17 @@ class Config:
   def replace(self, **changes: Any) -> "Config":
     return dataclasses.replace(self, **changes)
 
+  def to_flags(self) -> str:
+    """The config as a flags file (``--name=value`` per line), readable by --flagfile."""
+    lines = []
+    for k, v in dataclasses.asdict(self).items():
+      if isinstance(v, tuple):
+        v = ",".join(str(x) for x in v)
+      elif isinstance(v, bool):
+        v = "true" if v else "false"
+      lines.append(f"--{k}={v}")
+    return "\n".join(lines) + "\n"
+
   def to_dict(self) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 

@@ -339,6 +339,8 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
   workdir.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
   log = trainer.TrainLog(workdir / "train_log.jsonl", enabled=is_main())
+  if is_main():
+    atomic_write_text(workdir / "flags.txt", cfg.to_flags() + f"--workdir={workdir}\n")
   mesh = sharding.make_mesh()
   prep = prepare_concepts(cfg, workdir, log, mesh)
   dataset = prep.dataset

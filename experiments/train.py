@@ -43,8 +43,6 @@ def main(argv):
       print("\n".join(errors), file=sys.stderr)
       return 1
   workdir.mkdir(parents=True, exist_ok=True)
-  if pipeline.is_main():
-    pipeline.atomic_write_text(workdir / "flags.txt", FLAGS.flags_into_string())
   logging.info("work directory: %s", workdir)
   try:
     result = pipeline.train_and_evaluate(cfg, workdir)

@@ -208,7 +208,7 @@ def test_ed_mask_zeroes_endorsement():
 def test_default_sizes_init_range_and_parameter_count():
   batch, concepts = _batch(b=2, k=10, n=40, d_u=100)
   model = camera.CAMERA()
-  v = model.init(jax.random.key(0), batch, concepts, deterministic=True)
+  v = jax.jit(lambda r: model.init(r, batch, concepts, deterministic=True))(jax.random.key(0))
   leaves = jax.tree.leaves(v["params"])
   lo = min(float(jnp.min(a)) for a in leaves)
   hi = max(float(jnp.max(a)) for a in leaves)

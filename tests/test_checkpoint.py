@@ -217,3 +217,70 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_restorable(tmp_path: pa
         assert ckpt.latest_step() == 1
         state, meta = ckpt.restore(target={"x": jnp.zeros(4)})
     assert state["x"].tolist() == [1.0] * 4 and meta == {"epoch": 1}
+
+
+_WORKER = """
+import sys
+import numpy as np
+from camera_jax.training import sharding as sh
+
+port, pid, directory = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sh.initialize_distributed(f"127.0.0.1:{port}", 2, pid)
+import jax, jax.numpy as jnp
+from camera_jax.training.checkpoint import Checkpointer
+
+mesh = sh.make_mesh()
+assert mesh.size == 4
+rows = np.arange(8 * 2, dtype=np.float32).reshape(8, 2)
+state = {
+    "sharded": sh.shard_batch(rows[sh.process_slice(8, pid, 2)], mesh),
+    "w": sh.replicate(np.array([1.0, -1.0], np.float32), mesh),
+    "rng": sh.replicate(jax.random.key(3), mesh),
+    "step": 5,
+}
+with Checkpointer(directory) as ckpt:
+    ckpt.save(5, state, {"epoch": 1})          # every process saves
+    ckpt.wait()
+    template = jax.tree.map(lambda x: x, state)
+    restored, meta = ckpt.restore(target=template)
+assert meta == {"epoch": 1} and restored["step"] == 5
+assert restored["sharded"].sharding == state["sharded"].sharding
+assert restored["w"].sharding == state["w"].sharding
+for shard in restored["sharded"].addressable_shards:
+    np.testing.assert_array_equal(np.asarray(shard.data), rows[shard.index])
+assert float(jax.jit(jnp.sum, out_shardings=sh.replicated(mesh))(restored["sharded"])) == float(rows.sum())
+np.testing.assert_array_equal(jax.random.key_data(restored["rng"]), jax.random.key_data(jax.random.key(3)))
+print(f"OK {pid}", flush=True)
+jax.distributed.shutdown()
+"""
+
+
+def test_two_processes_save_and_restore_a_sharded_state(tmp_path: pathlib.Path) -> None:
+    import socket
+
+    from camera_jax.training.sharding import force_host_devices
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**force_host_devices(2), "JAX_PLATFORMS": "cpu"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(port), str(pid), str(tmp_path / "ckpt")],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for pid in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("the 2-process checkpoint job did not finish within 120 s")
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(err[-3000:] for _, err in outs)
+    assert [out.strip().splitlines()[-1] for out, _ in outs] == ["OK 0", "OK 1"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if not p.name.startswith(".")) == ["5"]

@@ -32,6 +32,7 @@ import pathlib
 import textwrap
 from typing import Any, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -95,7 +96,7 @@ def radar_chart(
       max_value: radial maximum; ``None`` -> :func:`nice_max` of the largest
         weight.  Pass the same value to charts that are compared.
       ax: an existing *polar* axes to draw into (its figure is returned);
-        ``None`` creates a new 4.2 x 4.2 inch figure.
+        ``None`` creates a new 4.5 x 4.5 inch figure.
       color: line/fill colour.
 
     Returns:
@@ -112,7 +113,7 @@ def radar_chart(
     vmax = nice_max(float(w.max()) if max_value is None else float(max_value))
 
     if ax is None:
-        fig = Figure(figsize=(4.2, 4.2), dpi=100)
+        fig = Figure(figsize=(4.5, 4.5), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(projection="polar")
     else:
@@ -132,14 +133,14 @@ def radar_chart(
     ax.set_ylim(0.0, vmax)
     ticks = [vmax * f for f in (0.25, 0.5, 0.75, 1.0)]
     ax.set_yticks(ticks)
-    ax.set_yticklabels([_fmt_tick(t) for t in ticks], fontsize=6, color="#666666")
+    ax.set_yticklabels([_fmt_tick(t) for t in ticks], fontsize=7, color="#666666")
     ax.set_rlabel_position(180.0 / k)
     ax.set_xticks(angles)
-    ax.set_xticklabels([concept_label(n) for n in names], fontsize=7)
+    ax.set_xticklabels([concept_label(n) for n in names], fontsize=9)
     ax.tick_params(axis="x", pad=6)
     ax.grid(True, color="#cccccc", linewidth=0.6)
     ax.spines["polar"].set_color("#999999")
-    ax.set_title(title, fontsize=9, pad=18)
+    ax.set_title(title, fontsize=10, pad=20)
     fig.tight_layout()
     return fig
 
@@ -167,7 +168,8 @@ def save_figure(fig: Figure, path_stem: str | pathlib.Path, *, dpi: int = 120) -
     png = stem.with_name(stem.name + ".png")
     svg = stem.with_name(stem.name + ".svg")
     fig.savefig(png, format="png", dpi=dpi, metadata={"Software": None})
-    fig.savefig(svg, format="svg", metadata={"Date": None})
+    with matplotlib.rc_context({"svg.hashsalt": "camera-jax"}):  # stable element ids
+        fig.savefig(svg, format="svg", metadata={"Date": None})
     return [png, svg]
 
 

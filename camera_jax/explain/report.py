@@ -44,6 +44,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from camera_jax.explain import radar
 
@@ -76,8 +77,9 @@ th:first-child, td:first-child { text-align:left; }
 thead th { background:#eef1f6; }
 .scroll { overflow-x:auto; }
 .charts { display:flex; flex-wrap:wrap; gap:10px; }
-.charts figure { margin:0; text-align:center; }
-.charts img { width:300px; height:auto; border:1px solid var(--line); border-radius:6px; background:#fff; }
+.charts figure { margin:0; text-align:center; width:342px; }
+.brandrow { display:flex; flex-wrap:wrap; gap:20px; align-items:flex-start; }
+.charts img { width:340px; height:auto; border:1px solid var(--line); border-radius:6px; background:#fff; }
 figcaption { font-size:12px; color:var(--muted); }
 .posts { display:flex; flex-wrap:wrap; gap:12px; margin-top:8px; }
 .post { width:210px; font-size:12px; }
@@ -87,6 +89,7 @@ figcaption { font-size:12px; color:var(--muted); }
          background:#eee; color:var(--muted); border-radius:4px; }
 .pair { border-left:4px solid var(--infl); padding-left:12px; margin-top:16px; }
 .pair.low { border-left-color:#999; }
+.scores { margin-bottom:10px; }
 .scores td, .scores th { font-size:13px; }
 .tag { display:inline-block; font-size:12px; padding:0 6px; border-radius:10px; background:#e7f3e8; color:#1e6b27; }
 .tag.no { background:#f1f1f1; color:var(--muted); }
@@ -113,7 +116,7 @@ def _fmt(v: Any, key: str = "") -> str:
         f = float(v)
         if not math.isfinite(f):
             return _e(f)
-        if key in _LOWER_IS_BETTER or (f.is_integer() and abs(f) >= 10):
+        if key.startswith("n_") or key in _LOWER_IS_BETTER or (f.is_integer() and abs(f) >= 10):
             return f"{f:.1f}" if not f.is_integer() else f"{int(f)}"
         return f"{f:.4f}"
     return _e(v)
@@ -145,7 +148,7 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, 
     return out
 
 
-def metrics_table_html(table: Mapping[str, Any], row_header: str) -> str:
+def metrics_table_html(table: Mapping[str, Any], row_header: str, *, bold_best: bool = True) -> str:
     """An HTML table of {row: {metric: value}}; the best value of each numeric column is bold."""
     rows = _flatten(table)
     if not rows:
@@ -156,7 +159,7 @@ def metrics_table_html(table: Mapping[str, Any], row_header: str) -> str:
     best: dict[str, float] = {}
     for c in cols:
         vals = [float(r[c]) for r in rows.values() if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) and math.isfinite(float(r[c]))]
-        if len(vals) > 1:
+        if bold_best and len(vals) > 1 and not c.startswith("n_"):
             best[c] = min(vals) if c.lower() in _LOWER_IS_BETTER else max(vals)
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     body = []
@@ -223,6 +226,7 @@ def loss_figure(stages: Mapping[str, Sequence[tuple[float, float]]]) -> Figure:
         ax.set_ylabel("loss", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(True, color="#dddddd", linewidth=0.6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 
@@ -373,12 +377,12 @@ def _case_html(w: _Writer, case_no: int, brand: str, cands: Sequence[str]) -> st
     parts = [
         f'<article class="card" id="{_e(key)}"><h3>Case {case_no}: brand {_e(brand)}{_e(cat)}</h3>',
         f'<p class="muted">{len(cands)} candidates ranked by S; {_e(partner_note)}.</p>',
-        '<div class="charts">',
+        '<div class="brandrow"><div class="charts">',
         w.chart(radar.account_chart(run, brand, max_value=hist_max), _safe_name(key, brand, "history"),
                 f"{brand}: historical activities (w_a)"),  # fmt: skip
-        "</div>",
-        "<h4>Brand posts</h4>",
+        "</div><div><h4>Brand posts</h4>",
         w.posts_html(brand),
+        "</div></div>",
     ]
     for cls, label, m in picks:
         p = pairs[m]
@@ -453,11 +457,27 @@ def write_report(run: Any, out_dir: str | pathlib.Path | None = None, *, n_cases
     if metrics is None:
         body = '<p class="muted">No readable metrics.json in the work directory.</p>'
     else:
-        body = "<h3>Methods (test brands)</h3>" + metrics_table_html(metrics.get("methods", {}), "method")
+        methods = dict(metrics.get("methods") or {})
+        if "CAMERA" in methods:  # CAMERA first, the baselines after it
+            methods = {"CAMERA": methods.pop("CAMERA"), **methods}
+        body = "<h3>Methods (test brands)</h3>" + metrics_table_html(methods, "method")
+        counts = [f"{_e(metrics[k])} {label}" for k, label in (("n_test_pairs", "scored test pairs"),
+                  ("n_test_positives", "positives")) if isinstance(metrics.get(k), (int, float))]  # fmt: skip
+        if counts:
+            body += f'<p class="muted">{", ".join(counts)}.</p>'
         per_cat = metrics.get("per_category") or {}
         if per_cat:
-            body += "<h3>Per category</h3>" + metrics_table_html(per_cat, "category")
+            body += "<h3>Per brand category (CAMERA)</h3>" + metrics_table_html(per_cat, "category")
         body += '<p class="muted">Best value of each column in bold (MedR: lowest).</p>'
+        layer = metrics.get("concept_layer")
+        if isinstance(layer, Mapping) and layer:
+            scalars = {
+                str(k): {str(a): b for a, b in v.items() if isinstance(b, (int, float, str, bool))}
+                for k, v in layer.items() if isinstance(v, Mapping)
+            }  # fmt: skip
+            scalars = {k: v for k, v in scalars.items() if v}
+            if scalars:
+                body += "<h3>Concept layer</h3>" + metrics_table_html(scalars, "stage", bold_best=False)
     sections.append(f'<section id="metrics"><h2>Metrics</h2>{body}</section>')
 
     stages, skipped = read_train_log(workdir)

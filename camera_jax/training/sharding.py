@@ -277,3 +277,34 @@ def force_host_devices(n: int, env: dict[str, str] | None = None) -> dict[str, s
     flags = [f for f in out.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
     out["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
     return out
+
+
+def round_up(batch_size: int, multiple: int) -> int:
+  """``batch_size`` rounded up to a multiple of ``multiple`` (e.g. the number of devices).
+
+  >>> round_up(10, 4)
+  12
+  """
+  multiple = max(1, int(multiple))
+  return -(-int(batch_size) // multiple) * multiple
+
+
+def process_local(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's slice of a global host batch (the whole batch in a single-process run).
+
+  Every process builds the same global batch from the run's seed and feeds only its slice to
+  ``shard_batch`` (``jax.make_array_from_process_local_data``).
+  """
+  if jax.process_count() == 1:
+    return dict(batch)
+  out = {}
+  for k, v in batch.items():
+    out[k] = v[process_slice(len(v), jax.process_index(), jax.process_count())]
+  return out
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (no-op in a single-process run)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

@@ -1,0 +1,116 @@
+r"""Keyword-based micro-influencer search on a finished run (paper IV-H-3, Fig. 5).
+
+  python experiments/search.py --workdir=runs/RUN --keywords=luxury,watch,men --top_k=3
+  python experiments/search.py --workdir=runs/RUN --keywords=foodie,lady --format=json
+
+Prints CAMERA's top influencers with the concepts that matched each keyword, then the paper's two
+baselines (posts whose caption holds every keyword; exact match of every keyword in the profile).
+--relevant=food,snack also prints, per method, the fraction of results whose top-10 concepts
+include one of those concepts. The formula and the unknown-word fallbacks are in
+camera_jax/explain/search.py and docs/interpretability.md. Errors print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "work directory of a finished run")
+_KEYWORDS = flags.DEFINE_list("keywords", None, "comma-separated keywords")
+_TOP_K = flags.DEFINE_integer("top_k", 3, "results per method")
+_TOP_CONCEPTS = flags.DEFINE_integer("top_concepts", 10, "concepts per influencer in the score")
+_FORMAT = flags.DEFINE_enum("format", "table", ["table", "json"], "output format")
+_RELEVANT = flags.DEFINE_list("relevant", None, "concepts that count as relevant for the precision line")
+_BASELINES = flags.DEFINE_bool("baselines", True, "also run the two baselines")
+
+
+def _table(results, with_matches: bool) -> str:
+  if not results:
+    return "  (no results)"
+  lines = []
+  for r in results:
+    head = f"  {r['rank']:>2}. {r['influencer']}"
+    if r.get("category"):
+      head += f" ({r['category']})"
+    head += f"  score={r['score']:.4f}"
+    lines.append(head)
+    if with_matches and r.get("matched_concepts"):
+      shown = ", ".join(f"{c} (sim {s:.2f}, w {w:.2f})" for c, s, w in r["matched_concepts"][:5])
+      lines.append(f"      matched: {shown}")
+    if r.get("example"):
+      lines.append(f"      e.g. {r['example'][:100]!r}")
+  return "\n".join(lines)
+
+
+def main(argv) -> int:
+  del argv
+  from camera_jax.explain import search
+
+  try:
+    if not _WORKDIR.value:
+      raise ValueError("--workdir is required")
+    workdir = pathlib.Path(_WORKDIR.value)
+    if not workdir.is_dir():
+      raise FileNotFoundError(f"{workdir}: work directory does not exist")
+    from camera_jax import run as run_lib
+
+    run = run_lib.load_run(workdir)
+    influencers = [a for a in run.dataset.accounts if a.kind == "influencer" and a.id in run.account_index]
+    ids = [a.id for a in influencers]
+    w_a = run.w_a[[run.account_index[i] for i in ids]]
+    categories = {a.id: a.category for a in influencers}
+    results = search.keyword_search(
+        _KEYWORDS.value or [], embedder=run.embedder, concept_names=run.concepts, w_a=w_a,
+        influencer_ids=ids, top_k=_TOP_K.value, top_concepts=_TOP_CONCEPTS.value, categories=categories)
+  except (FileNotFoundError, ValueError) as e:
+    print(str(e).splitlines()[0] if str(e) else type(e).__name__, file=sys.stderr)
+    return 1
+
+  doc = {"keywords": results[0]["keywords"], "fallback": results[0]["fallback"], "camera": results}
+  if _BASELINES.value:
+    captions: dict[str, list[str]] = {i: [] for i in ids}
+    for p in run.dataset.posts:
+      if p.account in captions:
+        captions[p.account].append(p.caption)
+    bios = {a.id: a.bio for a in influencers}
+    source = "bio"
+    if not any(b.strip() for b in bios.values()):  # no profiles in the data: use all captions
+      bios, source = {i: " ".join(c) for i, c in captions.items()}, "captions"
+    doc["caption_match"] = search.caption_keyword_search(_KEYWORDS.value, captions, top_k=_TOP_K.value)
+    doc["exact_match"] = search.exact_match_search(_KEYWORDS.value, bios, top_k=_TOP_K.value)
+    doc["exact_match_source"] = source
+    for r in doc["caption_match"] + doc["exact_match"]:
+      r["category"] = categories.get(r["influencer"], "")
+  if _RELEVANT.value:
+    top = {i: [run.concepts[c] for c in run.top_idx[run.account_index[i]]] for i in ids}
+    doc["precision"] = {
+        k: search.search_precision(doc[k], _RELEVANT.value, concepts_of=top)
+        for k in ("camera", "caption_match", "exact_match") if k in doc}
+
+  if _FORMAT.value == "json":
+    print(json.dumps(doc, indent=2, ensure_ascii=False))
+    return 0
+  kw = ", ".join(
+      k["keyword"] + ("" if k["method"] == "word2vec" else f" [{k['method']}" + (f" -> {k['word']}" if k["word"] else "") + "]")
+      for k in doc["keywords"])
+  print(f"query: {kw}")
+  if doc["fallback"]:
+    print(f"note: no keyword matched through Word2Vec or the concept names; fell back to {doc['fallback']}")
+  print(f"CAMERA keyword search (top {_TOP_K.value}):")
+  print(_table(results, with_matches=True))
+  if _BASELINES.value:
+    print("baseline: posts whose caption contains every keyword:")
+    print(_table(doc["caption_match"], with_matches=False))
+    print(f"baseline: exact match of every keyword in the profile ({doc['exact_match_source']}):")
+    print(_table(doc["exact_match"], with_matches=False))
+  if "precision" in doc:
+    print("precision (results whose top-10 concepts include a relevant concept): "
+          + ", ".join(f"{k}={v:.2f}" for k, v in doc["precision"].items()))
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

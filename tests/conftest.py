@@ -1,0 +1,42 @@
+"""Shared fixtures: one tiny synthetic dataset and one tiny end-to-end run per test session.
+
+The run uses the real pipeline (Word2Vec, concept generator, COSMIC, ranker, evaluation) with
+small layer sizes and few epochs so that the default test run covers the whole method quickly.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data_dir: str, **overrides):
+  """A fast configuration of the full pipeline for tests."""
+  from camera_jax.config import Config
+  cfg = Config(
+      data_dir=str(data_dir), image_size=32, seed=0, w2v_epochs=3, w2v_dim=32,
+      cnn_channels=(8, 16, 16, 32, 32), cnn_fc=64, cg_epochs=2, cg_batch_size=32,
+      cosmic_epochs=2, cosmic_batch_size=32, d_u=16, epochs=3, batch_size=8,
+      psi_features=(64, 32), gamma_features=(64, 64, 32), d_score=16, dropout=0.1,
+      l1=0.0, eval_chunk=1024, report=False)
+  return cfg.replace(**overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> pathlib.Path:
+  """The tiny synthetic preset at 32 px (generated once per session)."""
+  from camera_jax.data import synthetic
+  out = tmp_path_factory.mktemp("tiny") / "data"
+  return synthetic.generate(out, preset="tiny", seed=0, image_size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data):
+  """(workdir, metrics) of one end-to-end run of the pipeline on the tiny dataset."""
+  from camera_jax import pipeline
+  workdir = tmp_path_factory.mktemp("run") / "work"
+  result = pipeline.train_and_evaluate(tiny_config(tiny_data), workdir)
+  return workdir, result

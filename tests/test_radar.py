@@ -1,0 +1,85 @@
+"""Tests of camera_jax.explain.radar: radar charts, saving, account and pair charts."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from camera_jax.explain import radar
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from test_recommend import make_run  # noqa: E402  (the shared fake run)
+
+
+def _labels(fig: Figure) -> list[str]:
+    return [t.get_text() for t in fig.axes[0].get_xticklabels()]
+
+
+def test_radar_chart_labels_scale_and_canvas():
+    names = ["food", "ready_to_eat", "home_interior_with_long_name"]
+    fig = radar.radar_chart(names, [0.3, 0.12, 0.05], title="t")
+    assert isinstance(fig, Figure) and isinstance(fig.canvas, FigureCanvasAgg)
+    ax = fig.axes[0]
+    assert ax.name == "polar" and ax.get_title() == "t"
+    labels = _labels(fig)
+    assert labels[0] == "food" and labels[1] == "ready to eat"
+    assert "_" not in labels[2] and "\n" in labels[2]  # wrapped
+    assert ax.get_ylim() == pytest.approx((0.0, 0.5))  # nice maximum above 0.3
+    fig = radar.radar_chart(names, [0.3, 0.12, 0.05], title="t", max_value=1.0)
+    assert fig.axes[0].get_ylim() == pytest.approx((0.0, 1.0))
+    with pytest.raises(ValueError, match="3 names but 2 weights"):
+        radar.radar_chart(names, [0.1, 0.2], title="t")
+    with pytest.raises(ValueError):
+        radar.radar_chart([], [], title="t")
+
+
+def test_radar_chart_into_existing_axes():
+    fig = Figure()
+    ax = fig.add_subplot(1, 2, 2, projection="polar")
+    assert radar.radar_chart(["a", "b", "c"], [1, 2, 3], title="x", ax=ax) is fig
+    with pytest.raises(ValueError, match="polar"):
+        radar.radar_chart(["a", "b", "c"], [1, 2, 3], title="x", ax=fig.add_subplot(1, 2, 1))
+
+
+def test_nice_and_shared_max():
+    assert [radar.nice_max(v) for v in (0.3, 0.5, 0.051, 0.0, 7.0, 10.0)] == pytest.approx([0.5, 0.5, 0.1, 1.0, 10.0, 10.0])
+    assert radar.shared_max([0.1, 0.2], [0.33], []) == pytest.approx(0.5)
+
+
+def test_save_figure_png_and_svg(tmp_path):
+    fig = radar.radar_chart(["a", "b", "c", "d"], [0.4, 0.3, 0.2, 0.1], title="demo")
+    paths = radar.save_figure(fig, tmp_path / "sub" / "chart")
+    assert [p.name for p in paths] == ["chart.png", "chart.svg"]
+    with Image.open(paths[0]) as im:
+        assert im.format == "PNG" and im.size[0] >= 400
+    svg = paths[1].read_text()
+    assert "<svg" in svg and "<dc:date>" not in svg
+    again = radar.save_figure(radar.radar_chart(["a", "b", "c", "d"], [0.4, 0.3, 0.2, 0.1], title="demo"), tmp_path / "again")
+    assert again[1].read_text() == svg  # deterministic SVG
+
+
+def test_account_and_pair_charts(tmp_path):
+    run = make_run(tmp_path)
+    fig = radar.account_chart(run, "brand_food", top=4)
+    names, weights = radar.account_concepts(run, "brand_food", top=4)
+    assert list(weights) == sorted(weights, reverse=True)
+    assert _labels(fig) == [radar.concept_label(n) for n in names]
+    assert "food" in names and "historical activities" in fig.axes[0].get_title()
+
+    fb, fm = radar.pair_charts(run, "brand_food", "infl_foodie")
+    pair = radar.pair_concepts(run, "brand_food", "infl_foodie")
+    assert set(_labels(fb)) == {radar.concept_label(n) for n in pair["brand_names"]}
+    assert set(_labels(fm)) == {radar.concept_label(n) for n in pair["influencer_names"]}
+    order = np.argsort(-pair["w_b"], kind="stable")
+    assert _labels(fb)[0] == radar.concept_label(pair["brand_names"][order[0]])  # strongest w_b first
+    assert fb.axes[0].get_ylim() == fm.axes[0].get_ylim()  # one shared scale
+    assert fb.axes[0].get_ylim()[1] >= max(pair["w_b"].max(), pair["w_m"].max())
+    assert "w_b" in fb.axes[0].get_title() and "w_m" in fm.axes[0].get_title()
+    with pytest.raises(KeyError, match="brand_food"):
+        radar.account_chart(run, "brand_fod")

@@ -1,0 +1,139 @@
+"""Tests of camera_jax.explain.report: a self-contained HTML report from a fake run and work directory."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import pathlib
+import sys
+import urllib.parse
+
+from PIL import Image
+
+from camera_jax.explain import report
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from test_recommend import make_run  # noqa: E402  (the shared fake run)
+
+
+class _Page(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self.ids: set[str] = set()
+        self.tags: list[str] = []
+        self.h2: list[str] = []
+        self.articles = 0
+        self._in_h2 = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "img":
+            self.links.append(("img", a["src"]))
+        if tag == "a":
+            self.links.append(("a", a["href"]))
+        if tag == "article":
+            self.articles += 1
+        self._in_h2 = tag == "h2"
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._in_h2 = False
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.h2.append(data.strip())
+
+
+def _workdir(run) -> pathlib.Path:
+    wd = run.workdir
+    wd.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "methods": {"CAMERA": {"auc": 0.81, "cauc": 0.7, "recall@10": 0.3, "recall@50": 0.6, "mrr": 0.25, "map": 0.2, "medr": 12.0},
+                    "RAND<script>": {"auc": 0.5, "cauc": 0.5, "recall@10": 0.1, "recall@50": 0.3, "mrr": 0.05, "map": 0.04, "medr": 40.0}},
+        "per_category": {"food": {"auc": 0.9, "medr": 3.0}, "accessory": {"auc": 0.7, "medr": 9.0}},
+        "concept_layer": {"cosmic": {"final_loss": 0.25, "epochs": 3, "curve": [1.0, 0.5]}},
+        "n_test_pairs": 40, "n_test_positives": 4,
+    }  # fmt: skip
+    metrics["methods"] = dict(reversed(list(metrics["methods"].items())))  # CAMERA last in the file
+    (wd / "metrics.json").write_text(json.dumps(metrics))
+    log = [{"stage": s, "epoch": e, "loss": 1.0 / (e + 1), "lr": 0.1} for s in ("cosmic", "ranker") for e in range(3)]
+    (wd / "train_log.jsonl").write_text("\n".join(map(json.dumps, log)) + "\nnot json\n")
+    (wd / "flags.txt").write_text("--seed=0\n--preset=<tiny>\n")
+    return wd
+
+
+def _check_links(index: pathlib.Path, page: _Page) -> None:
+    out = index.parent.resolve()
+    for kind, url in page.links:
+        parts = urllib.parse.urlsplit(url)
+        assert not parts.scheme and not parts.netloc, url
+        if kind == "a" and url.startswith("#"):
+            assert url[1:] in page.ids, url
+            continue
+        assert not url.startswith("/") and ".." not in pathlib.PurePosixPath(parts.path).parts, url
+        target = (index.parent / urllib.parse.unquote(parts.path)).resolve()
+        assert target.is_file(), url
+        assert out in target.parents, url  # inside report/
+
+
+def test_report_is_self_contained_and_complete(tmp_path):
+    run = make_run(tmp_path)
+    missing = next(p for p in run.dataset.posts if p.id == "infl_foodie_p0")
+    (run.dataset.root / missing.image).unlink()  # a missing image is shown as such
+    wd = _workdir(run)
+    index = report.write_report(run, n_cases=3, seed=0)
+    assert index == wd / "report" / "index.html"
+    text = index.read_text(encoding="utf-8")
+    page = _Page()
+    page.feed(text)
+    page.close()
+    assert page.h2 == ["Run", "Metrics", "Training", "Case studies"]
+    assert {"run", "metrics", "training", "cases", "case1", "case2"} <= page.ids
+    assert "script" not in page.tags and "link" not in page.tags  # no JS, no external CSS
+    _check_links(index, page)
+
+    # Two test brands -> two cases; each: brand history + 2 influencers x (history, w_b, w_m).
+    assert page.articles == 2
+    charts = [u for k, u in page.links if k == "img" and u.startswith("charts/")]
+    assert len(charts) == 14 and all(u.endswith(".png") for u in charts)
+    svgs = [u for k, u in page.links if k == "a" and u.endswith(".svg")]
+    assert len(svgs) == 14
+    thumbs = [u for k, u in page.links if k == "img" and u.startswith("images/")]
+    assert thumbs
+    for u in thumbs:
+        with Image.open(index.parent / u) as im:
+            assert max(im.size) <= 200
+    assert "image unavailable" in text
+    assert [u for k, u in page.links if k == "img" and u.startswith("figures/")] == ["figures/loss.png"]
+    assert "1 unreadable line(s)" in text
+
+    # Everything from the data is escaped; metric tables and scores are there.
+    assert "<b>#food</b>" not in text and "&lt;b&gt;#food&lt;/b&gt;" in text
+    assert "RAND&lt;script&gt;" in text and "--preset=&lt;tiny&gt;" in text
+    assert "<td><b>0.8100</b></td>" in text and "<td><b>12</b></td>" in text  # best AUC, lowest MedR
+    assert text.index("<td>CAMERA</td>") < text.index("<td>RAND&lt;script&gt;</td>")  # CAMERA listed first
+    assert "40 scored test pairs, 4 positives" in text
+    assert "<h3>Concept layer</h3>" in text and "<th>final_loss</th>" in text and "<th>curve</th>" not in text
+    assert "High-ranked influencer: infl_foodie" in text  # the restaurant's best match
+    assert "known partner" in text and "rank <b>1</b> / 4" in text
+
+
+def test_report_without_metrics_or_log_and_rewrite(tmp_path):
+    run = make_run(tmp_path)
+    out = tmp_path / "elsewhere"
+    index = report.write_report(run, out, n_cases=1, seed=3)
+    text = index.read_text()
+    assert index == out / "index.html"
+    assert "No readable metrics.json" in text and "No train_log.jsonl" in text
+    page = _Page()
+    page.feed(text)
+    assert page.articles == 1
+    _check_links(index, page)
+    (out / "charts" / "stale.png").write_bytes(b"x")
+    report.write_report(run, out, n_cases=0)
+    assert not (out / "charts" / "stale.png").exists()
+    assert "No test brand with candidates" in (out / "index.html").read_text()

@@ -1,0 +1,199 @@
+"""Tests of camera_jax.explain.search (keyword search, fallbacks, baselines) and experiments/search.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+from gensim.models import KeyedVectors
+
+from camera_jax.data import format as fmt
+from camera_jax.data.text import TextEmbedder
+from camera_jax.explain import search
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONCEPTS = ("food", "snack", "ready_to_eat", "watch", "car", "beauty", "hairstyle", "eye_shadow", "portrait", "travel", "sunlight", "wood")
+# A hand-made 5-d word space: axes food, watch, beauty, travel, male.
+WORDS = {
+    "food": [1, 0, 0, 0, 0], "snack": [0.9, 0, 0, 0.1, 0], "ready": [0.7, 0, 0, 0, 0], "to": [0.1, 0.1, 0.1, 0.1, 0.1],
+    "eat": [0.9, 0, 0.1, 0, 0], "watch": [0, 1, 0, 0, 0.2], "car": [0, 0.5, 0, 0.2, 0.8], "beauty": [0, 0, 1, 0, 0],
+    "hairstyle": [0, 0, 0.9, 0, 0], "eye": [0, 0, 0.8, 0, 0], "shadow": [0, 0, 0.6, 0.2, 0], "portrait": [0, 0, 0.6, 0, 0.3],
+    "travel": [0, 0, 0, 1, 0], "sunlight": [0.1, 0, 0, 0.9, 0], "wood": [0, 0, 0, 0.7, 0.1],
+    "luxury": [0, 0.8, 0.3, 0, 0.2], "men": [0, 0.2, -0.3, 0, 1], "lady": [0.2, 0, 0.9, 0, -0.5],
+    "foodie": [0.95, 0, 0.2, 0, 0], "tasty": [0.9, 0, 0, 0, 0], "delicious": [0.9, 0, 0.1, 0, 0],
+    "wristwatch": [0, 0.95, 0, 0, 0.2], "cosmetic": [0, 0, 0.95, 0, 0],
+}  # fmt: skip
+INFLUENCERS = ("infl_watch", "infl_foodlady", "infl_beauty", "infl_travel")
+
+
+def make_embedder() -> TextEmbedder:
+    kv = KeyedVectors(vector_size=5)
+    kv.add_vectors(list(WORDS), np.asarray(list(WORDS.values()), dtype=np.float32))
+    return TextEmbedder(kv)
+
+
+def make_w_a() -> np.ndarray:
+    c = {name: i for i, name in enumerate(CONCEPTS)}
+    w = np.full((len(INFLUENCERS), len(CONCEPTS)), 0.01)
+    for row, weights in enumerate([
+        {"watch": 0.5, "car": 0.2, "portrait": 0.1},
+        {"food": 0.3, "snack": 0.2, "beauty": 0.2, "portrait": 0.1},
+        {"beauty": 0.4, "hairstyle": 0.2, "eye_shadow": 0.2},
+        {"travel": 0.4, "sunlight": 0.3, "wood": 0.1},
+    ]):  # fmt: skip
+        for name, v in weights.items():
+            w[row, c[name]] = v
+    return w / w.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def kw():
+    return dict(embedder=make_embedder(), concept_names=CONCEPTS, w_a=make_w_a(), influencer_ids=INFLUENCERS)
+
+
+def test_paper_queries_rank_the_matching_influencer_first(kw):
+    res = search.keyword_search(["luxury", "watch", "men"], **kw, top_k=3)
+    assert [r["rank"] for r in res] == [1, 2, 3]
+    assert res[0]["influencer"] == "infl_watch"
+    assert res[0]["matched_concepts"][0][0] == "watch"
+    assert all(k["method"] == "word2vec" for k in res[0]["keywords"]) and res[0]["fallback"] is None
+    assert [r["score"] for r in res] == sorted((r["score"] for r in res), reverse=True)
+    res = search.keyword_search("foodie,lady", **kw, top_k=2)
+    assert res[0]["influencer"] == "infl_foodlady"
+    assert {"food", "beauty"} <= {m[0] for m in res[0]["matched_concepts"]}
+
+
+def test_score_follows_documented_formula(kw):
+    emb, w_a = kw["embedder"], kw["w_a"]
+    keywords = ["watch", "travel"]
+    res = search.keyword_search(keywords, **kw, top_k=4, top_concepts=3)
+    sim = np.maximum(emb.similarity(keywords, CONCEPTS), 0)
+    for r in res:
+        i = INFLUENCERS.index(r["influencer"])
+        top = np.argsort(-w_a[i])[:3]
+        v = w_a[i, top] / w_a[i, top].sum()
+        expected = np.mean([np.sum(v * sim[k, top]) for k in range(2)])
+        assert r["score"] == pytest.approx(expected, rel=1e-5)
+        assert r["top_concepts"] == [CONCEPTS[c] for c in top]
+        for name, s, w in r["matched_concepts"]:
+            c = CONCEPTS.index(name)
+            assert s == pytest.approx(sim[:, c].max(), rel=1e-5) and w == pytest.approx(v[list(top).index(c)])
+    assert {r["influencer"] for r in res[:2]} == {"infl_watch", "infl_travel"}
+
+
+def test_unknown_keyword_fallbacks(kw):
+    # (a) not in the vocabulary but contains the concept token "watch".
+    res = search.keyword_search(["watches"], **kw)
+    assert res[0]["keywords"] == [{"keyword": "watches", "method": "concept_string", "word": None}]
+    assert res[0]["influencer"] == "infl_watch" and res[0]["matched_concepts"][0][0] == "watch"
+    # (a) a prefix of a concept token.
+    res = search.keyword_search(["hairsty"], **kw)
+    assert res[0]["keywords"][0]["method"] == "concept_string" and res[0]["influencer"] == "infl_beauty"
+    # (b) a typo mapped to the closest vocabulary word.
+    res = search.keyword_search(["wristwach", "men"], **kw)
+    assert res[0]["keywords"][0] == {"keyword": "wristwach", "method": "closest_word", "word": "wristwatch"}
+    assert res[0]["influencer"] == "infl_watch"
+    # A known and an unmatched keyword: the unmatched one contributes 0 but the query still answers.
+    res = search.keyword_search(["beauty", "xqxqxq"], **kw)
+    assert [k["method"] for k in res[0]["keywords"]] == ["word2vec", "unmatched"]
+    assert res[0]["influencer"] == "infl_beauty"
+
+
+def test_multi_keyword_query_never_empty(kw):
+    res = search.keyword_search(["zyxwvq", "xqxqxqy"], **kw, top_k=3)
+    assert res and res[0]["fallback"] == "string_similarity"
+    assert all(k["method"] == "string_similarity" for k in res[0]["keywords"])
+    assert all(r["score"] > 0 and r["matched_concepts"] for r in res)
+
+
+def test_invalid_queries_raise_one_line_errors(kw):
+    with pytest.raises(ValueError, match="no keywords given; known words include") as e:
+        search.keyword_search([], **kw)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"'!!!' has no letter or digit; closest known words: \w+") as e:
+        search.keyword_search(["food", "!!!"], **kw)
+    with pytest.raises(ValueError, match="closest known words") as e:
+        search.keyword_search(["qqqq"], **kw)  # shares no character with any concept
+    assert "\n" not in str(e.value)
+
+
+def test_caption_baseline_needs_every_keyword_in_one_post():
+    captions = {
+        "a": ["Tasty food, delicious!", "food again", "so tasty and delicious food"],
+        "b": ["delicious food that is tasty"],
+        "c": ["food", "tasty"],
+    }
+    res = search.caption_keyword_search(["food", "tasty", "delicious"], captions, top_k=3)
+    assert [(r["influencer"], r["score"]) for r in res] == [("a", 2.0), ("b", 1.0)]
+    assert res[0]["n_posts"] == 3 and res[0]["example"] == "Tasty food, delicious!"
+    assert search.caption_keyword_search(["cosmetic", "eye", "shadow", "eyelash"], captions) == []
+
+
+def test_exact_match_baseline():
+    bios = {"a": "Luxury watch collector. Men's style.", "b": "I love watches and luxury", "c": "watch watch luxury men"}
+    res = search.exact_match_search(["luxury", "watch"], bios, top_k=None)
+    assert [r["influencer"] for r in res] == ["c", "a"]  # "watches" is not "watch"; c has more hits
+    assert search.exact_match_search(["luxury", "watch", "men", "gold"], bios) == []
+
+
+def test_search_precision(kw):
+    res = search.keyword_search(["watch", "travel"], **kw, top_k=2, top_concepts=3)
+    assert [r["influencer"] for r in res] == ["infl_watch", "infl_travel"] or [r["influencer"] for r in res] == ["infl_travel", "infl_watch"]
+    assert search.search_precision(res, ["watch", "travel"]) == 1.0
+    assert search.search_precision(res, ["watch"]) == 0.5
+    assert search.search_precision(res, ["hairstyle", "eye_shadow"]) == 0.0
+    assert search.search_precision([], ["watch"]) == 0.0
+    base = [{"influencer": "infl_travel"}, {"influencer": "infl_watch"}]
+    tops = {"infl_travel": ["travel", "sunlight"], "infl_watch": ["watch", "car"]}
+    assert search.search_precision(base, ["watch"], concepts_of=tops) == 0.5
+
+
+def make_run_for_cli(workdir) -> types.SimpleNamespace:
+    """A duck-typed Run for the CLI test (no images are needed by search)."""
+    accounts = tuple(fmt.Account(id=i, kind="influencer", category=i.split("_")[1], followers=100, bio="") for i in INFLUENCERS)
+    posts = (fmt.Post("p0", "infl_watch", "x.png", "my luxury watch for men", 1, 0),
+             fmt.Post("p1", "infl_foodlady", "y.png", "tasty food", 1, 0))  # fmt: skip
+    ds = fmt.Dataset(root=pathlib.Path(workdir), concepts=CONCEPTS, accounts=accounts, posts=posts, cooperations=(),
+                     labeled_posts=(), split=fmt.Split((), (), INFLUENCERS))  # fmt: skip
+    w_a = make_w_a()
+    top_idx = np.argsort(-w_a, axis=1)[:, :10]
+    return types.SimpleNamespace(workdir=pathlib.Path(workdir), dataset=ds, concepts=CONCEPTS, embedder=make_embedder(),
+                                 w_a=w_a, top_idx=top_idx, account_index={a: i for i, a in enumerate(INFLUENCERS)})  # fmt: skip
+
+
+def _cli(tmp_path, *args):
+    code = (
+        "import sys, runpy, types\n"
+        f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "import test_search as t\n"
+        "fake = types.ModuleType('camera_jax.run'); fake.load_run = t.make_run_for_cli\n"
+        "sys.modules['camera_jax.run'] = fake\n"
+        "import camera_jax; camera_jax.run = fake\n"
+        f"sys.argv = ['search.py', {', '.join(repr(a) for a in args)}]\n"
+        f"runpy.run_path({str(REPO / 'experiments' / 'search.py')!r}, run_name='__main__')\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+
+
+def test_cli_table_json_and_errors(tmp_path):
+    proc = _cli(tmp_path, f"--workdir={tmp_path}", "--keywords=luxury,watch,men", "--relevant=watch")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "query: luxury, watch, men"
+    assert lines[2].strip().startswith("1. infl_watch (watch)") and "matched: watch" in lines[3]
+    assert "baseline: posts whose caption contains every keyword:" in proc.stdout
+    assert "camera=1.00" in lines[-1]
+    proc = _cli(tmp_path, f"--workdir={tmp_path}", "--keywords=foodie,lady", "--format=json", "--top_k=1")
+    doc = json.loads(proc.stdout)
+    assert doc["camera"][0]["influencer"] == "infl_foodlady" and doc["caption_match"] == []
+    proc = _cli(tmp_path, f"--workdir={tmp_path}", "--keywords=!!")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = _cli(tmp_path, f"--workdir={tmp_path / 'nope'}", "--keywords=food")
+    assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
