@@ -38,6 +38,53 @@ from camera_jax.training import trainer
 METRIC_KEYS = ("auc", "cauc", "recall@10", "recall@50", "mrr", "map", "medr")
 
 
+class ConfigError(ValueError):
+  """A setting of the run that cannot work (one line per problem in ``errors``)."""
+
+  def __init__(self, errors: list[str]):
+    super().__init__("; ".join(errors))
+    self.errors = list(errors)
+
+
+_CHOICES = {
+    "zprime_mode": ("masked", "faithful"),
+    "cosmic_logit_scale": ("inner", "mean"),
+    "attention_scale": ("inner", "mean"),
+    "endorsement": ("mean", "observed"),
+}
+
+
+def check_config(cfg: Config) -> list[str]:
+  """The problems of ``cfg`` found without doing any work: one "--flag=value: why" line each."""
+  from camera_jax import losses as losses_lib
+  errors = []
+  if cfg.loss not in losses_lib.REGISTRY:
+    errors.append(f"--loss={cfg.loss}: unknown loss; available: {', '.join(sorted(losses_lib.REGISTRY))}")
+  for name, choices in _CHOICES.items():
+    if getattr(cfg, name) not in choices:
+      errors.append(f"--{name}={getattr(cfg, name)}: must be one of {', '.join(choices)}")
+  unknown = [b for b in cfg.baselines if b.upper() not in baselines_lib.BASELINES]
+  if unknown:
+    errors.append(f"--baselines={','.join(cfg.baselines)}: unknown {', '.join(unknown)}; "
+                  f"available: {', '.join(sorted(baselines_lib.BASELINES))}")
+  if not cfg.data_dir:
+    from camera_jax.data import synthetic
+    if cfg.preset not in synthetic.PRESETS:
+      errors.append(f"--preset={cfg.preset}: unknown preset; available: {', '.join(sorted(synthetic.PRESETS))}")
+  for name in ("batch_size", "cg_batch_size", "cosmic_batch_size", "top_k", "num_negatives",
+               "image_size", "w2v_dim", "d_u", "d_score", "eval_chunk", "num_processes"):
+    if getattr(cfg, name) < 1:
+      errors.append(f"--{name}={getattr(cfg, name)}: must be >= 1")
+  for name in ("epochs", "cg_epochs", "cosmic_epochs", "w2v_epochs"):
+    if getattr(cfg, name) < 0:
+      errors.append(f"--{name}={getattr(cfg, name)}: must be >= 0")
+  if not 0.0 <= cfg.cg_held_out < 1.0:
+    errors.append(f"--cg_held_out={cfg.cg_held_out}: must be in [0, 1)")
+  if cfg.num_processes >= 1 and not 0 <= cfg.process_id < cfg.num_processes:
+    errors.append(f"--process_id={cfg.process_id}: must be in [0, --num_processes={cfg.num_processes})")
+  return errors
+
+
 # --------------------------------------------------------------------------- small utilities
 
 
@@ -84,6 +131,16 @@ def resolve_data(cfg: Config, workdir: pathlib.Path) -> pathlib.Path:
   return out
 
 
+def open_sources(data_dir: pathlib.Path, tfds_dir: pathlib.Path) -> dict[str, Any]:
+  """The TFDS data sources, built (once) by process 0 alone, then opened by every process."""
+  if is_main():
+    sources = input_pipeline.prepare(data_dir, tfds_dir)
+  sharding.sync("tfds-build")
+  if not is_main():
+    sources = input_pipeline.prepare(data_dir, tfds_dir)
+  return sources
+
+
 def load_dataset(cfg: Config, data_dir: pathlib.Path) -> format_lib.Dataset:
   """Validates then loads the dataset; raises DatasetError with FILE:LINE lines when invalid."""
   return format_lib.load(data_dir, seed=cfg.seed, check_images=cfg.check_images)
@@ -119,13 +176,13 @@ def concept_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, A
   vocab = dataset.concept_index()
   if cfg.use_gt_concepts:
     if any(p.concepts is None for p in dataset.posts):
-      raise ValueError("use_gt_concepts: some posts of posts.jsonl have no `concepts` field")
+      raise ConfigError(["--use_gt_concepts: some posts of posts.jsonl have no `concepts` field"])
     h = concepts_lib.multi_hot([p.concepts for p in dataset.posts], vocab)
     meta = {"source": "ground truth"}
   else:
     if not dataset.labeled_posts or sources.get("labeled") is None:
-      raise ValueError("labeled_posts.jsonl is needed to train the concept generator "
-                       "(or pass --use_gt_concepts when posts carry `concepts`)")
+      raise ConfigError(["labeled_posts.jsonl is needed to train the concept generator "
+                         "(or pass --use_gt_concepts when posts carry `concepts`)"])
     labels = concepts_lib.multi_hot([p.concepts for p in dataset.labeled_posts], vocab)
     stage_cfg = concepts_lib.ImageStageConfig(
         epochs=cfg.cg_epochs, batch_size=cfg.cg_batch_size, learning_rate=cfg.cg_learning_rate,
@@ -202,7 +259,9 @@ def account_features(dataset: format_lib.Dataset) -> dict[str, np.ndarray]:
 def build_tables(cfg: Config, w_a: np.ndarray, u_c: np.ndarray,
                  feats: dict[str, np.ndarray]) -> ranker_lib.Tables:
   idx, w = camera_lib.top_concepts(w_a, cfg.top_k)
+  mask = camera_lib.supported_concepts(w_a, w)
   return ranker_lib.Tables(top_idx=np.asarray(idx, np.int32), top_w=np.asarray(w, np.float32),
+                           top_mask=np.asarray(mask, bool),
                            engagement=feats["engagement_scaled"],
                            followers=feats["followers_scaled"],
                            concepts=np.asarray(u_c, np.float32))
@@ -302,6 +361,16 @@ def write_scores(path: pathlib.Path, dataset: format_lib.Dataset, pairs: dict[st
   atomic_write_text(path, buf.getvalue())
 
 
+def ranker_inputs(cfg: Config, dataset: format_lib.Dataset, w_a: np.ndarray, u_c: np.ndarray,
+                  feats: dict[str, np.ndarray]) -> dict[str, Any]:
+  """The data arguments of ``ranker.train_ranker``: tables, positives, ed_observed, candidates."""
+  positives, ed_obs = training_positives(dataset, feats)
+  acc = dataset.account_index()
+  return {"tables": build_tables(cfg, w_a, u_c, feats), "positives": positives,
+          "ed_observed": ed_obs,
+          "candidates": np.array([acc[m] for m in dataset.split.candidates], np.int64)}
+
+
 @dataclasses.dataclass
 class Prepared:
   """Everything the ranker needs, after the concept layer."""
@@ -323,7 +392,7 @@ def prepare_concepts(cfg: Config, workdir: pathlib.Path, log: trainer.TrainLog, 
   dataset = load_dataset(cfg, data_dir)
   logging.info("dataset: %s", format_lib.summary(dataset))
   embedder = word2vec_stage(cfg, dataset, workdir)
-  sources = input_pipeline.prepare(data_dir, workdir / "tfds")
+  sources = open_sources(data_dir, workdir / "tfds")
   h, cg_meta = concept_stage(cfg, dataset, sources, workdir, log, mesh)
   z_prime, u_c, cosmic_meta = cosmic_stage(cfg, dataset, sources, embedder, h, workdir, log, mesh)
   w_a = account_stage(cfg, dataset, z_prime, workdir)
@@ -334,7 +403,13 @@ def prepare_concepts(cfg: Config, workdir: pathlib.Path, log: trainer.TrainLog, 
 
 
 def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
-  """Runs the whole method and returns the content of metrics.json."""
+  """Runs the whole method and returns the content of metrics.json.
+
+  Raises ConfigError (before any work) when ``check_config(cfg)`` finds problems.
+  """
+  errors = check_config(cfg)
+  if errors:
+    raise ConfigError(errors)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
@@ -344,13 +419,9 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
   mesh = sharding.make_mesh()
   prep = prepare_concepts(cfg, workdir, log, mesh)
   dataset = prep.dataset
-  rcfg = ranker_config(cfg)
-  tables = build_tables(cfg, prep.w_a, prep.u_c, prep.feats)
-  positives, ed_obs = training_positives(dataset, prep.feats)
-  acc = dataset.account_index()
-  candidates = np.array([acc[m] for m in dataset.split.candidates], np.int64)
-  params = ranker_lib.train_ranker(cfg=rcfg, tables=tables, positives=positives,
-                                   ed_observed=ed_obs, candidates=candidates,
+  inputs = ranker_inputs(cfg, dataset, prep.w_a, prep.u_c, prep.feats)
+  tables = inputs["tables"]
+  params = ranker_lib.train_ranker(cfg=ranker_config(cfg), **inputs,
                                    ckpt_dir=workdir / "checkpoints" / "ranker", log=log, mesh=mesh)
   result = evaluate_run(cfg, prep, tables, params, workdir)
   result["seconds"] = time.perf_counter() - t_start
@@ -360,22 +431,60 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
 def evaluate_run(cfg: Config, prep: Prepared, tables: ranker_lib.Tables, params: Any,
                  workdir: pathlib.Path) -> dict[str, Any]:
   """Scores the test pairs with CAMERA and the baselines; writes metrics.json and scores.csv."""
-  dataset = prep.dataset
+  return evaluate_tables(cfg, prep.dataset, tables, params, prep.feats, prep.w_a,
+                         prep.concept_metrics, workdir)
+
+
+def evaluate_tables(cfg: Config, dataset: format_lib.Dataset, tables: ranker_lib.Tables,
+                    params: Any, feats: dict[str, np.ndarray], w_a: np.ndarray,
+                    concept_metrics: dict[str, Any], out_dir: pathlib.Path) -> dict[str, Any]:
+  """evaluate_run from its pieces: the test pairs of ``dataset`` scored with the account ``tables``.
+
+  Labels (``dataset``'s cooperations of the test brands) are read only to compute the metrics;
+  writes ``out_dir``/metrics.json and ``out_dir``/scores.csv (process 0 only).
+  """
   pairs = test_pairs(dataset)
   local_mesh = sharding.make_mesh(jax.local_devices())
   scored = ranker_lib.score_pairs(ranker_config(cfg), params, tables, pairs["brand"],
                                   pairs["influencer"], mesh=local_mesh, keys=("S",))
   method_scores = {"CAMERA": scored["S"]}
-  feats = baseline_features(prep.feats, prep.w_a)
+  base_feats = baseline_features(feats, w_a)
   rng = np.random.default_rng(cfg.seed)
   for name in cfg.baselines:
     method_scores[name] = np.asarray(baselines_lib.score_baseline(
-        name, {"brand": pairs["brand"], "influencer": pairs["influencer"]}, feats, rng), np.float64)
+        name, {"brand": pairs["brand"], "influencer": pairs["influencer"]}, base_feats, rng), np.float64)
   result = evaluate_methods(cfg, dataset, pairs, method_scores)
-  result["concept_layer"] = prep.concept_metrics
+  result["concept_layer"] = concept_metrics
   result["n_test_pairs"] = int(len(pairs["label"]))
   result["n_test_positives"] = int(pairs["label"].sum())
   if is_main():
-    write_scores(workdir / "scores.csv", dataset, pairs, scored["S"])
-    atomic_write_text(workdir / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
+    out_dir = pathlib.Path(out_dir)
+    write_scores(out_dir / "scores.csv", dataset, pairs, scored["S"])
+    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
   return result
+
+
+def saved_concept_metrics(workdir: pathlib.Path) -> dict[str, Any]:
+  """The concept layer's held-out metrics saved by a run (concepts/*.json)."""
+  out = {}
+  for name in ("concept_generator", "cosmic"):
+    path = pathlib.Path(workdir) / "concepts" / f"{name}.json"
+    out[name] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+  return out
+
+
+def rescore(workdir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+            out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+  """Rescores the test pairs of ``data_dir`` (default: the run's own data) with a finished run.
+
+  Uses the run's saved concept layer (``concepts/w_a.npy``) and its latest ranker checkpoint;
+  ``data_dir`` must hold the run's accounts (``concepts/accounts.txt``, same order; see
+  ``camera_jax.run.load_run``); its cooperations and split may differ.  Rewrites metrics.json and
+  scores.csv in ``out_dir`` (default: the work directory) and returns metrics.json's content.
+  """
+  from camera_jax import run as run_lib  # run imports this module
+  run = run_lib.load_run(workdir, data_dir)
+  feats = account_features(run.dataset)
+  out = pathlib.Path(out_dir) if out_dir else run.workdir
+  return evaluate_tables(run.config, run.dataset, run.tables, run.params, feats, run.w_a,
+                         saved_concept_metrics(run.workdir), out)

@@ -134,6 +134,8 @@ class Run:
     self.tables = ranker_lib.Tables(
         top_idx=np.concatenate([t.top_idx, rep["top_idx"][None]]),
         top_w=np.concatenate([t.top_w, rep["top_w"][None]]),
+        top_mask=np.concatenate([t.top_mask, np.asarray(camera_lib.supported_concepts(
+            rep["w_a"], rep["top_w"]), bool)[None]]),
         engagement=np.append(t.engagement, np.float32(engagement_lib.scale_engagement(rep["mean_engagement"]))),
         followers=np.append(t.followers, np.float32(engagement_lib.scale_followers(rep["followers"]))),
         concepts=t.concepts)
@@ -145,8 +147,19 @@ class Run:
     return self.account_index[account_id]
 
 
+class RunError(ValueError):
+  """A work directory (or a dataset given with it) that a finished run cannot be loaded from."""
+
+
 def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = None) -> Run:
-  """Loads a finished run; ``data_dir`` overrides the run's dataset (same accounts expected)."""
+  """Loads a finished run; ``data_dir`` overrides the run's dataset.
+
+  The concept layer's outputs (``concepts/w_a.npy``) are reused as they are, so ``data_dir`` must
+  hold the run's accounts in the run's order (``concepts/accounts.txt``) and as many posts as the
+  run's ``concepts/h.npy`` (its posts are assumed to be the run's); its cooperations and split may
+  differ.  Raises RunError otherwise (an unseen account goes through ``Run.represent_posts`` and
+  ``Run.add_account``), FileNotFoundError for a missing file, DatasetError for an invalid dataset.
+  """
   from camera_jax import pipeline
   workdir = pathlib.Path(workdir)
   if not (workdir / "flags.txt").exists():
@@ -157,6 +170,21 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
   ddir = pathlib.Path(cfg.data_dir) if cfg.data_dir else workdir / "data"
   dataset = format_lib.load(ddir, seed=cfg.seed, check_images=False)
   cdir = workdir / "concepts"
+  for name in ("accounts.txt", "concepts.txt", "U_C.npy", "w_a.npy"):
+    if not (cdir / name).exists():
+      raise FileNotFoundError(f"{cdir / name}: missing (the run did not finish its concept layer)")
+  run_ids = [x for x in (cdir / "accounts.txt").read_text(encoding="utf-8").splitlines() if x]
+  data_ids = [a.id for a in dataset.accounts]
+  if data_ids != run_ids:
+    extra = sorted(set(data_ids) - set(run_ids))
+    what = (f"{len(extra)} account(s) the run has not seen (e.g. {extra[0]})" if extra else
+            "not the run's accounts in the run's order")
+    raise RunError(f"{ddir}: {what}; rescoring a dataset with other accounts than the run's is "
+                   "not supported yet (score new accounts with Run.represent_posts/add_account)")
+  n_posts = np.load(cdir / "h.npy", mmap_mode="r").shape[0] if (cdir / "h.npy").exists() else None
+  if n_posts is not None and len(dataset.posts) != n_posts:
+    raise RunError(f"{ddir}: {len(dataset.posts)} posts, the run's concept layer has {n_posts}; "
+                   "a dataset with other posts than the run's is not supported yet")
   concepts = tuple(x for x in (cdir / "concepts.txt").read_text(encoding="utf-8").splitlines() if x)
   u_c = np.load(cdir / "U_C.npy")
   w_a = np.load(cdir / "w_a.npy")

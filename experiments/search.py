@@ -47,6 +47,7 @@ def _table(results, with_matches: bool) -> str:
 
 def main(argv) -> int:
   del argv
+  from camera_jax.data.format import DatasetError
   from camera_jax.explain import search
 
   try:
@@ -65,6 +66,9 @@ def main(argv) -> int:
     results = search.keyword_search(
         _KEYWORDS.value or [], embedder=run.embedder, concept_names=run.concepts, w_a=w_a,
         influencer_ids=ids, top_k=_TOP_K.value, top_concepts=_TOP_CONCEPTS.value, categories=categories)
+  except DatasetError as e:
+    print(e.errors[0] if e.errors else "invalid dataset", file=sys.stderr)
+    return 1
   except (FileNotFoundError, ValueError) as e:
     print(str(e).splitlines()[0] if str(e) else type(e).__name__, file=sys.stderr)
     return 1

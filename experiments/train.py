@@ -31,6 +31,10 @@ def main(argv):
   from camera_jax.training import sharding, trainer
 
   cfg = _flags.config_from_flags(FLAGS)
+  errors = pipeline.check_config(cfg)  # Stop before any work (or any process group).
+  if errors:
+    print("\n".join(errors), file=sys.stderr)
+    return 1
   sharding.initialize_distributed(cfg.coordinator_address or None, cfg.num_processes, cfg.process_id)
   workdir = pathlib.Path(_WORKDIR.value or os.path.join(
       "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
@@ -47,6 +51,9 @@ def main(argv):
   try:
     result = pipeline.train_and_evaluate(cfg, workdir)
   except format_lib.DatasetError as e:
+    print("\n".join(e.errors), file=sys.stderr)
+    return 1
+  except pipeline.ConfigError as e:
     print("\n".join(e.errors), file=sys.stderr)
     return 1
   except trainer.NonFiniteError as e:

@@ -21,22 +21,43 @@ def _labels(fig: Figure) -> list[str]:
     return [t.get_text() for t in fig.axes[0].get_xticklabels()]
 
 
+def _names(fig: Figure) -> list[str]:
+    """Spoke labels without their value line."""
+    return [t.rsplit("\n", 1)[0] for t in _labels(fig)]
+
+
+def _radii(fig: Figure) -> np.ndarray:
+    return np.asarray(fig.axes[0].lines[0].get_ydata())[:-1]  # the closed polygon repeats the first point
+
+
 def test_radar_chart_labels_scale_and_canvas():
     names = ["food", "ready_to_eat", "home_interior_with_long_name"]
-    fig = radar.radar_chart(names, [0.3, 0.12, 0.05], title="t")
+    fig = radar.radar_chart(names, [0.3, 0.12, 0.005], title="t")
     assert isinstance(fig, Figure) and isinstance(fig.canvas, FigureCanvasAgg)
     ax = fig.axes[0]
     assert ax.name == "polar" and ax.get_title() == "t"
     labels = _labels(fig)
-    assert labels[0] == "food" and labels[1] == "ready to eat"
-    assert "_" not in labels[2] and "\n" in labels[2]  # wrapped
-    assert ax.get_ylim() == pytest.approx((0.0, 0.5))  # nice maximum above 0.3
-    fig = radar.radar_chart(names, [0.3, 0.12, 0.05], title="t", max_value=1.0)
-    assert fig.axes[0].get_ylim() == pytest.approx((0.0, 1.0))
+    assert labels[:2] == ["food\n0.30", "ready to eat\n0.12"]
+    assert labels[2].endswith("\n<0.01") and "_" not in labels[2] and labels[2].count("\n") >= 2  # wrapped
+    # Linear scale: radius = weight / max, max = 0.5 (the nice number above 0.3); ticks show weights.
+    assert _radii(fig) == pytest.approx([0.6, 0.24, 0.01])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.12", "0.25", "0.38", "0.5"]
+    fig = radar.radar_chart(names, [0.3, 0.12, 0.05], title="t", max_value=1.0, show_values=False)
+    assert _radii(fig) == pytest.approx([0.3, 0.12, 0.05]) and _labels(fig)[0] == "food"
     with pytest.raises(ValueError, match="3 names but 2 weights"):
         radar.radar_chart(names, [0.1, 0.2], title="t")
     with pytest.raises(ValueError):
         radar.radar_chart([], [], title="t")
+    with pytest.raises(ValueError, match="scale"):
+        radar.radar_chart(names, [0.3, 0.12, 0.05], title="t", scale="log")
+
+
+def test_sqrt_scale_keeps_small_weights_visible():
+    fig = radar.radar_chart(["a", "b", "c"], [0.9, 0.04, 0.0], title="t", max_value=1.0, scale="sqrt")
+    assert _radii(fig) == pytest.approx([np.sqrt(0.9), 0.2, 0.0])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.05", "0.25", "0.5", "1"]
+    assert list(ax.get_yticks()) == pytest.approx(np.sqrt([0.05, 0.25, 0.5, 1.0]))
 
 
 def test_radar_chart_into_existing_axes():
@@ -69,17 +90,19 @@ def test_account_and_pair_charts(tmp_path):
     fig = radar.account_chart(run, "brand_food", top=4)
     names, weights = radar.account_concepts(run, "brand_food", top=4)
     assert list(weights) == sorted(weights, reverse=True)
-    assert _labels(fig) == [radar.concept_label(n) for n in names]
+    assert _names(fig) == [radar.concept_label(n) for n in names]
+    assert _labels(fig)[0].endswith(f"\n{weights[0]:.2f}")
     assert "food" in names and "historical activities" in fig.axes[0].get_title()
 
     fb, fm = radar.pair_charts(run, "brand_food", "infl_foodie")
     pair = radar.pair_concepts(run, "brand_food", "infl_foodie")
-    assert set(_labels(fb)) == {radar.concept_label(n) for n in pair["brand_names"]}
-    assert set(_labels(fm)) == {radar.concept_label(n) for n in pair["influencer_names"]}
+    assert set(_names(fb)) == {radar.concept_label(n) for n in pair["brand_names"]}
+    assert set(_names(fm)) == {radar.concept_label(n) for n in pair["influencer_names"]}
     order = np.argsort(-pair["w_b"], kind="stable")
-    assert _labels(fb)[0] == radar.concept_label(pair["brand_names"][order[0]])  # strongest w_b first
-    assert fb.axes[0].get_ylim() == fm.axes[0].get_ylim()  # one shared scale
-    assert fb.axes[0].get_ylim()[1] >= max(pair["w_b"].max(), pair["w_m"].max())
+    assert _names(fb)[0] == radar.concept_label(pair["brand_names"][order[0]])  # strongest w_b first
+    vmax = radar.shared_max(pair["w_b"], pair["w_m"])  # one shared scale for both charts
+    assert _radii(fb) == pytest.approx(np.sort(pair["w_b"])[::-1] / vmax)
+    assert _radii(fm) == pytest.approx(np.sort(pair["w_m"])[::-1] / vmax)
     assert "w_b" in fb.axes[0].get_title() and "w_m" in fm.axes[0].get_title()
     with pytest.raises(KeyError, match="brand_food"):
         radar.account_chart(run, "brand_fod")

@@ -52,8 +52,8 @@ def _workdir(run) -> pathlib.Path:
     wd = run.workdir
     wd.mkdir(parents=True, exist_ok=True)
     metrics = {
-        "methods": {"CAMERA": {"auc": 0.81, "cauc": 0.7, "recall@10": 0.3, "recall@50": 0.6, "mrr": 0.25, "map": 0.2, "medr": 12.0},
-                    "RAND<script>": {"auc": 0.5, "cauc": 0.5, "recall@10": 0.1, "recall@50": 0.3, "mrr": 0.05, "map": 0.04, "medr": 40.0}},
+        "methods": {"CAMERA": {"auc": 0.81, "cauc": 0.7, "recall@10": 0.3, "recall@50": 0.6, "mrr": 0.25, "map": 0.2, "medr": 12.0, "n_brands": 7.0},
+                    "RAND<script>": {"auc": 0.5, "cauc": 0.5, "recall@10": 0.1, "recall@50": 0.3, "mrr": 0.05, "map": 0.04, "medr": 40.0, "n_brands": 7.0}},
         "per_category": {"food": {"auc": 0.9, "medr": 3.0}, "accessory": {"auc": 0.7, "medr": 9.0}},
         "concept_layer": {"cosmic": {"final_loss": 0.25, "epochs": 3, "curve": [1.0, 0.5]}},
         "n_test_pairs": 40, "n_test_positives": 4,
@@ -116,8 +116,10 @@ def test_report_is_self_contained_and_complete(tmp_path):
     assert "RAND&lt;script&gt;" in text and "--preset=&lt;tiny&gt;" in text
     assert "<td><b>0.8100</b></td>" in text and "<td><b>12</b></td>" in text  # best AUC, lowest MedR
     assert text.index("<td>CAMERA</td>") < text.index("<td>RAND&lt;script&gt;</td>")  # CAMERA listed first
-    assert "40 scored test pairs, 4 positives" in text
-    assert "<h3>Concept layer</h3>" in text and "<th>final_loss</th>" in text and "<th>curve</th>" not in text
+    assert "40 scored test pairs, 4 positives, n_brands = 7." in text  # a constant count column moves here
+    assert "<th>n_brands</th>" not in text.split("Per brand category")[0]
+    assert "<summary>Concept layer" in text and "<td>final_loss</td><td>0.2500</td>" in text
+    assert "<td>curve</td>" not in text  # lists are left out
     assert "High-ranked influencer: infl_foodie" in text  # the restaurant's best match
     assert "known partner" in text and "rank <b>1</b> / 4" in text
 

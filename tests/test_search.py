@@ -70,10 +70,18 @@ def test_paper_queries_rank_the_matching_influencer_first(kw):
 
 
 def test_score_follows_documented_formula(kw):
-    emb, w_a = kw["embedder"], kw["w_a"]
+    w_a = kw["w_a"]
     keywords = ["watch", "travel"]
-    res = search.keyword_search(keywords, **kw, top_k=4, top_concepts=3)
-    sim = np.maximum(emb.similarity(keywords, CONCEPTS), 0)
+    res = search.keyword_search(keywords, **kw, top_k=4, top_concepts=3, min_weight=0.0)
+
+    def unit(x):
+        x = np.asarray(x, dtype=np.float64)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    mu = unit(np.asarray(list(WORDS.values()))).mean(axis=0)  # mean unit vector of the vocabulary
+    x_k = unit([WORDS[k] for k in keywords])
+    x_c = unit([np.sum([WORDS[t] for t in c.split("_")], axis=0) for c in CONCEPTS])
+    sim = np.maximum(unit(x_k - mu) @ unit(x_c - mu).T, 0)  # mean-centred cosine, clipped at 0
     for r in res:
         i = INFLUENCERS.index(r["influencer"])
         top = np.argsort(-w_a[i])[:3]
@@ -85,6 +93,21 @@ def test_score_follows_documented_formula(kw):
             c = CONCEPTS.index(name)
             assert s == pytest.approx(sim[:, c].max(), rel=1e-5) and w == pytest.approx(v[list(top).index(c)])
     assert {r["influencer"] for r in res[:2]} == {"infl_watch", "infl_travel"}
+
+
+def test_centring_spreads_a_narrow_cone():
+    """Word vectors in one narrow cone: raw cosines are all ~1, centred ones separate the topics."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=8) * 10
+    words = {w: base + rng.normal(size=8) * 0.3 for w in ("food", "snack", "car", "road", "other", "more")}
+    words["foodie"] = words["food"] + rng.normal(size=8) * 0.05
+    kv = KeyedVectors(vector_size=8)
+    kv.add_vectors(list(words), np.asarray(list(words.values()), dtype=np.float32))
+    emb = TextEmbedder(kv)
+    raw = search.keyword_similarity(emb, ["foodie"], ["food", "car"], centre=False)[0]
+    centred = search.keyword_similarity(emb, ["foodie"], ["food", "car"])[0]
+    assert raw.min() > 0.95  # useless as a score
+    assert centred[0] > 0.9 and centred[1] < 0.3
 
 
 def test_unknown_keyword_fallbacks(kw):

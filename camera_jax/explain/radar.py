@@ -21,6 +21,13 @@ Historical (``w_a``) and marketing-direction (``w_b``/``w_m``) charts live on
 different scales (probabilities over ``n`` concepts vs. over 10) and are
 therefore never forced onto the same scale.
 
+Radial scale: ``scale="linear"`` (default) draws radius proportional to the
+weight; ``scale="sqrt"`` draws radius proportional to its square root, which
+keeps the other concepts visible next to a dominant one (eq. 5's softmax over
+summed ``z'`` and eq. 7's attention are often very peaked).  The HTML report
+uses ``"sqrt"``; tick labels always show weights, and each spoke label carries
+its weight.
+
 Everything uses :class:`matplotlib.figure.Figure` with the Agg canvas directly:
 no pyplot, no global figure registry, nothing to close.
 """
@@ -85,6 +92,8 @@ def radar_chart(
     max_value: float | None = None,
     ax: Any = None,
     color: str = _FILL["history"],
+    scale: str = "linear",
+    show_values: bool = True,
 ) -> Figure:
     """Draws one radar chart of concept ``weights`` and returns its figure.
 
@@ -98,6 +107,12 @@ def radar_chart(
       ax: an existing *polar* axes to draw into (its figure is returned);
         ``None`` creates a new 4.5 x 4.5 inch figure.
       color: line/fill colour.
+      scale: ``"linear"`` (radius proportional to the weight) or ``"sqrt"``
+        (radius proportional to the square root of the weight, so small
+        weights next to a dominant one stay visible; the radial tick labels
+        always show weights, not radii).
+      show_values: append each weight to its spoke label (``"snack\n0.42"``;
+        ``"<0.01"`` below 0.01).
 
     Returns:
       The :class:`~matplotlib.figure.Figure` holding the chart.
@@ -110,7 +125,13 @@ def radar_chart(
         raise ValueError("radar_chart: no concepts to draw")
     if not np.all(np.isfinite(w)):
         raise ValueError("radar_chart: weights must be finite")
+    if scale not in ("linear", "sqrt"):
+        raise ValueError(f"radar_chart: scale must be 'linear' or 'sqrt', got {scale!r}")
     vmax = nice_max(float(w.max()) if max_value is None else float(max_value))
+
+    def radius(x: np.ndarray) -> np.ndarray:
+        x = np.clip(np.asarray(x, dtype=np.float64), 0.0, vmax) / vmax
+        return np.sqrt(x) if scale == "sqrt" else x
 
     if ax is None:
         fig = Figure(figsize=(4.5, 4.5), dpi=100)
@@ -124,25 +145,34 @@ def radar_chart(
     k = len(names)
     angles = np.linspace(0.0, 2.0 * np.pi, k, endpoint=False)
     closed_a = np.concatenate([angles, angles[:1]])
-    closed_w = np.concatenate([np.clip(w, 0.0, vmax), np.clip(w[:1], 0.0, vmax)])
+    r = radius(w)
+    closed_r = np.concatenate([r, r[:1]])
     ax.set_theta_offset(np.pi / 2)  # first concept at the top
     ax.set_theta_direction(-1)  # clockwise, like a clock face
-    ax.plot(closed_a, closed_w, color=color, linewidth=1.8)
-    ax.fill(closed_a, closed_w, color=color, alpha=0.25)
-    ax.scatter(angles, np.clip(w, 0.0, vmax), color=color, s=10, zorder=3)
-    ax.set_ylim(0.0, vmax)
-    ticks = [vmax * f for f in (0.25, 0.5, 0.75, 1.0)]
-    ax.set_yticks(ticks)
+    ax.plot(closed_a, closed_r, color=color, linewidth=1.8)
+    ax.fill(closed_a, closed_r, color=color, alpha=0.25)
+    ax.scatter(angles, r, color=color, s=10, zorder=3)
+    ax.set_ylim(0.0, 1.0)
+    fractions = (0.05, 0.25, 0.5, 1.0) if scale == "sqrt" else (0.25, 0.5, 0.75, 1.0)
+    ticks = [vmax * f for f in fractions]
+    ax.set_yticks(radius(np.asarray(ticks)))
     ax.set_yticklabels([_fmt_tick(t) for t in ticks], fontsize=7, color="#666666")
     ax.set_rlabel_position(180.0 / k)
     ax.set_xticks(angles)
-    ax.set_xticklabels([concept_label(n) for n in names], fontsize=9)
+    labels = [concept_label(n) for n in names]
+    if show_values:
+        labels = [f"{lab}\n{_fmt_value(v)}" for lab, v in zip(labels, w)]
+    ax.set_xticklabels(labels, fontsize=9)
     ax.tick_params(axis="x", pad=6)
     ax.grid(True, color="#cccccc", linewidth=0.6)
     ax.spines["polar"].set_color("#999999")
     ax.set_title(title, fontsize=10, pad=20)
     fig.tight_layout()
     return fig
+
+
+def _fmt_value(v: float) -> str:
+    return f"{v:.2f}" if v >= 0.01 else ("<0.01" if v > 0 else "0")
 
 
 def _fmt_tick(v: float) -> str:
@@ -192,7 +222,13 @@ def account_concepts(run: Any, account_id: str, top: int = 10) -> tuple[list[str
 
 
 def account_chart(
-    run: Any, account_id: str, top: int = 10, *, max_value: float | None = None, title: str | None = None
+    run: Any,
+    account_id: str,
+    top: int = 10,
+    *,
+    max_value: float | None = None,
+    title: str | None = None,
+    scale: str = "linear",
 ) -> Figure:
     """Historical-activities radar chart of ``account_id``: its top concepts of ``w_a``."""
     names, weights = account_concepts(run, account_id, top)
@@ -202,6 +238,7 @@ def account_chart(
         title=title or f"{account_id}\nhistorical activities (w_a)",
         max_value=max_value,
         color=_FILL["history"],
+        scale=scale,
     )
 
 
@@ -232,13 +269,15 @@ def pair_charts(
     *,
     max_value: float | None = None,
     pair: dict[str, Any] | None = None,
+    scale: str = "linear",
 ) -> tuple[Figure, Figure]:
     """Marketing-direction charts of a pair (paper Fig. 4): ``(brand w_b chart, influencer w_m chart)``.
 
     The brand chart spans the brand's top-10 concepts weighted by ``w_b``; the
     influencer chart spans the influencer's top-10 weighted by ``w_m``.  Both
     share one radial maximum (``max_value`` or :func:`shared_max` of both).
-    ``pair`` may pass a precomputed :func:`pair_concepts` result.
+    ``pair`` may pass a precomputed :func:`pair_concepts` result; ``scale`` is
+    passed to :func:`radar_chart`.
     """
     p = pair if pair is not None else pair_concepts(run, brand_id, influencer_id)
     vmax = max_value if max_value is not None else shared_max(p["w_b"], p["w_m"])
@@ -250,6 +289,7 @@ def pair_charts(
         title=f"{brand_id} \u2192 {influencer_id}\nbrand marketing direction (w_b)",
         max_value=vmax,
         color=_FILL["brand"],
+        scale=scale,
     )
     fm = radar_chart(
         [p["influencer_names"][i] for i in order_m],
@@ -257,5 +297,6 @@ def pair_charts(
         title=f"{influencer_id} \u2190 {brand_id}\ninfluencer marketing direction (w_m)",
         max_value=vmax,
         color=_FILL["influencer"],
+        scale=scale,
     )
     return fb, fm

@@ -27,7 +27,9 @@ Sections:
    (brand ``w_b``, influencer ``w_m``), the scores ``S``, ``S_con``,
    ``S_ed``, ``S_in``, the rank ``r / N`` and a few posts.  Scales: the three
    historical charts of a case share one radial maximum, and the four
-   marketing-direction charts of a case share another.
+   marketing-direction charts of a case share another; radii grow with the
+   square root of the weight (``scale="sqrt"`` in :mod:`.radar`) and every
+   spoke is labelled with its weight.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = ["write_report", "read_metrics", "read_train_log", "loss_figure", "met
 _METRIC_ORDER = ("auc", "cauc", "recall@10", "recall@50", "mrr", "map", "medr")
 _LOWER_IS_BETTER = {"medr", "meanr", "mean_rank", "median_rank"}
 _THUMB = 200
+_SCALE = "sqrt"  # radar radius ~ sqrt(weight): w_a and w_b/w_m are often dominated by one concept
 _POSTS_PER_ACCOUNT = 3
 
 _CSS = """
@@ -75,6 +78,8 @@ table { border-collapse:collapse; font-size:13px; background:var(--card); }
 th, td { border:1px solid var(--line); padding:4px 8px; text-align:right; white-space:nowrap; }
 th:first-child, td:first-child { text-align:left; }
 thead th { background:#eef1f6; }
+table.long td { text-align:left; vertical-align:top; }
+table.long td:last-child { text-align:right; }
 .scroll { overflow-x:auto; }
 .charts { display:flex; flex-wrap:wrap; gap:10px; }
 .charts figure { margin:0; text-align:center; width:342px; }
@@ -93,6 +98,8 @@ figcaption { font-size:12px; color:var(--muted); }
 .scores td, .scores th { font-size:13px; }
 .tag { display:inline-block; font-size:12px; padding:0 6px; border-radius:10px; background:#e7f3e8; color:#1e6b27; }
 .tag.no { background:#f1f1f1; color:var(--muted); }
+details.layer { margin-top:12px; }
+summary { cursor:pointer; font-weight:600; }
 pre { background:#fff; border:1px solid var(--line); padding:8px; font-size:12px; overflow-x:auto; }
 footer { padding:24px 20px 40px; font-size:13px; color:var(--muted); }
 """
@@ -146,6 +153,48 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, 
         elif isinstance(val, Mapping):
             out[label] = dict(val)
     return out
+
+
+def _scalar_rows(tree: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Nested dicts -> {"a / b": {key: scalar}}: one row per dict that holds scalars (lists dropped)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, val in tree.items():
+        if not isinstance(val, Mapping):
+            continue
+        label = f"{prefix}{name}"
+        leaf = {str(a): b for a, b in val.items() if isinstance(b, (int, float, str, bool))}
+        if leaf:
+            rows[label] = leaf
+        rows.update(_scalar_rows(val, prefix=f"{label} / "))
+    return rows
+
+
+def _split_constant_counts(rows: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Removes the ``n_*`` columns that hold one value for every row; returns (rows, {column: value})."""
+    rows = {k: dict(v) for k, v in rows.items() if isinstance(v, Mapping)}
+    keys = {c for r in rows.values() for c in r if c.startswith("n_")}
+    constant = {}
+    for c in sorted(keys):
+        vals = {repr(r.get(c)) for r in rows.values()}
+        if len(rows) > 1 and len(vals) == 1:
+            constant[c] = next(iter(rows.values()))[c]
+    for r in rows.values():
+        for c in constant:
+            r.pop(c, None)
+    return rows, constant
+
+
+def _long_table_html(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """Three columns (stage, metric, value): compact for sparse nested metrics."""
+    body = []
+    for name, vals in rows.items():
+        for i, (k, v) in enumerate(vals.items()):
+            first = f'<td rowspan="{len(vals)}">{_e(name)}</td>' if i == 0 else ""
+            body.append(f"<tr>{first}<td>{_e(k)}</td><td>{_fmt(v, k)}</td></tr>")
+    return (
+        '<div class="scroll"><table class="long"><thead><tr><th>stage</th><th>metric</th><th>value</th></tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def metrics_table_html(table: Mapping[str, Any], row_header: str, *, bold_best: bool = True) -> str:
@@ -378,7 +427,7 @@ def _case_html(w: _Writer, case_no: int, brand: str, cands: Sequence[str]) -> st
         f'<article class="card" id="{_e(key)}"><h3>Case {case_no}: brand {_e(brand)}{_e(cat)}</h3>',
         f'<p class="muted">{len(cands)} candidates ranked by S; {_e(partner_note)}.</p>',
         '<div class="brandrow"><div class="charts">',
-        w.chart(radar.account_chart(run, brand, max_value=hist_max), _safe_name(key, brand, "history"),
+        w.chart(radar.account_chart(run, brand, max_value=hist_max, scale=_SCALE), _safe_name(key, brand, "history"),
                 f"{brand}: historical activities (w_a)"),  # fmt: skip
         "</div><div><h4>Brand posts</h4>",
         w.posts_html(brand),
@@ -386,14 +435,14 @@ def _case_html(w: _Writer, case_no: int, brand: str, cands: Sequence[str]) -> st
     ]
     for cls, label, m in picks:
         p = pairs[m]
-        fb, fm = radar.pair_charts(run, brand, m, max_value=dir_max, pair=p)
+        fb, fm = radar.pair_charts(run, brand, m, max_value=dir_max, pair=p, scale=_SCALE)
         macc = w.accounts.get(m)
         mcat = f" · {macc.category}" if macc is not None and macc.category else ""
         parts += [
             f'<div class="pair {cls}"><h4>{_e(label)}: {_e(m)}{_e(mcat)}</h4>',
             _scores_table(p, rank_of[m], len(cands), m in partners),
             '<div class="charts">',
-            w.chart(radar.account_chart(run, m, max_value=hist_max), _safe_name(key, m, "history"),
+            w.chart(radar.account_chart(run, m, max_value=hist_max, scale=_SCALE), _safe_name(key, m, "history"),
                     f"{m}: historical activities (w_a)"),  # fmt: skip
             w.chart(fb, _safe_name(key, brand, m, "w_b"), f"{brand} → {m}: brand marketing direction (w_b)"),
             w.chart(fm, _safe_name(key, m, brand, "w_m"), f"{m} ← {brand}: influencer marketing direction (w_m)"),
@@ -460,9 +509,11 @@ def write_report(run: Any, out_dir: str | pathlib.Path | None = None, *, n_cases
         methods = dict(metrics.get("methods") or {})
         if "CAMERA" in methods:  # CAMERA first, the baselines after it
             methods = {"CAMERA": methods.pop("CAMERA"), **methods}
+        methods, constant = _split_constant_counts(methods)
         body = "<h3>Methods (test brands)</h3>" + metrics_table_html(methods, "method")
         counts = [f"{_e(metrics[k])} {label}" for k, label in (("n_test_pairs", "scored test pairs"),
                   ("n_test_positives", "positives")) if isinstance(metrics.get(k), (int, float))]  # fmt: skip
+        counts += [f"{_e(k)} = {_fmt(v, k)}" for k, v in constant.items()]
         if counts:
             body += f'<p class="muted">{", ".join(counts)}.</p>'
         per_cat = metrics.get("per_category") or {}
@@ -471,13 +522,12 @@ def write_report(run: Any, out_dir: str | pathlib.Path | None = None, *, n_cases
         body += '<p class="muted">Best value of each column in bold (MedR: lowest).</p>'
         layer = metrics.get("concept_layer")
         if isinstance(layer, Mapping) and layer:
-            scalars = {
-                str(k): {str(a): b for a, b in v.items() if isinstance(b, (int, float, str, bool))}
-                for k, v in layer.items() if isinstance(v, Mapping)
-            }  # fmt: skip
-            scalars = {k: v for k, v in scalars.items() if v}
+            scalars = _scalar_rows(layer)
             if scalars:
-                body += "<h3>Concept layer</h3>" + metrics_table_html(scalars, "stage", bold_best=False)
+                body += (
+                    '<details class="layer"><summary>Concept layer (concept generator and COSMIC checks)</summary>'
+                    + _long_table_html(scalars) + "</details>"
+                )
     sections.append(f'<section id="metrics"><h2>Metrics</h2>{body}</section>')
 
     stages, skipped = read_train_log(workdir)
@@ -500,7 +550,9 @@ def write_report(run: Any, out_dir: str | pathlib.Path | None = None, *, n_cases
             " (top-10 concepts of w_a), then its highest- and lowest-ranked candidate with their own"
             " historical chart and the pair's marketing-direction charts (the brand's w_b over its top-10"
             " concepts, the influencer's w_m over its top-10). Within a case, historical charts share one"
-            " radial scale and marketing-direction charts share another. Click a chart for its SVG.</p>"
+            " radial scale and marketing-direction charts share another; the radius grows with the square"
+            " root of the weight so that concepts next to a dominant one stay visible, and every spoke is"
+            " labelled with its weight. Click a chart for its SVG.</p>"
         )
         body += "\n".join(_case_html(w, i, b, cands) for i, b in enumerate(brands, start=1))
     else:

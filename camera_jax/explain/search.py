@@ -12,10 +12,19 @@ historical concept distribution ``w_a[m]`` (eq. 5):
 * ``v[m, c] = w_a[m, c] / sum_{c' in T(m)} w_a[m, c']`` for ``c`` in ``T(m)``
   (the top weights renormalised to sum to 1, so accounts with peaky and flat
   ``w_a`` are comparable), 0 elsewhere;
-* ``sim(k, c)`` = cosine between keyword ``k`` and concept ``c`` in the run's
-  Word2Vec space (:meth:`TextEmbedder.similarity`: the mean unit vector of the
-  keyword's tokens vs. the mean of the concept name's tokens), or a fallback
-  similarity below;
+* ``sim(k, c)`` = the *mean-centred* cosine between keyword ``k`` and concept
+  ``c`` in the run's Word2Vec space: with ``x_k`` the unit mean vector of the
+  keyword's tokens (:meth:`TextEmbedder.embed_words`), ``x_c`` that of the
+  concept name's tokens (:meth:`TextEmbedder.embed_concepts`) and ``mu`` the
+  mean of the unit vectors of the whole vocabulary,
+  ``sim = cos(x_k - mu, x_c - mu)``; or a fallback similarity below.
+  Centring matters: Word2Vec trained on a small or homogeneous corpus puts
+  every word in one narrow cone (0.94 to 1.0 between all concepts of the
+  ``tiny`` preset), so raw cosines are all near 1 and cannot tell concepts
+  apart; subtracting the common mean direction (the first step of Mu &
+  Viswanath's "all-but-the-top", ICLR 2018) spreads them around 0 and keeps
+  the neighbour order.  ``centre=False`` uses the raw cosine
+  (:meth:`TextEmbedder.similarity`);
 * ``s(m) = 1/|K| * sum_{k in K} sum_{c in T(m)} v[m, c] * max(0, sim(k, c))``
   (similarities below ``min_similarity``, default 0, count as 0).
 
@@ -36,8 +45,10 @@ each result's ``keywords`` entry as ``method``):
    and its tokens).
 3. ``"closest_word"`` -- otherwise the keyword is mapped to the closest
    Word2Vec vocabulary word by character similarity
-   (``difflib.get_close_matches(keyword, vocabulary, n=1, cutoff=0.6)``) and
-   that word's cosines are used (``word`` names it).
+   (``difflib.get_close_matches(keyword, vocabulary, n=1, cutoff=0.75)``:
+   typos such as ``wristwach`` -> ``wristwatch``; the high cutoff avoids
+   mapping ``watch`` to ``with``) and that word's similarities are used
+   (``word`` names it).
 4. ``"unmatched"`` -- nothing found; the keyword contributes 0.
 
 If the query as a whole scores 0 for every influencer (every keyword
@@ -82,6 +93,8 @@ __all__ = [
     "exact_match_search",
     "search_precision",
     "vocabulary_of",
+    "vocabulary_mean",
+    "keyword_similarity",
 ]
 
 _MIN_SUBSTRING = 3  # shortest keyword/token used for substring matching (fallback a)
@@ -116,6 +129,49 @@ def vocabulary_of(embedder: Any) -> list[str]:
         kv = getattr(embedder, "kv", None)
         vocab = getattr(kv, "index_to_key", None) if kv is not None else None
     return [str(w) for w in vocab] if vocab is not None else []
+
+
+def vocabulary_mean(embedder: Any) -> np.ndarray | None:
+    """Mean of the unit word vectors of the vocabulary (``mu`` of the centred cosine), or None."""
+    kv = getattr(embedder, "kv", None)
+    vectors = getattr(kv, "vectors", None) if kv is not None else None
+    if vectors is not None and len(vectors):
+        v = np.asarray(vectors, dtype=np.float64)
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        v = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+        return v.mean(axis=0)
+    vocab = vocabulary_of(embedder)
+    if not vocab:
+        return None
+    v, known = embedder.embed_words(vocab)
+    v = np.asarray(v, dtype=np.float64)[np.asarray(known, dtype=bool)]
+    return v.mean(axis=0) if len(v) else None
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, n, out=np.zeros_like(x), where=n > 1e-12)
+
+
+def keyword_similarity(
+    embedder: Any, words: Sequence[str], concept_names: Sequence[str], *, centre: bool = True
+) -> np.ndarray:
+    """Similarity [len(words), len(concept_names)] of known words to concepts (module docstring).
+
+    ``centre=True``: ``cos(x_w - mu, x_c - mu)`` with ``mu`` = :func:`vocabulary_mean`;
+    ``centre=False`` (or an embedder without ``embed_concepts``): ``embedder.similarity``.
+    """
+    mu = vocabulary_mean(embedder) if centre and hasattr(embedder, "embed_concepts") else None
+    if mu is None:
+        return np.asarray(embedder.similarity(list(words), list(concept_names)), dtype=np.float64)
+    w, known = embedder.embed_words(list(words))
+    c = np.asarray(embedder.embed_concepts(list(concept_names)), dtype=np.float64)
+    w = _unit(np.asarray(w, dtype=np.float64) - mu)
+    w[~np.asarray(known, dtype=bool)] = 0.0
+    c_known = np.linalg.norm(c, axis=1) > 0
+    c = _unit(c - mu)
+    c[~c_known] = 0.0
+    return w @ c.T
 
 
 def _closest_words(word: str, vocab: Sequence[str], concept_names: Sequence[str], n: int = 5) -> list[str]:
@@ -178,7 +234,8 @@ def resolve_keywords(
     *,
     embedder: Any,
     concept_names: Sequence[str],
-    cutoff: float = 0.6,
+    cutoff: float = 0.75,
+    centre: bool = True,
 ) -> list[KeywordMatch]:
     """Matches each keyword to the concepts (Word2Vec or a documented fallback).
 
@@ -189,6 +246,7 @@ def resolve_keywords(
         :class:`camera_jax.data.text.TextEmbedder`).
       concept_names: the concept vocabulary (row order of ``w_a``'s columns).
       cutoff: difflib cutoff of the ``closest_word`` fallback.
+      centre: use the mean-centred cosine (see the module docstring).
 
     Returns:
       One :class:`KeywordMatch` per keyword, in order.
@@ -213,7 +271,7 @@ def resolve_keywords(
     known = np.asarray(known, dtype=bool).reshape(-1)
     w2v = [q for (_, q), k in zip(pairs, known) if k]
     w2v_sims = (
-        np.asarray(embedder.similarity(w2v, list(concept_names)), dtype=np.float64) if w2v else None
+        keyword_similarity(embedder, w2v, concept_names, centre=centre) if w2v else None
     )
     out: list[KeywordMatch] = []
     j = 0
@@ -228,7 +286,7 @@ def resolve_keywords(
             continue
         close = difflib.get_close_matches(q, vocab, n=1, cutoff=cutoff) if vocab else []
         if close:
-            sims = np.asarray(embedder.similarity(close, list(concept_names)), dtype=np.float64)[0]
+            sims = keyword_similarity(embedder, close, concept_names, centre=centre)[0]
             out.append(KeywordMatch(q, "closest_word", close[0], sims))
             continue
         out.append(KeywordMatch(q, "unmatched", None, np.zeros(len(concept_names))))
@@ -252,7 +310,9 @@ def keyword_search(
     top_concepts: int = 10,
     min_similarity: float = 0.0,
     categories: Mapping[str, str] | None = None,
-    cutoff: float = 0.6,
+    cutoff: float = 0.75,
+    centre: bool = True,
+    min_weight: float = 0.01,
 ) -> list[dict[str, Any]]:
     """Ranks influencers by the similarity of the keywords to their concepts (paper IV-H-3).
 
@@ -267,13 +327,16 @@ def keyword_search(
       min_similarity: similarities below it count as 0 (default: clip at 0).
       categories: optional id -> category, copied into the results.
       cutoff: difflib cutoff of the ``closest_word`` fallback.
+      centre: use the mean-centred cosine (see the module docstring).
+      min_weight: concepts with ``v[m, c]`` below it are not listed in
+        ``matched_concepts`` (they still count in the score).
 
     Returns:
       Up to ``top_k`` dicts, best first: ``rank`` (1-based), ``influencer``,
       ``score`` (``s(m)``), ``matched_concepts`` (list of ``(concept,
       similarity, weight)``: the concepts of ``T(m)`` with a positive
-      similarity, similarity = max over keywords, weight = ``v[m, c]``, sorted
-      by contribution), ``top_concepts`` (names of ``T(m)``), ``keywords``
+      similarity and ``v[m, c] >= min_weight``, similarity = max over
+      keywords, weight = ``v[m, c]``, sorted by contribution), ``top_concepts`` (names of ``T(m)``), ``keywords``
       (per keyword: ``keyword``, ``method``, ``word``), ``fallback``
       (``None`` or ``"string_similarity"``) and ``category`` when given.
       Never empty for a valid query.
@@ -292,7 +355,9 @@ def keyword_search(
         )
     if not ids:
         raise ValueError("no influencers to search")
-    matches = resolve_keywords(keywords, embedder=embedder, concept_names=concept_names, cutoff=cutoff)
+    matches = resolve_keywords(
+        keywords, embedder=embedder, concept_names=concept_names, cutoff=cutoff, centre=centre
+    )
 
     t = max(1, min(int(top_concepts), w_a.shape[1]))
     top_idx = np.argsort(-w_a, axis=1, kind="stable")[:, :t]
@@ -332,7 +397,7 @@ def keyword_search(
         if scores[i] <= 0:
             break
         concepts = [int(c) for c in top_idx[i]]
-        matched = [c for c in concepts if best_sim[c] > 0]
+        matched = [c for c in concepts if best_sim[c] > 0 and v[i, c] >= min_weight]
         matched.sort(key=lambda c: (-(v[i, c] * mean_sim[c]), concept_names[c]))
         row: dict[str, Any] = {
             "rank": len(results) + 1,

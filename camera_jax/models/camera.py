@@ -71,6 +71,21 @@ def top_concepts(w_a: jax.Array, k: int = 10) -> tuple[jax.Array, jax.Array]:
   return idx.astype(jnp.int32), weights
 
 
+def supported_concepts(w_a: jax.Array, top_weights: jax.Array) -> jax.Array:
+  """Which of an account's top-k concepts it actually showed: bool [..., k].
+
+  Eq. 5 gives every concept some mass (softmax of a sum that is 0 for a concept the account
+  never showed), so an account with fewer than k concepts gets padding concepts in its top-k,
+  ordered by index.  Those slots have exactly the row's minimum weight exp(0)/Z; they are masked
+  out of the BCAM attention (eq. 7) so that the marketing-direction weights only spread over
+  concepts of the account's history.  The first slot is always valid.
+  """
+  w_a = jnp.asarray(w_a, jnp.float32)
+  floor = jnp.min(w_a, axis=-1, keepdims=True)
+  mask = jnp.asarray(top_weights, jnp.float32) > floor * (1.0 + 1e-5)
+  return mask.at[..., 0].set(True)
+
+
 def historical_representation(weights: jax.Array, vectors: jax.Array) -> jax.Array:
   """Eq. 6: e_h = sum_{k, u_k in U_a} w_a^k u_k.
 
@@ -104,8 +119,26 @@ def marketing_weights(psi_e_h: jax.Array, rho_u: jax.Array, mask: jax.Array | No
   """
   logits = jnp.einsum("...p,...kp->...k", psi_e_h.astype(jnp.float32),
                       rho_u.astype(jnp.float32))
+  return marketing_weights_from_logits(logits, psi_e_h.shape[-1], mask, scale=scale)
+
+
+def marketing_weights_from_logits(logits: jax.Array, p: int, mask: jax.Array | None = None,
+                                  *, scale: AttentionScale = "inner") -> jax.Array:
+  """Eq. 7 given the inner products psi(e_h^{m/b}) . rho(u_i) [..., k] (see marketing_weights).
+
+  The fast paths form the inner products per concept (``q = psi(e_h) rho(U_C)^T``, then a
+  gather of the k columns of the side's concepts) instead of gathering rho rows first.
+
+  Args:
+    logits: [..., k] inner products; p: the feature width of psi and rho (for ``"mean"``).
+    mask: optional bool [..., k]; False slots get weight 0. scale: "inner" or "mean".
+
+  Returns:
+    w: [..., k] float32, sums to 1.
+  """
+  logits = jnp.asarray(logits, jnp.float32)
   if scale == "mean":
-    logits = logits / psi_e_h.shape[-1]
+    logits = logits / p
   elif scale != "inner":
     raise ValueError(f"unknown attention scale {scale!r}")
   if mask is not None:
@@ -183,6 +216,37 @@ def ranking_score(s_con: jax.Array, s_ed: jax.Array, s_in: jax.Array) -> jax.Arr
 # ----------------------------------------------------------------------------------------------
 
 
+def _mix32(x: jax.Array) -> jax.Array:
+  """A bijective 32-bit integer mixer (the "lowbias32" finaliser: xor-shift, multiply)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def hash_keep_mask(key: jax.Array, shape: Sequence[int], keep_prob: float) -> jax.Array:
+  """A Bernoulli(keep_prob) bool mask from a counter-based hash (the fast dropout RNG).
+
+  Two 32-bit seeds are drawn from ``key`` with ``jax.random.bits``; element i of the mask is
+  ``mix(mix(i ^ s0) ^ s1) < round(keep_prob * 2^32)``, ``mix`` a bijective 32-bit mixer. The
+  keep probability is exact to 2^-32 (jax.random.bernoulli: 2^-23), elements are distinct
+  hashes of distinct counters, and the whole mask is one elementwise expression of an iota that
+  XLA fuses into its consumer. XLA:CPU lowers jax's threefry as a rolled loop that fuses with
+  nothing; on the 2-core development machine it cost more than the ranking step's matmuls at
+  large batches (see benchmarks/README.md).
+  """
+  seeds = jax.random.bits(key, (2,), jnp.uint32)
+  size = 1
+  for d in shape:
+    size *= int(d)
+  if size >= 2 ** 32:
+    raise ValueError(f"hash_keep_mask: {size} elements do not fit a 32-bit counter")
+  i = jax.lax.iota(jnp.uint32, size).reshape(tuple(shape))
+  threshold = min(int(round(keep_prob * 2.0 ** 32)), 2 ** 32 - 1)
+  return _mix32(_mix32(i ^ seeds[0]) ^ seeds[1]) < jnp.uint32(threshold)
+
+
 class MLP(nn.Module):
   """Fully connected stack with leaky_relu (slope 0.01) after every layer, the last included.
 
@@ -198,6 +262,8 @@ class MLP(nn.Module):
     dropout_layers: number of leading layers whose input is dropped out (None = all).
     init_scale: kernels and biases are initialised uniform(-init_scale, init_scale) (paper).
     dtype: computation dtype (parameters stay float32).
+    dropout_rng: "threefry" (``nn.Dropout``: jax.random.bernoulli) or "hash" (the same
+      Bernoulli(1 - rate) masks and 1 / (1 - rate) scaling, drawn with :func:`hash_keep_mask`).
   """
 
   features: Sequence[int]
@@ -205,6 +271,7 @@ class MLP(nn.Module):
   dropout_layers: int | None = None
   init_scale: float = 0.1
   dtype: Any = jnp.float32
+  dropout_rng: Literal["threefry", "hash"] = "threefry"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -214,8 +281,33 @@ class MLP(nn.Module):
     x = x.astype(self.dtype)
     for i, f in enumerate(self.features):
       if i < n_drop and self.rate > 0:
-        x = nn.Dropout(self.rate, deterministic=deterministic)(x)
+        if self.dropout_rng == "hash":
+          if not deterministic:
+            keep = 1.0 - self.rate
+            mask = hash_keep_mask(self.make_rng("dropout"), x.shape, keep)
+            x = jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+        else:
+          x = nn.Dropout(self.rate, deterministic=deterministic)(x)
       x = nn.Dense(f, dtype=self.dtype, kernel_init=init, bias_init=init, name=f"dense{i}")(x)
+      x = nn.leaky_relu(x, negative_slope=LEAKY_SLOPE)
+    return x
+
+  def dense_params(self) -> list[tuple[jax.Array, jax.Array]]:
+    """(kernel, bias) of every layer, in order (the module must be bound to its params)."""
+    params = self.variables["params"]
+    return [(params[f"dense{i}"]["kernel"], params[f"dense{i}"]["bias"])
+            for i in range(len(self.features))]
+
+  def from_first_preactivation(self, pre: jax.Array) -> jax.Array:
+    """The MLP's output given layer 0's pre-activation ``x W_0 + b_0`` (deterministic only).
+
+    Applies leaky_relu, then layers 1.. exactly as ``__call__`` does without dropout. Used by
+    the catalogue scorer, which forms layer 0's pre-activation by linearity from per-account
+    and per-concept parts.
+    """
+    x = nn.leaky_relu(jnp.asarray(pre, self.dtype), negative_slope=LEAKY_SLOPE)
+    for kernel, bias in self.dense_params()[1:]:
+      x = jnp.dot(x, jnp.asarray(kernel, self.dtype)) + jnp.asarray(bias, self.dtype)
       x = nn.leaky_relu(x, negative_slope=LEAKY_SLOPE)
     return x
 
@@ -256,6 +348,7 @@ class CAMERA(nn.Module):
       S_in are returned as ones.
     dtype: computation dtype of psi, rho, gamma; attention and scores are float32.
     rho_path: "auto" (the static rule below), "table" or "rows" to force one path.
+    dropout_rng: "threefry" (nn.Dropout) or "hash" (:func:`hash_keep_mask`), see :class:`MLP`.
 
   Rho over the concept table: rho(u) depends only on the concept, so when a batch gathers more
   concept rows (2 B K) than the vocabulary has (n), rho is computed once over the whole table
@@ -274,11 +367,15 @@ class CAMERA(nn.Module):
   use_interaction: bool = True
   dtype: Any = jnp.float32
   rho_path: Literal["auto", "table", "rows"] = "auto"
+  dropout_rng: Literal["threefry", "hash"] = "threefry"
 
   def setup(self) -> None:
-    self.psi = MLP(self.d_hidden, self.dropout, None, self.init_scale, self.dtype)
-    self.rho = MLP(self.d_hidden, self.dropout, None, self.init_scale, self.dtype)
-    self.gamma_mlp = MLP(self.gamma, self.dropout, 2, self.init_scale, self.dtype)
+    self.psi = MLP(self.d_hidden, self.dropout, None, self.init_scale, self.dtype,
+                   self.dropout_rng)
+    self.rho = MLP(self.d_hidden, self.dropout, None, self.init_scale, self.dtype,
+                   self.dropout_rng)
+    self.gamma_mlp = MLP(self.gamma, self.dropout, 2, self.init_scale, self.dtype,
+                         self.dropout_rng)
     if self.use_interaction:
       self.phi_ed_post = ScoreMLP(self.d_score, self.init_scale)
       self.phi_ed_brand = ScoreMLP(self.d_score, self.init_scale)
@@ -288,7 +385,8 @@ class CAMERA(nn.Module):
   # -- per-account and per-concept parts -------------------------------------------------------
 
   def encode_accounts(self, idx: jax.Array, w: jax.Array, concepts: jax.Array, *,
-                      deterministic: bool = True) -> dict[str, jax.Array]:
+                      deterministic: bool = True, mask: jax.Array | None = None
+                      ) -> dict[str, jax.Array]:
     """Per-account quantities that do not depend on the partner.
 
     Args:
@@ -296,17 +394,20 @@ class CAMERA(nn.Module):
       w: [..., K] their w_a weights.
       concepts: U_C [n, d_u].
       deterministic: no dropout when True.
+      mask: optional bool [..., K], the slots that take part in the BCAM attention
+        (see :func:`supported_concepts`); all True when omitted.
 
     Returns:
-      dict(idx [..., K], w [..., K], u [..., K, d_u] (gathered concept rows),
+      dict(idx [..., K], w [..., K], mask [..., K], u [..., K, d_u] (gathered concept rows),
       e_h [..., d_u] (eq. 6), psi [..., p] (psi(e_h), float32)).
     """
     concepts = jnp.asarray(concepts, jnp.float32)
     u = jnp.take(concepts, idx, axis=0)
     e_h = historical_representation(jnp.asarray(w, jnp.float32), u)
     psi = self.psi(e_h, deterministic=deterministic).astype(jnp.float32)
-    return dict(idx=jnp.asarray(idx, jnp.int32), w=jnp.asarray(w, jnp.float32), u=u, e_h=e_h,
-                psi=psi)
+    mask = jnp.ones(idx.shape, bool) if mask is None else jnp.asarray(mask, bool)
+    return dict(idx=jnp.asarray(idx, jnp.int32), w=jnp.asarray(w, jnp.float32), mask=mask, u=u,
+                e_h=e_h, psi=psi)
 
   def concept_table(self, concepts: jax.Array, *, deterministic: bool = True) -> jax.Array:
     """rho(u) for every concept: [n, p] float32."""
@@ -330,8 +431,8 @@ class CAMERA(nn.Module):
   def _pairs(self, brand: Mapping[str, jax.Array], influencer: Mapping[str, jax.Array],
              rho_b: jax.Array, rho_m: jax.Array, features: Mapping[str, jax.Array],
              deterministic: bool) -> dict[str, jax.Array]:
-    w_b = marketing_weights(influencer["psi"], rho_b, scale=self.attention_scale)
-    w_m = marketing_weights(brand["psi"], rho_m, scale=self.attention_scale)
+    w_b = marketing_weights(influencer["psi"], rho_b, brand["mask"], scale=self.attention_scale)
+    w_m = marketing_weights(brand["psi"], rho_m, influencer["mask"], scale=self.attention_scale)
     e_r_b = marketing_representation(w_b, brand["u"])
     e_r_m = marketing_representation(w_m, influencer["u"])
     # gamma on both sides in one call: [2, ..., 2 d] -> [2, ..., d_a]
@@ -376,7 +477,8 @@ class CAMERA(nn.Module):
     Args:
       batch: dict of arrays with leading dim B:
         ``brand_idx`` int32 [B, K], ``brand_w`` [B, K] -- the brand's top-K concepts and their
-        w_a weights; ``inf_idx``, ``inf_w`` -- the same for the influencer;
+        w_a weights; ``inf_idx``, ``inf_w`` -- the same for the influencer; optional
+        ``brand_mask``, ``inf_mask`` bool [B, K] -- the slots that take part in the attention;
         ``ed_post`` [B] -- scaled engagement feature of the pair's endorsement post (the
         caller chooses a leak-free estimate); ``ed_brand`` [B] -- the brand's scaled mean
         engagement; ``followers`` [B], ``eng_inf`` [B] -- the influencer's scaled followers
@@ -391,7 +493,10 @@ class CAMERA(nn.Module):
     concepts = jnp.asarray(concepts, jnp.float32)
     idx = jnp.stack([batch["brand_idx"], batch["inf_idx"]])           # [2, B, K]
     w = jnp.stack([batch["brand_w"], batch["inf_w"]])
-    enc = self.encode_accounts(idx, w, concepts, deterministic=deterministic)
+    mask = None
+    if batch.get("brand_mask") is not None:
+      mask = jnp.stack([batch["brand_mask"], batch["inf_mask"]])
+    enc = self.encode_accounts(idx, w, concepts, deterministic=deterministic, mask=mask)
     brand = jax.tree.map(lambda a: a[0], enc)
     influencer = jax.tree.map(lambda a: a[1], enc)
     use_table = {"auto": idx.size > concepts.shape[0], "table": True, "rows": False}[
@@ -402,3 +507,141 @@ class CAMERA(nn.Module):
     else:
       rho = self.rho(enc["u"], deterministic=deterministic).astype(jnp.float32)
     return self._pairs(brand, influencer, rho[0], rho[1], batch, deterministic)
+
+  # -- fast paths ------------------------------------------------------------------------------
+  # The same model, computed with algebra that changes no result (deterministic outputs equal
+  # __call__'s to float rounding; tests/test_camera_model.py checks it):
+  #   * psi(e_h) once per account of a triplet (the brand once for its positive and negatives);
+  #   * rho(u) once per concept (the table path) or once per (account, slot) (the row path);
+  #   * the attention logits psi . rho(u_i) as columns of q = psi rho(U_C)^T on the table path;
+  #   * scoring a catalogue: gamma's first layer is linear in concat(e_h, e_r) and
+  #     e_r = sum_i w_i u_i, so gamma_0(concat(e_h, e_r)) = (e_h W_h + b) + sum_i w_i (u_i W_r):
+  #     e_h W_h + b per account, u W_r per concept, only the weighted sum per pair.
+
+  def score_groups(self, batch: Mapping[str, jax.Array], concepts: jax.Array, *,
+                   deterministic: bool) -> dict[str, jax.Array]:
+    """Scores each brand against its own group of M influencers (the training triplets).
+
+    Same outputs as :meth:`__call__` on the B x M pairs (brand b repeated for its group), with
+    the brand encoded once per group. In deterministic mode the result equals ``__call__``'s to
+    float rounding. In training mode one dropout mask is drawn per encoded row: the brand's
+    psi(e_h) and, on the row path, rho of its concepts are computed once per group, so its
+    positive and its negatives see the same brand representation (``__call__`` draws the
+    brand's masks once per pair); gamma's masks are per pair side, as in ``__call__``.
+
+    Args:
+      batch: ``brand_idx``, ``brand_w`` [B, K] (optional ``brand_mask`` bool [B, K]);
+        ``inf_idx``, ``inf_w`` [B, M, K] (optional ``inf_mask``); ``ed_post``, ``ed_brand``,
+        ``followers``, ``eng_inf`` (optional ``ed_mask``) [B, M] -- see :meth:`__call__`.
+      concepts: U_C [n, d_u].
+      deterministic: disables dropout; otherwise a ``'dropout'`` rng is needed.
+
+    Returns:
+      dict(S, S_con, S_ed, S_in [B, M]; w_b, w_m [B, M, K]).
+    """
+    concepts = jnp.asarray(concepts, jnp.float32)
+    n = concepts.shape[0]
+    b_idx, m_idx = batch["brand_idx"], batch["inf_idx"]
+    b, k = b_idx.shape
+    m = m_idx.shape[1]
+    idx = jnp.concatenate([b_idx, m_idx.reshape(b * m, k)]).astype(jnp.int32)     # [R, K]
+    w = jnp.concatenate([batch["brand_w"], batch["inf_w"].reshape(b * m, k)]).astype(jnp.float32)
+    u = jnp.take(concepts, idx, axis=0)                                           # [R, K, d]
+    e_h = historical_representation(w, u)                                         # eq. 6
+    psi = self.psi(e_h, deterministic=deterministic).astype(jnp.float32)          # [R, p]
+    p = psi.shape[-1]
+    psi_b, psi_m = psi[:b], psi[b:].reshape(b, m, p)
+    use_table = {"auto": idx.size > n, "table": True, "rows": False}[self.rho_path]
+    if use_table:  # rho once per concept; logits as columns of q = psi rho(U_C)^T
+      table = self.concept_table(concepts, deterministic=deterministic)          # [n, p]
+      q = jnp.dot(psi, table.T)                                                   # [R, n]
+      q_b, q_m = q[:b], q[b:].reshape(b, m, n)
+      logits_b = jnp.take_along_axis(q_m, jnp.broadcast_to(b_idx[:, None, :], (b, m, k)), -1)
+      logits_m = jnp.take_along_axis(jnp.broadcast_to(q_b[:, None, :], (b, m, n)), m_idx, -1)
+    else:  # rho once per (account, slot)
+      rho = self.rho(u, deterministic=deterministic).astype(jnp.float32)          # [R, K, p]
+      rho_b, rho_m = rho[:b], rho[b:].reshape(b, m, k, p)
+      logits_b = jnp.einsum("bjp,bkp->bjk", psi_m, rho_b)
+      logits_m = jnp.einsum("bp,bjkp->bjk", psi_b, rho_m)
+    mask_b = batch.get("brand_mask")
+    w_b = marketing_weights_from_logits(                                          # eq. 7
+        logits_b, p, None if mask_b is None else mask_b[:, None, :], scale=self.attention_scale)
+    w_m = marketing_weights_from_logits(logits_m, p, batch.get("inf_mask"),
+                                        scale=self.attention_scale)
+    e_r_b = jnp.einsum("bjk,bkd->bjd", w_b, u[:b])                                # eq. 8
+    e_r_m = marketing_representation(w_m, u[b:].reshape(b, m, k, -1))
+    e_h_b = jnp.broadcast_to(e_h[:b, None, :], e_r_b.shape)
+    e_h_m = e_h[b:].reshape(e_r_m.shape)
+    e_a = fuse(lambda x: self.gamma_mlp(x, deterministic=deterministic),          # eq. 9
+               jnp.stack([e_h_b, e_h_m]), jnp.stack([e_r_b, e_r_m])).astype(jnp.float32)
+    s_con = content_score(e_a[0], e_a[1])
+    s_ed, s_in = self._interaction(batch, s_con.shape)
+    s = ranking_score(s_con, s_ed, s_in) if self.use_interaction else s_con
+    return dict(S=s, S_con=s_con, S_ed=s_ed, S_in=s_in, w_b=w_b, w_m=w_m)
+
+  def catalogue_concepts(self, concepts: jax.Array) -> dict[str, jax.Array]:
+    """Per-concept parts of catalogue scoring (deterministic).
+
+    Returns:
+      dict(rho [n, p] = rho(U_C), r1 [n, g_0] = U_C W_r, the e_r rows of gamma's first kernel).
+    """
+    concepts = jnp.asarray(concepts, jnp.float32)
+    kernel0, _ = self.gamma_mlp.dense_params()[0]
+    d_h = kernel0.shape[0] - concepts.shape[1]
+    r1 = jnp.dot(concepts.astype(self.dtype), jnp.asarray(kernel0[d_h:], self.dtype))
+    return dict(rho=self.concept_table(concepts), r1=r1)
+
+  def catalogue_accounts(self, idx: jax.Array, w: jax.Array, mask: jax.Array | None,
+                         concepts: jax.Array, rho: jax.Array) -> dict[str, jax.Array]:
+    """Per-account parts of catalogue scoring (deterministic).
+
+    Args:
+      idx, w, mask: [A, K] top-K concepts, their w_a weights, the attention mask (or None).
+      concepts: U_C [n, d_u]. rho: :meth:`catalogue_concepts`' rho [n, p].
+
+    Returns:
+      dict(idx [A, K], mask [A, K], q [A, n] = psi(e_h) rho(U_C)^T (the attention logits of
+      this account against every concept), h1 [A, g_0] = e_h W_h + b_0 (gamma's first layer on
+      e_h)).
+    """
+    concepts = jnp.asarray(concepts, jnp.float32)
+    u = jnp.take(concepts, idx, axis=0)
+    e_h = historical_representation(jnp.asarray(w, jnp.float32), u)                # eq. 6
+    psi = self.psi(e_h, deterministic=True).astype(jnp.float32)
+    kernel0, bias0 = self.gamma_mlp.dense_params()[0]
+    d_h = e_h.shape[-1]
+    h1 = (jnp.dot(e_h.astype(self.dtype), jnp.asarray(kernel0[:d_h], self.dtype))
+          + jnp.asarray(bias0, self.dtype))
+    mask = jnp.ones(idx.shape, bool) if mask is None else jnp.asarray(mask, bool)
+    return dict(idx=jnp.asarray(idx, jnp.int32), mask=mask, q=jnp.dot(psi, rho.T), h1=h1)
+
+  def catalogue_pairs(self, brand: Mapping[str, jax.Array], influencer: Mapping[str, jax.Array],
+                      r1: jax.Array, features: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Scores pairs from :meth:`catalogue_accounts` rows gathered per pair (deterministic).
+
+    Args:
+      brand, influencer: :meth:`catalogue_accounts` outputs gathered to [P, ...].
+      r1: :meth:`catalogue_concepts`' r1 [n, g_0].
+      features: [P] arrays ``ed_post``, ``ed_brand``, ``followers``, ``eng_inf`` (see
+        :meth:`__call__`).
+
+    Returns:
+      dict(S, S_con, S_ed, S_in [P]; w_b, w_m [P, K]) equal to :meth:`__call__`'s to float
+      rounding.
+    """
+    p = self.d_hidden[-1]
+    logits_b = jnp.take_along_axis(influencer["q"], brand["idx"], axis=-1)     # psi_m . rho(u_b)
+    logits_m = jnp.take_along_axis(brand["q"], influencer["idx"], axis=-1)
+    w_b = marketing_weights_from_logits(logits_b, p, brand["mask"], scale=self.attention_scale)
+    w_m = marketing_weights_from_logits(logits_m, p, influencer["mask"],
+                                        scale=self.attention_scale)
+    w = jnp.stack([w_b, w_m])                                                     # [2, P, K]
+    idx = jnp.stack([brand["idx"], influencer["idx"]])
+    # eq. 8 and 9 by linearity: gamma_0(concat(e_h, e_r)) = h1 + sum_i w_i (u_i W_r)
+    pre = jnp.stack([brand["h1"], influencer["h1"]]) + jnp.sum(
+        w[..., None].astype(r1.dtype) * jnp.take(r1, idx, axis=0), axis=-2)
+    e_a = self.gamma_mlp.from_first_preactivation(pre).astype(jnp.float32)
+    s_con = content_score(e_a[0], e_a[1])
+    s_ed, s_in = self._interaction(features, s_con.shape)
+    s = ranking_score(s_con, s_ed, s_in) if self.use_interaction else s_con
+    return dict(S=s, S_con=s_con, S_ed=s_ed, S_in=s_in, w_b=w_b, w_m=w_m)

@@ -123,7 +123,7 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
       state, metrics = train_step(state, sharding.shard_batch(host, mesh), step_key)
       acc = trainer.add_metrics(acc, metrics)
     sums = trainer.host_sums(acc)
-    trainer.check_finite(stage, epoch + 1, sums)
+    trainer.check_finite(stage, epoch + 1, sums, checkpointer)
     seconds = time.perf_counter() - t0
     loss = sums.get("loss", 0.0) / max(sums.get("rows", 1.0), 1.0)
     images_per_s = sums.get("rows", 0.0) / max(seconds, 1e-9)
@@ -153,7 +153,7 @@ def predict_all(*, model_outputs: Callable[[Any], np.ndarray], state: trainer.Tr
   for batch in input_pipeline.ImageBatches(source, batch_size, image_size, shuffle=False,
                                             seed=0, epoch=0, augment=False, indices=indices):
     images = sharding.shard_batch(sharding.process_local({"image": batch["image"]}), mesh)["image"]
-    values = np.asarray(jax.device_get(model_outputs(predict(state, images))))
+    values = sharding.to_host(model_outputs(predict(state, images)))
     values = values[: len(batch["mask"])]
     keep = batch["mask"]
     out[batch["row"][keep]] = values[keep]

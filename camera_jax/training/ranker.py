@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,8 @@ class RankerConfig:
   endorsement: str = "mean"
   eval_chunk: int = 8192
   seed: int = 0
+  dropout_rng: str = "hash"          # "hash" (fast counter-based masks) | "threefry" (nn.Dropout)
+  compute_dtype: str = "float32"     # "bfloat16": psi, rho and gamma matmuls in bf16
 
 
 @dataclasses.dataclass
@@ -66,6 +68,11 @@ class Tables:
   engagement: np.ndarray     # [A] scaled mean engagement rate E(a)
   followers: np.ndarray      # [A] scaled follower count
   concepts: np.ndarray       # [n, d_u] standardised U_C
+  top_mask: np.ndarray | None = None  # [A, K] bool: the concept occurs in the account's history
+
+  def __post_init__(self):
+    if self.top_mask is None:
+      self.top_mask = np.ones(np.shape(self.top_idx), bool)
 
   def device(self, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
     return sharding.replicate({k: jnp.asarray(v) for k, v in dataclasses.asdict(self).items()}, mesh)
@@ -76,7 +83,8 @@ def make_model(cfg: RankerConfig) -> camera_lib.CAMERA:
   return camera_lib.CAMERA(
       d_hidden=tuple(cfg.psi_features), gamma=tuple(cfg.gamma_features), d_score=cfg.d_score,
       dropout=cfg.dropout, init_scale=cfg.init_scale, attention_scale=cfg.attention_scale,
-      use_interaction=cfg.use_interaction)
+      use_interaction=cfg.use_interaction, dropout_rng=cfg.dropout_rng,
+      dtype=jnp.dtype(cfg.compute_dtype))
 
 
 def pair_inputs(tables: dict[str, jax.Array], brand: jax.Array, influencer: jax.Array,
@@ -89,6 +97,7 @@ def pair_inputs(tables: dict[str, jax.Array], brand: jax.Array, influencer: jax.
   return {
       "brand_idx": tables["top_idx"][brand], "brand_w": tables["top_w"][brand],
       "inf_idx": tables["top_idx"][influencer], "inf_w": tables["top_w"][influencer],
+      "brand_mask": tables["top_mask"][brand], "inf_mask": tables["top_mask"][influencer],
       "ed_post": eng_inf if ed_post is None else ed_post,
       "ed_brand": tables["engagement"][brand],
       "followers": tables["followers"][influencer],
@@ -96,21 +105,71 @@ def pair_inputs(tables: dict[str, jax.Array], brand: jax.Array, influencer: jax.
   }
 
 
-def init_params(cfg: RankerConfig, tables: Tables, key: jax.Array) -> Any:
+def group_inputs(tables: dict[str, jax.Array], brand: jax.Array, influencers: jax.Array,
+                 ed_post: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Inputs of :meth:`CAMERA.score_groups`: brands [B] and their influencer groups [B, M].
+
+  The same features as :func:`pair_inputs` for the B x M pairs, with the brand's given once.
+  """
+  eng_inf = tables["engagement"][influencers]
+  out = {
+      "brand_idx": tables["top_idx"][brand], "brand_w": tables["top_w"][brand],
+      "inf_idx": tables["top_idx"][influencers], "inf_w": tables["top_w"][influencers],
+      "ed_post": eng_inf if ed_post is None else ed_post,
+      "ed_brand": jnp.broadcast_to(tables["engagement"][brand][:, None], eng_inf.shape),
+      "followers": tables["followers"][influencers],
+      "eng_inf": eng_inf,
+  }
+  if tables.get("top_mask") is not None:
+    out["brand_mask"] = tables["top_mask"][brand]
+    out["inf_mask"] = tables["top_mask"][influencers]
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerModel:
+  """How the trainer builds and feeds a ranking module (CAMERA by default).
+
+  ``make(cfg)`` returns a flax module applied as ``module(inputs, tables.get("concepts"),
+  deterministic=...)`` that returns at least ``S`` [B]; ``inputs(tables, brand, influencer,
+  ed_post=None)`` gathers its per-pair inputs from the device tables (any dataclass of per-account
+  arrays with an ``engagement`` [A] field, see :class:`Tables`). The Hp+MR baseline
+  (``camera_jax.models.history_pooling``) plugs in here.
+  """
+
+  make: Callable[[RankerConfig], Any]
+  inputs: Callable[..., dict[str, jax.Array]]
+
+
+def _camera_model() -> RankerModel:
+  return RankerModel(make=make_model, inputs=pair_inputs)
+
+
+def init_params(cfg: RankerConfig, tables: Any, key: jax.Array,
+                model: RankerModel | None = None) -> Any:
   """Initialises the ranker's parameters (uniform(-init_scale, init_scale), paper IV-B)."""
-  model = make_model(cfg)
+  spec = model or _camera_model()
+  module = spec.make(cfg)
   dev = {k: jnp.asarray(v) for k, v in dataclasses.asdict(tables).items()}
-  dummy = pair_inputs(dev, jnp.zeros((2,), jnp.int32), jnp.zeros((2,), jnp.int32))
-  return model.init({"params": key, "dropout": key}, dummy, dev["concepts"], deterministic=True)["params"]
+  dummy = spec.inputs(dev, jnp.zeros((2,), jnp.int32), jnp.zeros((2,), jnp.int32))
+  return module.init({"params": key, "dropout": key}, dummy, dev.get("concepts"),
+                     deterministic=True)["params"]
 
 
-def make_train_step(cfg: RankerConfig):
+def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
+                    grouped: bool | None = None, jit: bool = True):
   """The jitted, donated train step: ``state, metrics = step(state, batch, tables, key)``.
 
   ``batch``: brand [B], pos [B], neg [B, N] int32 account rows, mask [B] bool, ed_obs [B] (the
   observed endorsement engagement of the positive pair; used only with endorsement="observed").
+  ``grouped`` (default: True for CAMERA, False for another ``model``) scores each triplet's
+  brand once against its positive and negatives (:meth:`CAMERA.score_groups`); False scores the
+  B (1 + N) pairs independently (``CAMERA.__call__``, the reference). ``jit=False`` returns the
+  plain function (op by op, for reference timings).
   """
-  model = make_model(cfg)
+  grouped = model is None if grouped is None else grouped
+  spec = model or _camera_model()
+  module = spec.make(cfg)
   loss_fn = losses_lib.get_loss(cfg.loss, **dict(cfg.loss_hparams))
   observed = cfg.endorsement == "observed"
 
@@ -123,13 +182,18 @@ def make_train_step(cfg: RankerConfig):
     ed_post = None
     if observed:
       ed_post = jnp.concatenate(
-          [batch["ed_obs"][:, None], tables["engagement"][batch["neg"]]], axis=1).reshape(-1)
-    inputs = pair_inputs(tables, brand, infl, ed_post)
+          [batch["ed_obs"][:, None], tables["engagement"][batch["neg"]]], axis=1)
+    if grouped:  # the brand once per triplet
+      inputs = group_inputs(tables, batch["brand"], infl.reshape(b, 1 + n_neg), ed_post)
+      method = {"method": camera_lib.CAMERA.score_groups}
+    else:
+      inputs = spec.inputs(tables, brand, infl, None if ed_post is None else ed_post.reshape(-1))
+      method = {}
     where = jnp.broadcast_to(batch["mask"][:, None], (b, n_neg))
 
     def objective(params):
-      out = model.apply({"params": params}, inputs, tables["concepts"], deterministic=False,
-                        rngs={"dropout": dropout_key})
+      out = module.apply({"params": params}, inputs, tables.get("concepts"), deterministic=False,
+                         rngs={"dropout": dropout_key}, **method)
       s = out["S"].reshape(b, 1 + n_neg)
       pos, neg = s[:, 0], s[:, 1:]
       if observed:  # the paper's form: a negative pair has S_ed = 0, hence S = 0 (eq. 18).
@@ -144,16 +208,124 @@ def make_train_step(cfg: RankerConfig):
     return new_state, {"loss": rank_loss * rows, "total": total * rows, "rows": rows,
                        "nonfinite": bad}
 
-  return jax.jit(train_step, donate_argnums=0)
+  return jax.jit(train_step, donate_argnums=0) if jit else train_step
 
 
-def make_score_fn(cfg: RankerConfig):
-  """Jitted deterministic scoring of (brand, influencer) row pairs: dict(S, S_con, S_ed, S_in, w_b, w_m)."""
-  model = make_model(cfg)
+class CatalogueScorer:
+  """Deterministic CAMERA scoring of (brand, influencer) row pairs, per-account work done once.
+
+  :meth:`score` (used by :func:`score_pairs`) computes rho(U_C) and U_C W_r once per call,
+  psi(e_h), q = psi rho(U_C)^T and e_h W_h + b once per distinct account, then per chunk of
+  pairs only the attention, gamma's last layers and the scores (see the "fast paths" of
+  :class:`camera_jax.models.camera.CAMERA`). Device memory is O(distinct accounts + chunk).
+  Calling the object, ``scorer(params, brand, influencer, tables)``, is the drop-in form of
+  :func:`make_score_fn`'s jitted function: one jitted call for one chunk of pairs.
+  """
+
+  def __init__(self, cfg: RankerConfig):
+    self.cfg = cfg
+    module = make_model(cfg)
+    cam = camera_lib.CAMERA
+
+    def concept_parts(params, tables):
+      return module.apply({"params": params}, tables["concepts"], method=cam.catalogue_concepts)
+
+    def account_parts(params, tables, rows, rho):
+      mask = tables["top_mask"][rows] if tables.get("top_mask") is not None else None
+      return module.apply({"params": params}, tables["top_idx"][rows], tables["top_w"][rows],
+                          mask, tables["concepts"], rho, method=cam.catalogue_accounts)
+
+    def pair_scores(params, enc, r1, tables, b_local, m_local, brand, influencer):
+      feats = pair_inputs(tables, brand, influencer)
+      pick = lambda rows: jax.tree.map(lambda a: a[rows], enc)  # noqa: E731
+      return module.apply({"params": params}, pick(b_local), pick(m_local), r1, feats,
+                          method=cam.catalogue_pairs)
+
+    def oneshot(params, brand, influencer, tables):
+      parts = concept_parts(params, tables)
+      rows = jnp.concatenate([brand, influencer])
+      enc = account_parts(params, tables, rows, parts["rho"])
+      local = jnp.arange(rows.shape[0], dtype=jnp.int32)
+      n = brand.shape[0]
+      return pair_scores(params, enc, parts["r1"], tables, local[:n], local[n:], brand, influencer)
+
+    self.concept_parts = jax.jit(concept_parts)
+    self.account_parts = jax.jit(account_parts)
+    self.pair_scores = jax.jit(pair_scores)
+    self._oneshot = jax.jit(oneshot)
+    self.plain = dict(concept_parts=concept_parts, account_parts=account_parts,
+                      pair_scores=pair_scores)
+
+  def __call__(self, params, brand, influencer, tables):
+    return self._oneshot(params, brand, influencer, tables)
+
+  def score(self, params: Any, tables: dict[str, jax.Array], brand: np.ndarray,
+            influencer: np.ndarray, *, mesh: jax.sharding.Mesh, chunk: int,
+            keys: Sequence[str], jit: bool = True) -> dict[str, np.ndarray]:
+    """Scores row pairs; ``params`` and ``tables`` already replicated on ``mesh``.
+
+    Distinct accounts are encoded in chunks of at most ``chunk`` rows, padded to a power of two
+    (at most log2 compilations); pairs in chunks of ``chunk`` (the last one padded). Chunk i + 1
+    is dispatched before chunk i is fetched, so the host never waits on an idle device.
+    ``jit=False`` runs the same computation op by op (the reference timing).
+    """
+    fns = (self.concept_parts, self.account_parts, self.pair_scores) if jit else (
+        self.plain["concept_parts"], self.plain["account_parts"], self.plain["pair_scores"])
+    concept_parts, account_parts, pair_scores = fns
+    brand = np.asarray(brand, np.int64)
+    influencer = np.asarray(influencer, np.int64)
+    n = len(brand)
+    if n == 0:
+      return {k: np.zeros((0,), np.float32) for k in keys}
+    parts = concept_parts(params, tables)
+    uniq, inverse = np.unique(np.concatenate([brand, influencer]), return_inverse=True)
+    n_acc = len(uniq)
+    enc_chunk = min(chunk, 1 << max(6, (n_acc - 1).bit_length()))
+    n_pad = sharding.round_up(n_acc, enc_chunk)
+    rows = np.zeros((n_pad,), np.int32)
+    rows[:n_acc] = uniq
+    pieces = [account_parts(params, tables, sharding.replicate(rows[s:s + enc_chunk], mesh),
+                            parts["rho"]) for s in range(0, n_pad, enc_chunk)]
+    enc = pieces[0] if len(pieces) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *pieces)
+    b_local = inverse[:n].astype(np.int32)
+    m_local = inverse[n:].astype(np.int32)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    pending = None
+    for s in range(0, n + chunk, chunk):
+      current = None
+      if s < n:
+        host = {"b": b_local[s:s + chunk], "m": m_local[s:s + chunk],
+                "brand": brand[s:s + chunk].astype(np.int32),
+                "influencer": influencer[s:s + chunk].astype(np.int32)}
+        real = len(host["b"])
+        host, _ = sharding.pad_batch(host, chunk)
+        dev = sharding.shard_batch(host, mesh)
+        res = pair_scores(params, enc, parts["r1"], tables, dev["b"], dev["m"], dev["brand"],
+                          dev["influencer"])
+        current = ({k: res[k] for k in keys}, real)
+      if pending is not None:
+        res, real = pending
+        for k, v in jax.device_get(res).items():
+          out[k].append(np.asarray(v)[:real])
+      pending = current
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def make_score_fn(cfg: RankerConfig, model: RankerModel | None = None):
+  """Deterministic scoring of (brand, influencer) row pairs: dict(S, S_con, S_ed, S_in, w_b, w_m).
+
+  For CAMERA (``model`` None) a :class:`CatalogueScorer` (callable with the same signature, and
+  used by :func:`score_pairs` for its fast catalogue path); otherwise the model's jitted
+  ``score(params, brand, influencer, tables)``.
+  """
+  if model is None:
+    return CatalogueScorer(cfg)
+  spec = model
+  module = spec.make(cfg)
 
   def score(params, brand, influencer, tables):
-    inputs = pair_inputs(tables, brand, influencer)
-    return model.apply({"params": params}, inputs, tables["concepts"], deterministic=True)
+    inputs = spec.inputs(tables, brand, influencer)
+    return module.apply({"params": params}, inputs, tables.get("concepts"), deterministic=True)
 
   return jax.jit(score)
 
@@ -180,11 +352,14 @@ def sample_triplets(positives: np.ndarray, positive_sets: dict[int, set[int]], c
 
 def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed_observed: np.ndarray,
                  candidates: np.ndarray, ckpt_dir: pathlib.Path | None, log: trainer.TrainLog,
-                 mesh: jax.sharding.Mesh, stage: str = "ranker") -> Any:
+                 mesh: jax.sharding.Mesh, stage: str = "ranker",
+                 model: RankerModel | None = None) -> Any:
   """Trains the ranker on the training positives; returns the trained params (host pytree).
 
   ``positives`` [M, 2] (brand row, influencer row); ``ed_observed`` [M] the scaled engagement
-  of each positive's sponsored post (used only with endorsement="observed").
+  of each positive's sponsored post (used only with endorsement="observed"). ``model``: another
+  ranking module and its input builder (default CAMERA); ``tables`` then is that model's table
+  dataclass (it needs a ``device(mesh)`` method and an ``engagement`` field).
   """
   positive_sets: dict[int, set[int]] = {}
   for b, m in positives:
@@ -194,7 +369,7 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
   tx = trainer.make_optimizer(cfg.learning_rate, cfg.lr_decay, steps_per_epoch)
   key = jax.random.PRNGKey(cfg.seed)
   init_key, step_key = jax.random.split(key)
-  params = init_params(cfg, tables, init_key)
+  params = init_params(cfg, tables, init_key, model)
   state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)
   start_epoch = 0
   checkpointer = ckpt_lib.Checkpointer(ckpt_dir) if ckpt_dir is not None else None
@@ -206,7 +381,7 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
   state = sharding.replicate(state, mesh)
   dev_tables = tables.device(mesh)
   step_key = sharding.replicate(step_key, mesh)
-  train_step = make_train_step(cfg)
+  train_step = make_train_step(cfg, model)
   lr_fn = trainer.learning_rate_schedule(cfg.learning_rate, cfg.lr_decay, steps_per_epoch)
   for epoch in range(start_epoch, cfg.epochs):
     t0 = time.perf_counter()
@@ -222,7 +397,7 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
                                   dev_tables, step_key)
       acc = trainer.add_metrics(acc, metrics)
     sums = trainer.host_sums(acc)
-    trainer.check_finite(stage, epoch + 1, sums)
+    trainer.check_finite(stage, epoch + 1, sums, checkpointer)
     seconds = time.perf_counter() - t0
     rows = max(sums.get("rows", 1.0), 1.0)
     loss, total = sums.get("loss", 0.0) / rows, sums.get("total", 0.0) / rows
@@ -254,13 +429,21 @@ def score_pairs(cfg: RankerConfig, params: Any, tables: Tables | dict[str, jax.A
                 brand: np.ndarray, influencer: np.ndarray, *, mesh: jax.sharding.Mesh | None = None,
                 score_fn=None, keys: Sequence[str] = ("S", "S_con", "S_ed", "S_in", "w_b", "w_m"),
                 ) -> dict[str, np.ndarray]:
-  """Scores row pairs in fixed-size chunks (one compilation; the last chunk padded, sliced off)."""
+  """Scores row pairs in fixed-size chunks (one compilation; the last chunk padded, sliced off).
+
+  With a :class:`CatalogueScorer` (the default for CAMERA) per-account and per-concept work is
+  done once (:meth:`CatalogueScorer.score`); any other ``score_fn`` is called per chunk.
+  """
   mesh = mesh or sharding.make_mesh()
   dev_tables = tables.device(mesh) if isinstance(tables, Tables) else tables
   score_fn = score_fn or make_score_fn(cfg)
   params = sharding.replicate(params, mesh)
   n = len(brand)
   chunk = sharding.round_up(min(cfg.eval_chunk, max(n, 1)), mesh.devices.size)
+  if isinstance(score_fn, CatalogueScorer):  # power-of-two chunks: few compilations
+    chunk = sharding.round_up(min(cfg.eval_chunk, 1 << max(0, (n - 1).bit_length())),
+                              mesh.devices.size)
+    return score_fn.score(params, dev_tables, brand, influencer, mesh=mesh, chunk=chunk, keys=keys)
   out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
   for s in range(0, n, chunk):
     host = {"brand": np.asarray(brand[s:s + chunk], np.int32),

@@ -308,3 +308,18 @@ def sync(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+
+
+def to_host(tree: Any) -> Any:
+  """Host numpy copies of every leaf, gathered from all processes when a leaf spans several.
+
+  In a single process (or for replicated/addressable arrays) this is ``jax.device_get``; an
+  array sharded over other processes' devices is assembled with ``process_allgather`` (every
+  process must call it, with the same arrays).
+  """
+  def fetch(x: Any) -> Any:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(fetch, tree)

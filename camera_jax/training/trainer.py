@@ -73,8 +73,10 @@ def guarded_update(state: TrainState, grads: Any, loss: jax.Array, **updates: An
   reads the flag's epoch sum and stops the run with ``NonFiniteError`` before checkpointing.
   """
   ok = jnp.logical_and(jnp.isfinite(loss), all_finite(grads))
-  new_state = state.apply_gradients(grads=grads, **updates)
-  new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+  # lax.cond rather than a select of the new and old states: the same result, but the select
+  # keeps both alive, which made XLA copy every donated buffer each step (see benchmarks/).
+  new_state = jax.lax.cond(ok, lambda s, g, u: s.apply_gradients(grads=g, **u),
+                           lambda s, g, u: s, state, grads, updates)
   return new_state, jnp.logical_not(ok).astype(jnp.int32)
 
 
@@ -85,10 +87,16 @@ def add_metrics(acc: dict[str, jax.Array] | None, new: dict[str, jax.Array]) -> 
   return jax.tree_util.tree_map(jnp.add, acc, new)
 
 
-def check_finite(stage: str, epoch: int, sums: dict[str, float]) -> None:
-  """Raises NonFiniteError with a clear message when any step of the epoch was non-finite."""
+def check_finite(stage: str, epoch: int, sums: dict[str, float], checkpointer: Any = None) -> None:
+  """Raises NonFiniteError with a clear message when any step of the epoch was non-finite.
+
+  ``checkpointer`` (the stage's ``Checkpointer``, saving asynchronously) is waited for first, so
+  the last good epoch's checkpoint is complete on disk when the error leaves the trainer.
+  """
   bad = int(sums.get("nonfinite", 0))
   if bad:
+    if checkpointer is not None:
+      checkpointer.wait()
     raise NonFiniteError(
         f"{stage}: {bad} step(s) of epoch {epoch} had a NaN or inf loss or gradient; "
         "stopping (the last good checkpoint is kept). Lower the learning rate or check the inputs.")

@@ -1,0 +1,72 @@
+r"""Rescores the test pairs of a finished run from its saved checkpoint.
+
+  python experiments/evaluate.py --workdir=runs/RUN
+  python experiments/evaluate.py --workdir=runs/RUN --data_dir=DIR2 [--out_dir=OUT]
+
+Nothing is trained.  The run's concept layer (concepts/w_a.npy, U_C.npy) and its latest ranker
+checkpoint score every (test brand, candidate) pair of DIR2 (default: the run's own dataset) with
+CAMERA and the baselines; metrics.json and scores.csv are rewritten in --out_dir (default: the
+work directory).  DIR2 must hold the run's accounts (same ids, same order as
+concepts/accounts.txt) and posts: its cooperations and split may differ (for example the labels
+of the test brands).  A dataset with other accounts is not supported yet; score a new account
+with camera_jax.run.Run.represent_posts / add_account (experiments/recommend.py --brand_dir).
+Errors print one line to stderr and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app, flags  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "work directory of a finished run")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "dataset whose test pairs to score (default: the run's)")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "where to write metrics.json and scores.csv (default: --workdir)")
+
+
+def _one_line(text: str) -> str:
+  lines = [x for x in str(text).splitlines() if x.strip()]
+  if len(lines) <= 1:
+    return lines[0] if lines else ""
+  return f"{lines[0]} (and {len(lines) - 1} more problem(s))"
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    print(f"unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+    return 1
+  if not _WORKDIR.value:
+    print("--workdir is required", file=sys.stderr)
+    return 1
+  workdir = pathlib.Path(_WORKDIR.value)
+  if not workdir.is_dir():
+    print(f"{workdir}: work directory does not exist", file=sys.stderr)
+    return 1
+  if _DATA_DIR.value and not os.path.isdir(_DATA_DIR.value):
+    print(f"{_DATA_DIR.value}: dataset directory does not exist", file=sys.stderr)
+    return 1
+  from camera_jax import pipeline
+  from camera_jax import run as run_lib
+  from camera_jax.data.format import DatasetError
+
+  try:
+    result = pipeline.rescore(workdir, _DATA_DIR.value or None, _OUT_DIR.value or None)
+  except DatasetError as e:
+    print(_one_line("\n".join(e.errors)), file=sys.stderr)
+    return 1
+  except (FileNotFoundError, run_lib.RunError) as e:
+    print(_one_line(str(e)), file=sys.stderr)
+    return 1
+  out = pathlib.Path(_OUT_DIR.value or workdir)
+  print(pipeline.format_table(result))
+  print(f"{result['n_test_pairs']} test pairs ({result['n_test_positives']} positive) scored; "
+        f"wrote {out / 'metrics.json'} and {out / 'scores.csv'}")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,227 @@
+"""End to end: the work directory of the tiny run, leak-free scores, rescoring and resuming.
+
+Everything here reuses the session's one tiny run (``tiny_run``); only the permutation test starts
+a subprocess (``experiments/evaluate.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_config
+
+METHOD_KEYS = {"auc", "cauc", "recall@10", "recall@50", "mrr", "map", "medr"}
+
+
+def read_log(workdir: pathlib.Path) -> list[dict]:
+  return [json.loads(l) for l in (workdir / "train_log.jsonl").read_text().splitlines() if l.strip()]
+
+
+def read_scores(path: pathlib.Path) -> list[list[str]]:
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.reader(f))
+
+
+def test_workdir_has_every_documented_file(tiny_run, tiny_data):
+  from camera_jax import pipeline
+  from camera_jax.data import format as format_lib
+
+  workdir, result = tiny_run
+  for name in ("flags.txt", "metrics.json", "scores.csv", "train_log.jsonl", "word2vec", "tfds"):
+    assert (workdir / name).exists(), name
+  for stage in ("concept_generator", "cosmic", "ranker"):
+    steps = [p.name for p in (workdir / "checkpoints" / stage).iterdir() if p.name.isdigit()]
+    assert steps, f"no {stage} checkpoint"
+  cfg = tiny_config(tiny_data)
+  assert max(int(s) for s in os.listdir(workdir / "checkpoints" / "ranker") if s.isdigit()) == cfg.epochs
+
+  flags = (workdir / "flags.txt").read_text().splitlines()
+  assert f"--epochs={cfg.epochs}" in flags and f"--workdir={workdir}" in flags
+  assert f"--data_dir={tiny_data}" in flags
+
+  dataset = format_lib.load(tiny_data, seed=cfg.seed, check_images=False)
+  n, n_posts, n_acc = len(dataset.concepts), len(dataset.posts), len(dataset.accounts)
+  cdir = workdir / "concepts"
+  assert (cdir / "concepts.txt").read_text().splitlines() == list(dataset.concepts)
+  assert (cdir / "accounts.txt").read_text().splitlines() == [a.id for a in dataset.accounts]
+  u_c, w_a = np.load(cdir / "U_C.npy"), np.load(cdir / "w_a.npy")
+  h, z = np.load(cdir / "h.npy"), np.load(cdir / "z_prime.npy")
+  assert u_c.shape == (n, cfg.d_u) and np.isfinite(u_c).all()
+  np.testing.assert_allclose(u_c.mean(0), 0.0, atol=1e-4)  # standardised per dimension
+  assert h.shape == (n_posts, n) and h.dtype == bool and h.any(1).all()
+  assert z.shape == (n_posts, n) and z.dtype == np.float32
+  np.testing.assert_allclose(z.sum(1)[z.sum(1) > 0], 1.0, atol=1e-5)
+  assert not (z[~h] > 0).any()  # masked mode: z' lives on the predicted concepts
+  assert w_a.shape == (n_acc, n) and np.isfinite(w_a).all()
+  has_posts = np.zeros(n_acc, bool)
+  has_posts[[dataset.account_index()[p.account] for p in dataset.posts]] = True
+  np.testing.assert_allclose(w_a[has_posts].sum(1), 1.0, atol=1e-5)
+
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert metrics["methods"] == result["methods"]
+  assert set(metrics["methods"]) == {"CAMERA", *cfg.baselines}
+  for name, vals in metrics["methods"].items():
+    assert set(vals) >= METHOD_KEYS, name
+    assert 0.0 <= vals["auc"] <= 1.0 and vals["medr"] >= 1.0
+  test_cats = {a.category for a in dataset.accounts if a.id in set(dataset.split.test)}
+  assert set(metrics["per_category"]) == test_cats
+  for vals in metrics["per_category"].values():
+    assert set(vals) >= METHOD_KEYS
+
+  rows = read_scores(workdir / "scores.csv")
+  assert rows[0] == ["brand", "influencer", "score", "label"]
+  pairs = pipeline.test_pairs(dataset)
+  assert len(rows) - 1 == len(pairs["label"]) == metrics["n_test_pairs"]
+  assert len(dataset.split.test) * len(dataset.split.candidates) == metrics["n_test_pairs"]
+  ids = [a.id for a in dataset.accounts]
+  assert [(r[0], r[1]) for r in rows[1:]] == [(ids[b], ids[m]) for b, m in
+                                              zip(pairs["brand"], pairs["influencer"])]
+  labels = np.array([int(r[3]) for r in rows[1:]])
+  np.testing.assert_array_equal(labels, pairs["label"])
+  assert labels.sum() == metrics["n_test_positives"] > 0
+  assert np.isfinite([float(r[2]) for r in rows[1:]]).all()
+
+
+def test_train_log_has_every_epoch_and_the_ranker_loss_goes_down(tiny_run, tiny_data):
+  workdir, _ = tiny_run
+  cfg = tiny_config(tiny_data)
+  log = read_log(workdir)
+  epochs = {"concept_generator": cfg.cg_epochs, "cosmic": cfg.cosmic_epochs, "ranker": cfg.epochs}
+  for stage, n in epochs.items():
+    recs = [r for r in log if r["stage"] == stage]
+    assert [r["epoch"] for r in recs] == list(range(1, n + 1)), stage
+    for r in recs:
+      assert np.isfinite(r["loss"]) and r["loss"] >= 0.0 and r["lr"] > 0.0, r
+  ranker = [r for r in log if r["stage"] == "ranker"]
+  assert ranker[-1]["loss"] < ranker[0]["loss"]
+  lrs = [r["lr"] for r in ranker]  # per-epoch staircase decay
+  np.testing.assert_allclose(lrs, [cfg.learning_rate * cfg.lr_decay ** e for e in range(len(lrs))],
+                             rtol=1e-6)
+
+
+def permuted_copy(src: pathlib.Path, dst: pathlib.Path, seed: int = 0) -> pathlib.Path:
+  """A copy of the dataset where each test brand cooperated with other influencers.
+
+  Accounts, posts, the split and the training brands' cooperations stay identical.
+  """
+  from camera_jax.data import format as format_lib
+
+  dataset = format_lib.load(src, seed=0, check_images=False)
+  shutil.copytree(src, dst, ignore=shutil.ignore_patterns("images"))
+  os.symlink(pathlib.Path(src, "images").resolve(), dst / "images")
+  split = dataset.split
+  (dst / "split.json").write_text(json.dumps(
+      {"train": list(split.train), "test": list(split.test), "candidates": list(split.candidates)}))
+  test = set(split.test)
+  positives = dataset.positives()
+  first_post = {}
+  for p in dataset.posts:
+    first_post.setdefault(p.account, p.id)
+  rng = np.random.default_rng(seed)
+  lines = []
+  for c in dataset.cooperations:  # the training brands' lines, unchanged and in order
+    if c.brand not in test:
+      lines.append({"brand": c.brand, "influencer": c.influencer, "post": c.post})
+  for brand in split.test:
+    old = positives.get(brand, set())
+    others = [m for m in split.candidates if m not in old and m in first_post]
+    for m in rng.choice(others, size=max(1, len(old)), replace=False):
+      lines.append({"brand": brand, "influencer": str(m), "post": first_post[str(m)]})
+  (dst / "cooperations.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+  return dst
+
+
+def test_scores_do_not_depend_on_which_test_pairs_are_positive(tiny_run, tiny_data, tmp_path):
+  from camera_jax.data import format as format_lib
+
+  workdir, _ = tiny_run
+  copy = permuted_copy(tiny_data, tmp_path / "permuted")
+  assert format_lib.validate(copy, check_images=False) == []
+  out = tmp_path / "rescored"
+  proc = subprocess.run(
+      [sys.executable, "experiments/evaluate.py", f"--workdir={workdir}", f"--data_dir={copy}",
+       f"--out_dir={out}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "CAMERA" in proc.stdout
+
+  before, after = read_scores(workdir / "scores.csv"), read_scores(out / "scores.csv")
+  assert len(before) == len(after) > 1
+  assert [r[:3] for r in before] == [r[:3] for r in after]  # same pairs, same scores, row for row
+  labels_before = np.array([int(r[3]) for r in before[1:]])
+  labels_after = np.array([int(r[3]) for r in after[1:]])
+  assert (labels_before != labels_after).sum() > 0
+  assert labels_after.sum() > 0
+  assert ((labels_before == 1) & (labels_after == 1)).sum() == 0  # entirely new positives
+
+  m_before = json.loads((workdir / "metrics.json").read_text())
+  m_after = json.loads((out / "metrics.json").read_text())
+  assert m_after["n_test_pairs"] == m_before["n_test_pairs"]
+  assert m_after["methods"]["CAMERA"] != m_before["methods"]["CAMERA"]
+  assert m_after["concept_layer"] == m_before["concept_layer"]
+
+
+def test_rescoring_the_run_reproduces_its_files(tiny_run, tmp_path):
+  from camera_jax import pipeline
+
+  workdir, result = tiny_run
+  out = tmp_path / "again"
+  again = pipeline.rescore(workdir, out_dir=out)
+  assert again["methods"] == result["methods"]
+  assert again["per_category"] == result["per_category"]
+  assert (out / "metrics.json").read_bytes() == (workdir / "metrics.json").read_bytes()
+  assert (out / "scores.csv").read_bytes() == (workdir / "scores.csv").read_bytes()
+
+
+def test_rescoring_other_accounts_is_refused_clearly(tiny_run, tiny_data, tmp_path):
+  from camera_jax import run as run_lib
+
+  workdir, _ = tiny_run
+  copy = tmp_path / "more_accounts"
+  shutil.copytree(tiny_data, copy, ignore=shutil.ignore_patterns("images"))
+  os.symlink(pathlib.Path(tiny_data, "images").resolve(), copy / "images")
+  with open(copy / "accounts.jsonl", "a", encoding="utf-8") as f:
+    f.write(json.dumps({"id": "influencer_new", "kind": "influencer", "category": "Food",
+                        "followers": 1000}) + "\n")
+  with pytest.raises(run_lib.RunError, match="1 account.*not supported yet"):
+    run_lib.load_run(workdir, data_dir=copy)
+  proc = subprocess.run(
+      [sys.executable, "experiments/evaluate.py", f"--workdir={tmp_path / 'missing'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [f"{tmp_path / 'missing'}: work directory does not exist"]
+
+
+def test_rerunning_a_finished_run_resumes_without_training(tiny_run, tiny_data, monkeypatch):
+  from camera_jax import pipeline
+  from camera_jax.data import text as text_lib
+  from camera_jax.training import concepts as concepts_lib
+  from camera_jax.training import ranker as ranker_lib
+
+  workdir, result = tiny_run
+  log_before = (workdir / "train_log.jsonl").read_text()
+  ckpts = {s: sorted(os.listdir(workdir / "checkpoints" / s)) for s in os.listdir(workdir / "checkpoints")}
+  concept_files = {p.name: p.read_bytes() for p in (workdir / "concepts").iterdir()}
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("a finished stage was trained again")
+
+  real_make_train_step = ranker_lib.make_train_step
+  monkeypatch.setattr(text_lib, "train_word2vec", refuse)
+  monkeypatch.setattr(concepts_lib, "fit_image_model", refuse)
+  monkeypatch.setattr(ranker_lib, "make_train_step",
+                      lambda *a, **k: (real_make_train_step(*a, **k), refuse)[1])
+  again = pipeline.train_and_evaluate(tiny_config(tiny_data), workdir)
+  assert again["methods"] == result["methods"]
+  assert again["per_category"] == result["per_category"]
+  assert (workdir / "train_log.jsonl").read_text() == log_before
+  assert {s: sorted(os.listdir(workdir / "checkpoints" / s)) for s in ckpts} == ckpts
+  assert {p.name: p.read_bytes() for p in (workdir / "concepts").iterdir()} == concept_files

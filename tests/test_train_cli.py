@@ -1,0 +1,97 @@
+"""``python experiments/train.py`` as a user runs it: clean one-line errors, --flagfile round trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+from conftest import REPO
+
+_LINE = re.compile(r"^\S+:\d+: \S")  # FILE:LINE: message
+
+
+def train(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "experiments/train.py", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def problem_lines(stderr: str) -> list[str]:
+  """stderr without absl's log lines (I/W + date prefix)."""
+  return [l for l in stderr.splitlines() if l.strip() and not re.match(r"^[IWE]\d{4} ", l)]
+
+
+def test_a_broken_dataset_fails_with_file_line_errors(tiny_data, tmp_path):
+  broken = tmp_path / "broken"
+  shutil.copytree(tiny_data, broken, ignore=shutil.ignore_patterns("images"))
+  os.symlink(pathlib.Path(tiny_data, "images").resolve(), broken / "images")
+  posts = (broken / "posts.jsonl").read_text().splitlines()
+  first = json.loads(posts[0])
+  first["likes"] = "many"
+  posts[0] = json.dumps(first)
+  posts[2] = posts[2][: len(posts[2]) // 2]  # truncated JSON
+  (broken / "posts.jsonl").write_text("\n".join(posts) + "\n")
+  with open(broken / "cooperations.jsonl", "a") as f:
+    f.write(json.dumps({"brand": "brand_nobody", "influencer": "influencer_0000",
+                        "post": "influencer_0000_p00"}) + "\n")
+  work = tmp_path / "work"
+  proc = train(f"--data_dir={broken}", f"--workdir={work}", "--image_size=32")
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr
+  lines = problem_lines(proc.stderr)
+  assert len(lines) >= 3 and all(_LINE.match(l) for l in lines), lines
+  assert any(l.startswith("posts.jsonl:1:") and "likes" in l for l in lines), lines
+  assert any(l.startswith("posts.jsonl:3: malformed JSON") for l in lines), lines
+  assert any(l.startswith("cooperations.jsonl:") and "brand_nobody" in l for l in lines), lines
+  assert not work.exists()  # stopped before any work
+
+
+def test_a_missing_dataset_fails_with_one_line(tmp_path):
+  missing, work = tmp_path / "nope", tmp_path / "work"
+  proc = train(f"--data_dir={missing}", f"--workdir={work}")
+  assert proc.returncode == 1
+  assert problem_lines(proc.stderr) == [f"{missing}: dataset directory does not exist"]
+  assert "Traceback" not in proc.stderr and not work.exists()
+
+
+def test_an_unknown_loss_fails_with_one_line_before_any_work(tmp_path):
+  from camera_jax import losses
+
+  work = tmp_path / "work"
+  proc = train("--loss=unknown", f"--workdir={work}")
+  assert proc.returncode == 1
+  assert problem_lines(proc.stderr) == [
+      f"--loss=unknown: unknown loss; available: {', '.join(sorted(losses.REGISTRY))}"]
+  assert "Traceback" not in proc.stderr and not work.exists()
+
+
+def test_bad_settings_are_each_one_line(tmp_path):
+  proc = train("--batch_size=0", "--zprime_mode=sideways", "--baselines=RAND,NOPE",
+               f"--workdir={tmp_path / 'work'}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  lines = problem_lines(proc.stderr)
+  assert len(lines) == 3, lines
+  assert any(l.startswith("--batch_size=0:") for l in lines)
+  assert any(l.startswith("--zprime_mode=sideways: must be one of masked, faithful") for l in lines)
+  assert any(l.startswith("--baselines=RAND,NOPE: unknown NOPE") for l in lines)
+
+
+def test_flags_txt_round_trips_through_flagfile(tiny_run, tmp_path):
+  """A finished run's flags.txt fed back with --flagfile resumes the same run: nothing is
+  retrained, the metrics come back the same and flags.txt is written back unchanged."""
+  workdir, result = tiny_run
+  copy = tmp_path / "work"
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("report"))
+  proc = train(f"--flagfile={workdir / 'flags.txt'}", f"--workdir={copy}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"work directory: {copy}" in proc.stdout
+  original = (workdir / "flags.txt").read_text().splitlines()
+  rewritten = (copy / "flags.txt").read_text().splitlines()
+  assert rewritten == [l if not l.startswith("--workdir=") else f"--workdir={copy}" for l in original]
+  metrics = json.loads((copy / "metrics.json").read_text())
+  assert metrics["methods"] == result["methods"]
+  assert (copy / "train_log.jsonl").read_text() == (workdir / "train_log.jsonl").read_text()

@@ -1,0 +1,290 @@
+"""The trainers: losses go down, 1 vs 4 devices, kill-and-resume, the NaN guard, one compilation.
+
+Reuses the session's tiny run (``tiny_run``) as the uninterrupted, single-device reference: its
+concept layer feeds the ranker here, and its checkpoints and train log are what a resumed or
+multi-device run must reproduce.  Subprocesses only where the setup demands it (4 forced host
+devices; a process killed with SIGKILL).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_config
+
+
+def read_log(path: pathlib.Path) -> list[dict]:
+  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def losses(path: pathlib.Path, stage: str) -> list[float]:
+  recs = [r for r in read_log(path) if r["stage"] == stage]
+  assert [r["epoch"] for r in recs] == list(range(1, len(recs) + 1)), recs
+  return [r["loss"] for r in recs]
+
+
+def ranker_setup(workdir: pathlib.Path, data_dir: pathlib.Path, **overrides):
+  """(config, train_ranker data arguments) of the tiny run's ranking stage."""
+  from camera_jax import pipeline
+  from camera_jax.data import format as format_lib
+
+  cfg = tiny_config(data_dir, **overrides)
+  dataset = format_lib.load(data_dir, seed=cfg.seed, check_images=False)
+  inputs = pipeline.ranker_inputs(cfg, dataset, np.load(workdir / "concepts" / "w_a.npy"),
+                                  np.load(workdir / "concepts" / "U_C.npy"),
+                                  pipeline.account_features(dataset))
+  return cfg, inputs
+
+
+def assert_trees_close(a, b, rtol=1e-6, atol=1e-7):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(la, lb):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def copy_run(src: pathlib.Path, dst: pathlib.Path, keep: tuple[str, ...]) -> pathlib.Path:
+  """A copy of the work directory ``src`` with only the entries ``keep`` (finished stages)."""
+  dst.mkdir(parents=True)
+  for name in keep:
+    path = src / name
+    (shutil.copytree if path.is_dir() else shutil.copy2)(path, dst / name)
+  return dst
+
+
+def subprocess_env(n_devices: int, cache: pathlib.Path | None = None) -> dict[str, str]:
+  from camera_jax.training import sharding
+  env = {**sharding.force_host_devices(n_devices), "JAX_PLATFORMS": "cpu"}
+  if cache is not None:  # Share compiled programs between the subprocesses of one test.
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return env
+
+
+# --------------------------------------------------------------------------- losses go down
+
+
+def test_every_stage_lowers_its_loss_on_tiny_data(tiny_run):
+  workdir, _ = tiny_run
+  for stage in ("concept_generator", "cosmic", "ranker"):
+    curve = losses(workdir / "train_log.jsonl", stage)
+    assert len(curve) >= 2 and np.isfinite(curve).all(), stage
+    assert curve[-1] < curve[0], (stage, curve)
+
+
+# --------------------------------------------------------------------------- 1 vs 4 devices
+
+_FOUR_DEVICES = """
+import pathlib, sys
+sys.path.insert(0, "tests")
+import jax
+from conftest import tiny_config
+from camera_jax import pipeline
+from camera_jax.training import sharding, trainer
+assert jax.device_count() == 4, jax.devices()
+data, run, cg_dir = (pathlib.Path(a) for a in sys.argv[1:4])
+cfg = tiny_config(data)
+# The concept generator, in a directory of its own ...
+dataset = pipeline.load_dataset(cfg, data)
+sources = pipeline.open_sources(data, run / "tfds")
+pipeline.concept_stage(cfg, dataset, sources, cg_dir, trainer.TrainLog(cg_dir / "train_log.jsonl"),
+                       sharding.make_mesh())
+# ... then COSMIC and the ranker, from the single-device run's h.
+pipeline.train_and_evaluate(cfg, run)
+print("OK")
+"""
+
+
+def test_four_devices_reproduce_the_single_device_losses(tiny_run, tiny_data, tmp_path):
+  """The concept generator, COSMIC and the ranker on 4 forced host devices (the same global
+  batch: every tiny batch size is divisible by 4) retrace the single-device run's loss curves.
+
+  Each stage starts from the single-device run's inputs: COSMIC from its h, because h is a
+  threshold of the generator's logits and a float-level difference in the generator's weights
+  flips some of its concepts (a different COSMIC target, not a float difference).
+  """
+  workdir, _ = tiny_run
+  cfg = tiny_config(tiny_data)
+  assert cfg.cg_batch_size % 4 == cfg.cosmic_batch_size % 4 == cfg.batch_size % 4 == 0
+  copy = copy_run(workdir, tmp_path / "four", keep=("word2vec", "tfds"))
+  (copy / "concepts").mkdir()
+  for name in ("h.npy", "concept_generator.json"):
+    shutil.copy2(workdir / "concepts" / name, copy / "concepts" / name)
+  cg_dir = tmp_path / "four_cg"
+  proc = subprocess.run([sys.executable, "-c", _FOUR_DEVICES, str(tiny_data), str(copy), str(cg_dir)],
+                        cwd=REPO, env=subprocess_env(4), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-4000:]
+  for stage, log in (("concept_generator", cg_dir), ("cosmic", copy), ("ranker", copy)):
+    one = losses(workdir / "train_log.jsonl", stage)
+    four = losses(log / "train_log.jsonl", stage)
+    assert len(one) == len(four) > 0
+    np.testing.assert_allclose(four, one, rtol=1e-3, err_msg=stage)
+
+
+# --------------------------------------------------------------------------- kill and resume
+
+
+def test_cosmic_resumed_after_epoch_1_matches_the_uninterrupted_run(tiny_run, tiny_data, tmp_path):
+  from camera_jax import pipeline
+  from camera_jax.data import format as format_lib
+  from camera_jax.data import input_pipeline
+  from camera_jax.data import text as text_lib
+  from camera_jax.training import checkpoint as ckpt_lib
+  from camera_jax.training import sharding, trainer
+
+  workdir, _ = tiny_run
+  cfg = tiny_config(tiny_data)
+  dataset = format_lib.load(tiny_data, seed=cfg.seed, check_images=False)
+  embedder = text_lib.TextEmbedder.load(workdir / "word2vec")
+  h = np.load(workdir / "concepts" / "h.npy")
+  sources = input_pipeline.prepare(tiny_data, workdir / "tfds")
+  mesh = sharding.make_mesh()
+  work = tmp_path / "work"
+  log = trainer.TrainLog(work / "train_log.jsonl")
+
+  # "Killed" after epoch 1: a run with cosmic_epochs=1, whose finished-stage marker is removed.
+  pipeline.cosmic_stage(cfg.replace(cosmic_epochs=1), dataset, sources, embedder, h, work, log, mesh)
+  assert ckpt_lib.Checkpointer(work / "checkpoints" / "cosmic").latest_step() == 1
+  (work / "concepts" / "U_C.npy").unlink()
+  _, u_c, meta = pipeline.cosmic_stage(cfg, dataset, sources, embedder, h, work, log, mesh)
+
+  assert ckpt_lib.Checkpointer(work / "checkpoints" / "cosmic").latest_step() == cfg.cosmic_epochs
+  np.testing.assert_allclose(u_c, np.load(workdir / "concepts" / "U_C.npy"), rtol=1e-5, atol=1e-5)
+  reference = json.loads((workdir / "concepts" / "cosmic.json").read_text())
+  assert meta["held_out"] == pytest.approx(reference["held_out"], abs=1e-6)
+  np.testing.assert_allclose(losses(work / "train_log.jsonl", "cosmic"),
+                             losses(workdir / "train_log.jsonl", "cosmic"), rtol=1e-6)
+
+
+def test_ranker_resumed_after_epoch_1_matches_and_compiles_once(tiny_run, tiny_data, tmp_path,
+                                                                 monkeypatch):
+  from camera_jax import pipeline
+  from camera_jax.training import ranker, sharding, trainer
+
+  workdir, _ = tiny_run
+  cfg, inputs = ranker_setup(workdir, tiny_data)
+  mesh = sharding.make_mesh()
+  ckpt = tmp_path / "ranker"
+  log = trainer.TrainLog(tmp_path / "train_log.jsonl")
+  ranker.train_ranker(cfg=pipeline.ranker_config(cfg.replace(epochs=1)), **inputs, ckpt_dir=ckpt,
+                      log=log, mesh=mesh)
+
+  steps = []
+  real = ranker.make_train_step
+
+  def capture(*args, **kwargs):
+    steps.append(real(*args, **kwargs))
+    return steps[-1]
+
+  monkeypatch.setattr(ranker, "make_train_step", capture)
+  params = ranker.train_ranker(cfg=pipeline.ranker_config(cfg), **inputs, ckpt_dir=ckpt, log=log,
+                               mesh=mesh)
+  assert len(steps) == 1
+  assert steps[0]._cache_size() == 1  # every step, the padded last batch included, one program
+
+  reference = ranker.restore_params(pipeline.ranker_config(cfg), inputs["tables"],
+                                    workdir / "checkpoints" / "ranker")
+  assert_trees_close(params, reference)
+  np.testing.assert_allclose(losses(tmp_path / "train_log.jsonl", "ranker"),
+                             losses(workdir / "train_log.jsonl", "ranker"), rtol=1e-6)
+
+
+_RUN = [sys.executable, "experiments/train.py"]
+
+
+def _train_cmd(workdir: pathlib.Path, epochs: int) -> list[str]:
+  return _RUN + [f"--flagfile={workdir / 'flags.txt'}", f"--workdir={workdir}", f"--epochs={epochs}"]
+
+
+def test_ranker_killed_with_sigkill_resumes_to_the_uninterrupted_result(tiny_run, tmp_path):
+  """train.py on a run whose concept layer is done: SIGKILL once the ranker's first checkpoint
+  exists, rerun the same command; it ends where an uninterrupted run ends."""
+  from camera_jax.training import checkpoint as ckpt_lib
+
+  workdir, _ = tiny_run
+  keep = ("flags.txt", "word2vec", "tfds", "concepts", "checkpoints", "train_log.jsonl")
+  epochs = 100  # long enough (about 30 ms an epoch) for the kill to land mid-training
+  runs = {}
+  for name in ("killed", "reference"):
+    runs[name] = copy_run(workdir, tmp_path / name, keep)
+    shutil.rmtree(runs[name] / "checkpoints" / "ranker")
+  env = subprocess_env(1, cache=tmp_path / "jax_cache")
+  reference = subprocess.Popen(_train_cmd(runs["reference"], epochs), cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  victim = subprocess.Popen(_train_cmd(runs["killed"], epochs), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = runs["killed"] / "checkpoints" / "ranker" / "1"
+  try:
+    deadline = time.monotonic() + 300
+    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    ref_out, ref_err = reference.communicate(timeout=600)
+  finally:
+    for p in (victim, reference):
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert first.exists(), "the ranker never wrote its first checkpoint"
+  assert victim.returncode == -signal.SIGKILL
+  assert reference.returncode == 0, ref_err[-3000:]
+  killed_at = ckpt_lib.Checkpointer(runs["killed"] / "checkpoints" / "ranker").latest_step()
+  assert 1 <= killed_at < epochs
+  assert not (runs["killed"] / "metrics.json").exists()
+
+  resumed = subprocess.run(_train_cmd(runs["killed"], epochs), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"ranker: resumed from epoch {killed_at}" in resumed.stderr
+
+  got = json.loads((runs["killed"] / "metrics.json").read_text())
+  want = json.loads((runs["reference"] / "metrics.json").read_text())
+  assert got["methods"] == want["methods"] and got["per_category"] == want["per_category"]
+  assert (runs["killed"] / "scores.csv").read_bytes() == (runs["reference"] / "scores.csv").read_bytes()
+  got_curve = losses(runs["killed"] / "train_log.jsonl", "ranker")
+  want_curve = losses(runs["reference"] / "train_log.jsonl", "ranker")
+  assert len(got_curve) == len(want_curve) == epochs
+  np.testing.assert_allclose(got_curve, want_curve, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- NaN guard
+
+
+def test_a_diverging_ranker_stops_and_keeps_the_last_good_checkpoint(tiny_run, tiny_data, tmp_path):
+  """Resumed from the tiny run's final checkpoint with a learning rate of 1e30, the first update
+  of the next epoch blows the weights up and the following step's loss is not finite."""
+  from camera_jax import pipeline
+  from camera_jax.training import checkpoint as ckpt_lib
+  from camera_jax.training import ranker, sharding, trainer
+
+  workdir, _ = tiny_run
+  cfg, inputs = ranker_setup(workdir, tiny_data)
+  last_good = cfg.epochs
+  ckpt = tmp_path / "ranker"
+  shutil.copytree(workdir / "checkpoints" / "ranker", ckpt)
+  log_path = tmp_path / "train_log.jsonl"
+  shutil.copy2(workdir / "train_log.jsonl", log_path)
+  bad = cfg.replace(epochs=last_good + 2, learning_rate=1e30)
+  with pytest.raises(trainer.NonFiniteError,
+                     match=rf"^ranker: \d+ step\(s\) of epoch {last_good + 1} had a NaN or inf loss"
+                           r".*last good checkpoint is kept"):
+    ranker.train_ranker(cfg=pipeline.ranker_config(bad), **inputs, ckpt_dir=ckpt,
+                        log=trainer.TrainLog(log_path), mesh=sharding.make_mesh())
+  checkpointer = ckpt_lib.Checkpointer(ckpt)
+  assert checkpointer.latest_step() == last_good
+  _, meta = checkpointer.restore()
+  assert meta["epoch"] == last_good and np.isfinite(meta["loss"])
+  assert losses(log_path, "ranker") == losses(workdir / "train_log.jsonl", "ranker")
