@@ -191,6 +191,10 @@ def test_rescoring_other_accounts_is_refused_clearly(tiny_run, tiny_data, tmp_pa
   with open(copy / "accounts.jsonl", "a", encoding="utf-8") as f:
     f.write(json.dumps({"id": "influencer_new", "kind": "influencer", "category": "Food",
                         "followers": 1000}) + "\n")
+  post = json.loads((copy / "posts.jsonl").read_text().splitlines()[0])
+  post.update(id="influencer_new_p00", account="influencer_new")
+  with open(copy / "posts.jsonl", "a", encoding="utf-8") as f:
+    f.write(json.dumps(post) + "\n")
   with pytest.raises(run_lib.RunError, match="1 account.*not supported yet"):
     run_lib.load_run(workdir, data_dir=copy)
   proc = subprocess.run(

@@ -205,7 +205,8 @@ _RUN = [sys.executable, "experiments/train.py"]
 
 
 def _train_cmd(workdir: pathlib.Path, epochs: int) -> list[str]:
-  return _RUN + [f"--flagfile={workdir / 'flags.txt'}", f"--workdir={workdir}", f"--epochs={epochs}"]
+  return _RUN + [f"--flagfile={workdir / 'flags.txt'}", f"--workdir={workdir}", f"--epochs={epochs}",
+                 "--check_images=false", "--baselines=RAND"]
 
 
 def test_ranker_killed_with_sigkill_resumes_to_the_uninterrupted_result(tiny_run, tmp_path):
@@ -215,7 +216,7 @@ def test_ranker_killed_with_sigkill_resumes_to_the_uninterrupted_result(tiny_run
 
   workdir, _ = tiny_run
   keep = ("flags.txt", "word2vec", "tfds", "concepts", "checkpoints", "train_log.jsonl")
-  epochs = 100  # long enough (about 30 ms an epoch) for the kill to land mid-training
+  epochs = 20  # long enough (30-50 ms an epoch, with its checkpoint) for the kill to land mid-training
   runs = {}
   for name in ("killed", "reference"):
     runs[name] = copy_run(workdir, tmp_path / name, keep)

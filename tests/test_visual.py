@@ -79,3 +79,24 @@ def test_rejects_mismatched_layout():
   with pytest.raises(ValueError):
     visual.VisualEncoder(channels=(4, 4), pools=(2,)).init(
         jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+
+
+def test_padding_rows_do_not_change_batch_statistics():
+  """A masked last batch (real rows + zero padding) trains exactly like the real rows alone."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from camera_jax.models.visual import VisualEncoder
+  enc = VisualEncoder(channels=(4, 4, 4, 4, 4), pools=(3, 1, 2, 1, 2), fc=8)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (3, 24, 24, 3))
+  variables = enc.init(jax.random.PRNGKey(0), x, train=False)
+  real, stats_real = enc.apply(variables, x, train=True, mutable=["batch_stats"])
+  padded = jnp.concatenate([x, jnp.zeros((2, 24, 24, 3))])
+  mask = jnp.array([True, True, True, False, False])
+  out, stats_pad = enc.apply(variables, padded, train=True, mask=mask, mutable=["batch_stats"])
+  np.testing.assert_allclose(out[:3], real, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(stats_real), jax.tree_util.tree_leaves(stats_pad)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  _, stats_unmasked = enc.apply(variables, padded, train=True, mutable=["batch_stats"])
+  assert not all(np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(stats_real),
+                                                    jax.tree_util.tree_leaves(stats_unmasked)))

@@ -44,10 +44,10 @@ class ConceptGenerator(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
     """Returns float32 logits [B, num_concepts]; sigmoid(logits) are the label probabilities."""
     v1 = VisualEncoder(self.channels, self.pools, self.fc, dtype=self.dtype, name="encoder")(
-        x, train=train)
+        x, train=train, mask=mask)
     v1 = v1.astype(jnp.float32)
     if self.dropout > 0:
       v1 = nn.Dropout(self.dropout, deterministic=not train)(v1)

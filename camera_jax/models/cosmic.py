@@ -95,10 +95,10 @@ class COSMIC(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> dict[str, jax.Array]:
     """Returns dict(logits=[B, n] float32, v2=[B, d_u] float32)."""
     v1 = VisualEncoder(self.channels, self.pools, self.fc, dtype=self.dtype, name="encoder")(
-        x, train=train).astype(jnp.float32)
+        x, train=train, mask=mask).astype(jnp.float32)
     kernel = self.param("embed_kernel", nn.initializers.lecun_normal(), (self.fc, self.d_u))
     bias = self.param("embed_bias", nn.initializers.zeros, (self.d_u,))
     u = self.param("concept_matrix", uniform_init(1.0), (self.num_concepts, self.d_u))

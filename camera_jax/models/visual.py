@@ -82,17 +82,20 @@ class VisualEncoder(nn.Module):
   bn_epsilon: float = 1e-3
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
     """Encodes images.
 
     Args:
       x: float images [B, S, S, 3] (any range; the pipeline gives [0, 1]).
       train: batch statistics (and their running averages in the mutable ``batch_stats``
         collection) when True, the running averages when False.
+      mask: optional bool [B]: rows that count in the batch statistics (the padding rows of a
+        last partial batch are False, so they never bias BatchNorm).
 
     Returns:
       v1: [B, fc] in ``dtype``.
     """
+    row_mask = None if mask is None else jnp.asarray(mask, bool)
     if len(self.channels) != len(self.pools):
       raise ValueError("channels and pools must have the same length")
     x = x.astype(self.dtype)
@@ -100,11 +103,15 @@ class VisualEncoder(nn.Module):
       x = nn.Conv(ch, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
                   name=f"conv{i + 1}")(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, dtype=self.dtype, name=f"bn{i + 1}")(x)
+                       epsilon=self.bn_epsilon, dtype=self.dtype, name=f"bn{i + 1}")(
+                           x, mask=None if row_mask is None else
+                           jnp.broadcast_to(row_mask[:, None, None, None], x.shape))
       x = nn.relu(x)
       x = max_pool(x, pool)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.fc, use_bias=False, dtype=self.dtype, name="fc")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=self.bn_epsilon, dtype=self.dtype, name="bn_fc")(x)
+                     epsilon=self.bn_epsilon, dtype=self.dtype, name="bn_fc")(
+                         x, mask=None if row_mask is None else
+                         jnp.broadcast_to(row_mask[:, None], x.shape))
     return nn.leaky_relu(x, negative_slope=LEAKY_SLOPE)

@@ -62,7 +62,7 @@ def make_image_steps(loss_fn: Callable[[Any, dict[str, jax.Array]], jax.Array], 
     def objective(params):
       outputs, mutated = state.apply_fn(
           {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-          mutable=["batch_stats"], rngs={"dropout": dropout_key})
+          mask=batch["mask"], mutable=["batch_stats"], rngs={"dropout": dropout_key})
       task = loss_fn(outputs, batch)
       total = task + l1 * trainer.l1_penalty(params) if l1 else task
       return total, (task, mutated)

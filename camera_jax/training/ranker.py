@@ -203,7 +203,7 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
       return total, rank_loss
 
     (total, rank_loss), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    new_state, bad = trainer.guarded_update(state, grads, total)
+    new_state, bad = trainer.guarded_update(state, grads, total, branch=True)
     rows = jnp.sum(batch["mask"].astype(jnp.float32))
     return new_state, {"loss": rank_loss * rows, "total": total * rows, "rows": rows,
                        "nonfinite": bad}

@@ -66,17 +66,25 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def guarded_update(state: TrainState, grads: Any, loss: jax.Array, **updates: Any) -> tuple[TrainState, jax.Array]:
+def guarded_update(state: TrainState, grads: Any, loss: jax.Array, *, branch: bool = False,
+                   **updates: Any) -> tuple[TrainState, jax.Array]:
   """Applies ``grads`` only when the loss and every gradient are finite (big_vision's NaN guard).
 
   Returns the new state and a 0/1 flag counting a skipped (non-finite) step.  The training loop
   reads the flag's epoch sum and stops the run with ``NonFiniteError`` before checkpointing.
+
+  ``branch=True`` skips with ``lax.cond`` instead of selecting between the new and the old
+  state: on one device the same bits, but a select keeps both states alive, so XLA copies every
+  donated buffer each step (measured in benchmarks/: the ranker's step at batch 8 spent more
+  time in those copies than in its matmuls). Across devices the two forms round differently.
   """
   ok = jnp.logical_and(jnp.isfinite(loss), all_finite(grads))
-  # lax.cond rather than a select of the new and old states: the same result, but the select
-  # keeps both alive, which made XLA copy every donated buffer each step (see benchmarks/).
-  new_state = jax.lax.cond(ok, lambda s, g, u: s.apply_gradients(grads=g, **u),
-                           lambda s, g, u: s, state, grads, updates)
+  if branch:
+    new_state = jax.lax.cond(ok, lambda s, g, u: s.apply_gradients(grads=g, **u),
+                             lambda s, g, u: s, state, grads, updates)
+  else:
+    new_state = state.apply_gradients(grads=grads, **updates)
+    new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), new_state, state)
   return new_state, jnp.logical_not(ok).astype(jnp.int32)
 
 

@@ -1,0 +1,819 @@
+#!/usr/bin/env python
+"""camera-jax benchmarks: ``python benchmarks/run.py [--quick] [--out=FILE.json] [--bf16]``.
+
+Measures, in one process, on the default JAX backend (CPU, or a GPU when one is present):
+
+1. ``ranker_train_step``: the CAMERA ranking train step (paper-sized model), triplets/s at batch
+   8, 64, 512 and 4096, with the reference variants (threefry dropout; the pair-by-pair model
+   path) at 8 and 512;
+2. ``cosmic_train_step`` and ``concept_generator_train_step``: images/s at 64 and 224 px,
+   batch 32;
+3. ``catalogue_scoring``: all brands x all candidates, pairs/s and peak memory, at the paper's
+   test size (74 x 797), at paper scale (360 x 3,748) and beyond (360 x 7,496);
+4. ``input_pipeline``: images/s of ``ImageBatches`` over the TFDS data source of a small
+   synthetic dataset, at 64 and 224 px;
+5. ``*_op_by_op``: the same ranking step and catalogue scoring without jit, as the in-run
+   reference.
+
+Each row of the printed table (and each entry of ``results`` in the JSON) gives the median and
+the spread of repeated timed runs after compilation, the compile time, analytic FLOP counts
+(the authors' graph's and ours), the achieved GFLOP/s and their share of a float32 matmul peak
+measured in the same run. ``benchmarks/README.md`` documents every key and formula.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+SCHEMA = 1
+
+#: The authors' TensorFlow graph on the 2-core AVX-512 development CPU (issue 7, TF 2.21).
+AUTHORS = {
+    "ranker_train_step": {8: 395.0, 64: 1250.0, 512: 1692.0},     # triplets/s
+    "cosmic_train_step": {64: 441.0, 224: 36.9},                  # images/s, batch 32
+}
+#: The issue's targets, as multiples of the authors' figure (or absolute bounds).
+TARGETS = {
+    "ranker_train_step@8": 3.0,
+    "ranker_train_step@512": 4.0,
+    "cosmic_train_step@64": 1.0,
+    "catalogue_scoring@74x797_seconds": 1.5,
+    "catalogue_scoring@74x797_peak_share": 0.5,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# sizes
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+  """What one invocation measures."""
+
+  ranker_batches: tuple[int, ...]
+  ranker_variant_batches: tuple[int, ...]     # batches that also run the reference variants
+  op_by_op_batches: tuple[int, ...]
+  catalogues: tuple[tuple[int, int], ...]     # (brands, candidates)
+  image_sizes: tuple[int, ...]
+  image_models: tuple[str, ...]
+  pipeline_sizes: tuple[int, ...]
+  reps: int                                   # timed repetitions of the fast paths
+  rep_seconds: float                          # target duration of one repetition
+  catalogue_reps: tuple[int, ...]             # repetitions per catalogue size
+  op_by_op_reps: int
+
+
+FULL = Sizes(
+    ranker_batches=(8, 64, 512, 4096), ranker_variant_batches=(8, 512), op_by_op_batches=(8, 64),
+    catalogues=((74, 797), (360, 3748), (360, 7496)), image_sizes=(64, 224),
+    image_models=("cosmic", "concept_generator"), pipeline_sizes=(64, 224), reps=7,
+    rep_seconds=0.4, catalogue_reps=(5, 2, 1), op_by_op_reps=3)
+QUICK = Sizes(
+    ranker_batches=(8,), ranker_variant_batches=(), op_by_op_batches=(8,),
+    catalogues=((74, 797),), image_sizes=(64,), image_models=("cosmic",), pipeline_sizes=(64,),
+    reps=3, rep_seconds=0.1, catalogue_reps=(2,), op_by_op_reps=1)
+
+# The paper's model and data sizes.
+N_CONCEPTS = 420
+D_U = 100
+TOP_K = 10
+N_BRANDS = 360
+N_ACCOUNTS = 4108
+IMAGE_BATCH = 32
+
+
+# ----------------------------------------------------------------------------------------------
+# analytic FLOP counts (multiply-add = 2 FLOPs; matmuls only, see README.md)
+# ----------------------------------------------------------------------------------------------
+
+
+def dense_flops(d_in: int, widths: Sequence[int]) -> int:
+  """Forward FLOPs of a dense stack d_in -> widths[0] -> ... for one row: sum 2 a b."""
+  total, a = 0, d_in
+  for b in widths:
+    total += 2 * a * b
+    a = b
+  return total
+
+
+def dense_train_flops(d_in: int, widths: Sequence[int], input_grad: bool) -> int:
+  """Forward + backward FLOPs of a dense stack for one row.
+
+  Backward: the weight gradient of every layer (2 a b) and the input gradient of every layer
+  but the first unless ``input_grad`` (its input depends on parameters).
+  """
+  fwd = dense_flops(d_in, widths)
+  first = 2 * d_in * widths[0]
+  return fwd + fwd + (fwd if input_grad else fwd - first)
+
+
+def ranker_flops_authors(batch: int, negatives: int, psi: Sequence[int], gamma: Sequence[int],
+                         d_u: int = D_U, k: int = TOP_K) -> int:
+  """The authors' graph: every pair recomputes psi on its 2 accounts, rho on its 2 K concept
+  rows and gamma on its 2 sides; a step is forward + backward = 3 x forward."""
+  pairs = batch * (1 + negatives)
+  per_pair = 2 * dense_flops(d_u, psi) + 2 * k * dense_flops(d_u, psi) + \
+      2 * dense_flops(2 * d_u, gamma)
+  return 3 * pairs * per_pair
+
+
+def ranker_flops_ours(batch: int, negatives: int, psi: Sequence[int], gamma: Sequence[int],
+                      d_u: int = D_U, k: int = TOP_K, n: int = N_CONCEPTS,
+                      rho_path: str = "auto", grouped: bool = True) -> dict[str, int]:
+  """Our step (``CAMERA.score_groups``): psi once per encoded account, rho per concept (table
+  path, logits from q = psi rho^T) or per (account, slot) (row path), gamma per pair side.
+  ``grouped=False`` is the pair-by-pair reference path (``CAMERA.__call__``)."""
+  m = 1 + negatives
+  p = psi[-1]
+  rows = batch * (1 + m) if grouped else 2 * batch * m          # encoded accounts
+  table = {"auto": rows * k > n, "table": True, "rows": False}[rho_path] if grouped else \
+      (2 * batch * m * k > n if rho_path == "auto" else rho_path == "table")
+  out = {"psi": rows * dense_train_flops(d_u, psi, False)}
+  if table:
+    out["rho"] = n * dense_train_flops(d_u, psi, False)
+    out["logits"] = 3 * 2 * rows * n * p if grouped else 3 * 2 * 2 * batch * m * k * p
+  else:
+    out["rho"] = rows * k * dense_train_flops(d_u, psi, False)
+    out["logits"] = 3 * 2 * 2 * batch * m * k * p
+  out["gamma"] = 2 * batch * m * dense_train_flops(2 * d_u, gamma, True)
+  out["total"] = sum(out.values())
+  out["rho_path"] = "table" if table else "rows"
+  return out
+
+
+def catalogue_flops_authors(pairs: int, psi: Sequence[int], gamma: Sequence[int],
+                            d_u: int = D_U, k: int = TOP_K) -> int:
+  """The authors' graph scores a pair with psi on 2 accounts, rho on 2 K rows, gamma on 2."""
+  return pairs * (2 * dense_flops(d_u, psi) + 2 * k * dense_flops(d_u, psi)
+                  + 2 * dense_flops(2 * d_u, gamma))
+
+
+def catalogue_flops_ours(pairs: int, accounts: int, psi: Sequence[int], gamma: Sequence[int],
+                         d_u: int = D_U, k: int = TOP_K, n: int = N_CONCEPTS) -> int:
+  """Ours: per concept rho and U_C W_r; per distinct account psi, q = psi rho^T and e_h W_h;
+  per pair, both sides: the weighted sum of K rows of U_C W_r, gamma's layers 1.., S_con."""
+  g0, p = gamma[0], psi[-1]
+  per_concept = dense_flops(d_u, psi) + 2 * d_u * g0
+  per_account = dense_flops(d_u, psi) + 2 * n * p + 2 * d_u * g0
+  per_pair = 2 * (2 * k * g0 + dense_flops(g0, gamma[1:])) + 2 * gamma[-1]
+  return n * per_concept + accounts * per_account + pairs * per_pair
+
+
+def cnn_flops(image_size: int, channels: Sequence[int], pools: Sequence[int], fc: int,
+              head: Sequence[int]) -> int:
+  """Forward FLOPs of the 5-layer CNN for one image: 3x3 'SAME' convs, pools, fc, head."""
+  s, c_in, total = image_size, 3, 0
+  for c, pool in zip(channels, pools):
+    total += 2 * s * s * c_in * c * 9
+    c_in = c
+    s //= pool
+  return total + dense_flops(s * s * c_in, (fc,) + tuple(head))
+
+
+def cnn_train_flops(image_size: int, channels: Sequence[int], pools: Sequence[int], fc: int,
+                    head: Sequence[int]) -> int:
+  """Forward + backward: 3 x forward minus the first convolution's input gradient."""
+  fwd = cnn_flops(image_size, channels, pools, fc, head)
+  return 3 * fwd - 2 * image_size * image_size * 3 * channels[0] * 9
+
+
+# ----------------------------------------------------------------------------------------------
+# measurement helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def load_average() -> list[float] | None:
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return None
+
+
+class PeakMemory:
+  """Peak resident memory (host, sampled every 2 ms) and device memory during a block."""
+
+  def __init__(self, device: Any):
+    self.device = device
+    self._stop = threading.Event()
+    self.base_mb = self.peak_mb = None
+    self.device_peak_mb = None
+
+  @staticmethod
+  def rss_mb() -> float | None:
+    try:
+      with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError):
+      return None
+
+  def _sample(self) -> None:
+    while not self._stop.is_set():
+      v = self.rss_mb()
+      if v is not None and (self.peak_mb is None or v > self.peak_mb):
+        self.peak_mb = v
+      self._stop.wait(0.002)
+
+  def __enter__(self) -> "PeakMemory":
+    self.base_mb = self.peak_mb = self.rss_mb()
+    self._thread = threading.Thread(target=self._sample, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self._stop.set()
+    self._thread.join()
+    v = self.rss_mb()
+    if v is not None and self.peak_mb is not None:
+      self.peak_mb = max(self.peak_mb, v)
+    stats = getattr(self.device, "memory_stats", lambda: None)()
+    if stats and "peak_bytes_in_use" in stats:
+      self.device_peak_mb = stats["peak_bytes_in_use"] / 2 ** 20
+
+
+def timed(run: Callable[[int], Any], sync: Callable[[Any], Any], reps: int,
+          rep_seconds: float, max_iters: int = 1000) -> dict[str, Any]:
+  """Times ``run(i)`` (one item: a step, a call) after compilation.
+
+  The first call is the compile call (trace + compile + one execution); one more warm call
+  sizes a repetition to about ``rep_seconds``; then ``reps`` repetitions of ``iters`` calls,
+  each ended by one ``sync`` (no host sync between the calls of a repetition).
+  """
+  t0 = time.perf_counter()
+  sync(run(0))
+  first = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  sync(run(1))
+  warm = time.perf_counter() - t0
+  iters = max(1, min(max_iters, int(rep_seconds / max(warm, 1e-6))))
+  per: list[float] = []
+  k = 2
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(iters):
+      out = run(k)
+      k += 1
+    sync(out)
+    per.append((time.perf_counter() - t0) / iters)
+  return summarize(per, first, iters)
+
+
+def summarize(per: list[float], first: float | None, iters: int) -> dict[str, Any]:
+  med = float(np.median(per))
+  out = {
+      "median_s": med, "min_s": float(np.min(per)), "max_s": float(np.max(per)),
+      "spread": float((np.max(per) - np.min(per)) / med) if med > 0 else 0.0,
+      "reps": len(per), "iters_per_rep": iters, "per_rep_s": [float(x) for x in per],
+  }
+  if first is not None:
+    out["first_call_s"] = float(first)
+    out["compile_s"] = float(max(first - med, 0.0))
+  return out
+
+
+def row(path: str, variant: str, size: str, unit: str, items: float, timing: dict[str, Any],
+        flops_authors: float | None, flops_ours: float | None, peak_gflops: float,
+        **extra: Any) -> dict[str, Any]:
+  """One result entry (see README.md for the keys)."""
+  med = timing["median_s"]
+  r = {"path": path, "variant": variant, "size": size, "unit": unit, "items_per_call": items,
+       **timing,
+       "throughput": items / med, "throughput_best": items / timing["min_s"],
+       "flops_authors": flops_authors, "flops_ours": flops_ours}
+  r["gflops_effective"] = flops_authors / med / 1e9 if flops_authors else None
+  r["gflops_achieved"] = flops_ours / med / 1e9 if flops_ours else None
+  r["peak_share"] = r["gflops_achieved"] / peak_gflops if r["gflops_achieved"] else None
+  r.update(extra)
+  return r
+
+
+def matmul_peak(jax: Any, jnp: Any, n: int, reps: int, dtype: Any) -> dict[str, Any]:
+  """GFLOP/s of a jitted n x n x n matmul (best and median of ``reps`` timed calls)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  flops = 2.0 * n ** 3
+  return {"n": n, "dtype": str(jnp.dtype(dtype)), "gflops_best": flops / min(times) / 1e9,
+          "gflops_median": flops / float(np.median(times)) / 1e9,
+          "times_s": [float(t) for t in times]}
+
+
+# ----------------------------------------------------------------------------------------------
+# the benchmark
+# ----------------------------------------------------------------------------------------------
+
+
+class Bench:
+  """Holds the JAX objects shared by the sections and the accumulated results."""
+
+  def __init__(self, sizes: Sizes, quick: bool, bf16: bool, log: Callable[[str], None]):
+    import jax
+    import jax.numpy as jnp
+
+    from camera_jax.training import ranker, sharding, trainer
+
+    self.jax, self.jnp = jax, jnp
+    self.ranker, self.sharding, self.trainer = ranker, sharding, trainer
+    self.sizes, self.quick, self.bf16, self.log = sizes, quick, bf16, log
+    self.backend = jax.default_backend()
+    self.device = jax.local_devices()[0]
+    self.mesh = sharding.make_mesh()
+    self.results: list[dict[str, Any]] = []
+    self.cfg = ranker.RankerConfig()
+    self.peak_gflops = 0.0
+    self.extra: dict[str, Any] = {}
+
+  # -- shared state ----------------------------------------------------------------------------
+
+  def tables(self, n_accounts: int, seed: int = 0):
+    """Synthetic ranker tables: top-10 of a sparse random w_a per account, random features."""
+    rng = np.random.default_rng(seed)
+    logits = rng.gumbel(size=(n_accounts, N_CONCEPTS)).astype(np.float32) * 2.0
+    w_a = np.exp(logits - logits.max(1, keepdims=True))
+    w_a /= w_a.sum(1, keepdims=True)
+    idx = np.argsort(-w_a, 1, kind="stable")[:, :TOP_K].astype(np.int32)
+    top_w = np.take_along_axis(w_a, idx, 1).astype(np.float32)
+    return self.ranker.Tables(
+        top_idx=idx, top_w=top_w, engagement=rng.random(n_accounts).astype(np.float32),
+        followers=rng.random(n_accounts).astype(np.float32),
+        concepts=rng.standard_normal((N_CONCEPTS, D_U)).astype(np.float32))
+
+  def params(self, cfg: Any, tables: Any):
+    return self.ranker.init_params(cfg, tables, self.jax.random.PRNGKey(0))
+
+  def measure_peak(self) -> None:
+    n = 2048 if self.backend == "cpu" else 8192
+    res = matmul_peak(self.jax, self.jnp, n, 5 if self.quick else 10, self.jnp.float32)
+    self.extra.setdefault("matmul_peak_runs", []).append(res)
+    self.peak_gflops = max(self.peak_gflops, res["gflops_best"])
+    self.log(f"matmul {n}^3 float32: best {res['gflops_best']:.0f} GFLOP/s, median "
+             f"{res['gflops_median']:.0f}")
+
+  def add(self, r: dict[str, Any]) -> None:
+    self.results.append(r)
+    self.log(format_row(r))
+
+  # -- 1 and 5: the ranking train step ---------------------------------------------------------
+
+  def ranker_step(self, batch: int, variant: str) -> None:
+    jax, jnp, ranker, trainer, sharding = self.jax, self.jnp, self.ranker, self.trainer, self.sharding
+    cfg = self.cfg
+    grouped, use_jit = True, True
+    if variant == "threefry dropout":
+      cfg = dataclasses.replace(cfg, dropout_rng="threefry")
+    elif variant == "pairs path (CAMERA.__call__)":
+      cfg = dataclasses.replace(cfg, dropout_rng="threefry")
+      grouped = False
+    elif variant == "bf16":
+      cfg = dataclasses.replace(cfg, compute_dtype="bfloat16")
+    elif variant == "op by op":
+      use_jit = False
+    tables = self.tables(N_ACCOUNTS)
+    params = self.params(cfg, tables)
+    dev = tables.device(self.mesh)
+    tx = trainer.make_optimizer(cfg.learning_rate, cfg.lr_decay, 1000)
+    state = sharding.replicate(trainer.TrainState.create(apply_fn=None, params=params, tx=tx),
+                               self.mesh)
+    step = ranker.make_train_step(cfg, grouped=grouped, jit=use_jit)
+    rng = np.random.default_rng(1)
+    batches = []
+    for j in range(4):
+      real = batch if j < 3 else max(1, batch - batch // 3)   # the last one padded
+      host = {"brand": rng.integers(0, N_BRANDS, real).astype(np.int32),
+              "pos": rng.integers(N_BRANDS, N_ACCOUNTS, real).astype(np.int32),
+              "neg": rng.integers(N_BRANDS, N_ACCOUNTS, (real, cfg.num_negatives)).astype(np.int32),
+              "ed_obs": np.zeros(real, np.float32)}
+      host, mask = sharding.pad_batch(host, sharding.round_up(batch, self.mesh.devices.size))
+      host["mask"] = mask
+      batches.append(sharding.shard_batch(host, self.mesh))
+    key = sharding.replicate(jax.random.PRNGKey(2), self.mesh)
+    box = {"state": state, "acc": None}
+
+    def run(i: int):
+      box["state"], metrics = step(box["state"], batches[i % len(batches)], dev, key)
+      box["acc"] = trainer.add_metrics(box["acc"], metrics)
+      return box["state"].params
+
+    reps = self.sizes.op_by_op_reps if variant == "op by op" else self.sizes.reps
+    t = timed(run, jax.block_until_ready, reps, self.sizes.rep_seconds,
+              max_iters=5 if variant == "op by op" else 1000)
+    sums = trainer.host_sums(box["acc"])
+    flops = ranker_flops_ours(batch, cfg.num_negatives, cfg.psi_features, cfg.gamma_features,
+                              grouped=grouped)
+    extra = {"rho_path": flops["rho_path"], "flops_ours_parts": {
+        k: v for k, v in flops.items() if k not in ("total", "rho_path")},
+        "nonfinite_steps": int(sums.get("nonfinite", 0))}
+    if use_jit:
+      extra["jit_cache_size"] = int(step._cache_size())
+    authors = AUTHORS["ranker_train_step"].get(batch)
+    if authors:
+      extra["authors_throughput"] = authors
+    path = "ranker_train_step" + ("_op_by_op" if variant == "op by op" else "")
+    r = row(path, variant, f"batch {batch}", "triplets/s", batch, t,
+            ranker_flops_authors(batch, cfg.num_negatives, cfg.psi_features, cfg.gamma_features),
+            flops["total"], self.peak_gflops, **extra)
+    if authors:
+      r["vs_authors"] = r["throughput"] / authors
+    self.add(r)
+
+  # -- 2: image train steps --------------------------------------------------------------------
+
+  def image_step(self, model_name: str, image_size: int) -> None:
+    jax, jnp, sharding, trainer = self.jax, self.jnp, self.sharding, self.trainer
+    from camera_jax.models import concept_generator as cg_lib
+    from camera_jax.models import cosmic as cosmic_lib
+    from camera_jax.training import concepts as concepts_lib
+    channels, pools, fc = (32, 64, 64, 128, 128), (3, 1, 2, 1, 2), 1024
+    if model_name == "cosmic":
+      model = cosmic_lib.COSMIC(num_concepts=N_CONCEPTS, d_u=D_U)
+      loss_fn = lambda out, b: cosmic_lib.cosmic_loss(out["logits"], b["target"], b["mask"])  # noqa: E731
+      head = (D_U, N_CONCEPTS)
+      l1 = 1e-3
+    else:
+      model = cg_lib.ConceptGenerator(num_concepts=N_CONCEPTS)
+      loss_fn = lambda out, b: cg_lib.multilabel_bce(out, b["target"], b["mask"])  # noqa: E731
+      head = (N_CONCEPTS,)
+      l1 = 0.0
+    tx = trainer.make_optimizer(1e-3, 1.0, 100)
+    state = concepts_lib.create_image_state(model, image_size, jax.random.PRNGKey(0), tx)
+    state = sharding.replicate(state, self.mesh)
+    step, _ = concepts_lib.make_image_steps(loss_fn, l1)
+    rng = np.random.default_rng(0)
+    b = sharding.round_up(IMAGE_BATCH, self.mesh.devices.size)
+    batches = []
+    for j in range(3):
+      real = b if j < 2 else b - 5
+      target = rng.random((real, N_CONCEPTS)).astype(np.float32)
+      if model_name == "cosmic":
+        target /= target.sum(1, keepdims=True)
+      else:
+        target = (target < 0.02).astype(np.float32)
+      host = {"image": rng.random((real, image_size, image_size, 3)).astype(np.float32),
+              "target": target}
+      host, mask = sharding.pad_batch(host, b)
+      host["mask"] = mask
+      batches.append(sharding.shard_batch(host, self.mesh))
+    key = sharding.replicate(jax.random.PRNGKey(1), self.mesh)
+    box = {"state": state}
+
+    def run(i: int):
+      box["state"], _ = step(box["state"], batches[i % len(batches)], key)
+      return box["state"].params
+
+    t = timed(run, jax.block_until_ready, self.sizes.reps, self.sizes.rep_seconds)
+    flops = b * cnn_train_flops(image_size, channels, pools, fc, head)
+    extra = {"jit_cache_size": int(step._cache_size())}
+    authors = AUTHORS.get(f"{model_name}_train_step", {}).get(image_size)
+    if authors:
+      extra["authors_throughput"] = authors
+    r = row(f"{model_name}_train_step", "ours", f"{image_size} px, batch {b}", "images/s", b, t,
+            flops, flops, self.peak_gflops, **extra)
+    if authors:
+      r["vs_authors"] = r["throughput"] / authors
+    self.add(r)
+
+  # -- 3 and 5: catalogue scoring --------------------------------------------------------------
+
+  def catalogue(self, n_brands: int, n_candidates: int, reps: int, variant: str = "ours",
+                cfg: Any = None) -> dict[str, np.ndarray]:
+    jax, ranker, sharding = self.jax, self.ranker, self.sharding
+    cfg = cfg or self.cfg
+    tables = self.tables(max(N_ACCOUNTS, n_brands + n_candidates))
+    params = self.params(self.cfg, tables)   # the same (float32) parameters for every variant
+    dev = tables.device(self.mesh)
+    brands = np.arange(n_brands)
+    candidates = n_brands + np.arange(n_candidates)
+    b = np.repeat(brands, n_candidates)
+    m = np.tile(candidates, n_brands)
+    keys = ("S",)
+    if variant == "pairs path (CAMERA.__call__)":
+      score_fn = ranker.make_score_fn(cfg, ranker.RankerModel(make=ranker.make_model,
+                                                              inputs=ranker.pair_inputs))
+      call = lambda: ranker.score_pairs(cfg, params, dev, b, m, mesh=self.mesh,  # noqa: E731
+                                        score_fn=score_fn, keys=keys)
+    elif variant == "op by op":
+      scorer = ranker.CatalogueScorer(cfg)
+      rparams = sharding.replicate(params, self.mesh)
+      n = len(b)
+      chunk = sharding.round_up(min(cfg.eval_chunk, 1 << max(0, (n - 1).bit_length())),
+                                self.mesh.devices.size)
+      call = lambda: scorer.score(rparams, dev, b, m, mesh=self.mesh, chunk=chunk,  # noqa: E731
+                                  keys=keys, jit=False)
+    else:
+      scorer = ranker.make_score_fn(cfg)
+      call = lambda: ranker.score_pairs(cfg, params, dev, b, m, mesh=self.mesh,  # noqa: E731
+                                        score_fn=scorer, keys=keys)
+    t0 = time.perf_counter()
+    out = call()
+    first = time.perf_counter() - t0
+    per = []
+    mem = None
+    for i in range(reps):
+      with PeakMemory(self.device) as pm:
+        t0 = time.perf_counter()
+        out = call()
+        per.append(time.perf_counter() - t0)
+      if i == 0:
+        mem = pm
+    t = summarize(per, first, 1)
+    pairs = len(b)
+    n_acc = n_brands + n_candidates
+    extra = {"rss_before_mb": mem.base_mb, "rss_peak_mb": mem.peak_mb,
+             "rss_peak_increase_mb": (mem.peak_mb - mem.base_mb)
+             if mem.peak_mb is not None else None,
+             "device_peak_mb": mem.device_peak_mb, "chunk": cfg.eval_chunk,
+             "output_mb": out["S"].nbytes / 2 ** 20}
+    if variant == "ours":
+      extra["jit_cache_size"] = {"concept_parts": int(scorer.concept_parts._cache_size()),
+                                 "account_parts": int(scorer.account_parts._cache_size()),
+                                 "pair_scores": int(scorer.pair_scores._cache_size())}
+    path = "catalogue_scoring" + ("_op_by_op" if variant == "op by op" else "")
+    r = row(path, variant, f"{n_brands} x {n_candidates}", "pairs/s", pairs, t,
+            catalogue_flops_authors(pairs, cfg.psi_features, cfg.gamma_features),
+            catalogue_flops_ours(pairs, n_acc, cfg.psi_features, cfg.gamma_features),
+            self.peak_gflops, **extra)
+    self.add(r)
+    return {"S": out["S"], "brand": b, "influencer": m}
+
+  # -- 4: input pipeline -----------------------------------------------------------------------
+
+  def input_pipeline(self, sizes: Sequence[int], workdir: pathlib.Path) -> None:
+    from camera_jax.data import input_pipeline, synthetic
+    preset = synthetic.Preset(
+        name="bench", categories=("Auto", "Food"), brands_per_category=2,
+        influencers=20 if self.quick else 40, posts_per_account=8 if self.quick else 16,
+        labeled_posts=20, concepts_per_category=7, generic_concepts=12, positives_per_brand=2.0)
+    stored = max(sizes)
+    t0 = time.perf_counter()
+    data = synthetic.generate(workdir / f"data{stored}", preset=preset, seed=0, image_size=stored)
+    t_gen = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    source = input_pipeline.prepare(data, workdir / "tfds")["posts"]
+    t_prep = time.perf_counter() - t0
+    self.log(f"input pipeline: {len(source)} posts ({stored} px JPEG) generated in {t_gen:.1f} s, "
+             f"TFDS prepared in {t_prep:.1f} s")
+    for size in sizes:
+      for augment in (False, True):
+        def run(i: int, size=size, augment=augment):
+          n = 0
+          for batch in input_pipeline.ImageBatches(source, IMAGE_BATCH, size, shuffle=True,
+                                                   seed=0, epoch=i, augment=augment):
+            n += int(batch["mask"].sum())
+          return n
+        n_images = run(0)
+        per = []
+        for i in range(self.sizes.reps):
+          t0 = time.perf_counter()
+          run(i + 1)
+          per.append(time.perf_counter() - t0)
+        t = summarize(per, None, 1)
+        self.add(row("input_pipeline", "augment" if augment else "plain",
+                     f"{size} px from {stored} px JPEG, batch {IMAGE_BATCH}", "images/s",
+                     n_images, t, None, None, self.peak_gflops, stored_px=stored,
+                     records=len(source)))
+
+  # -- bf16 ------------------------------------------------------------------------------------
+
+  def bf16_effect(self, f32: dict[str, np.ndarray], n_brands: int, n_candidates: int) -> None:
+    from camera_jax import metrics as metrics_lib
+    cfg = dataclasses.replace(self.cfg, compute_dtype="bfloat16")
+    bf = self.catalogue(n_brands, n_candidates, max(1, self.sizes.catalogue_reps[0]),
+                        variant="bf16", cfg=cfg)
+    s32, s16 = f32["S"].astype(np.float64), bf["S"].astype(np.float64)
+    rng = np.random.default_rng(0)
+    labels = np.zeros(len(s32), bool)
+    for brand in range(n_brands):   # about 11.5 random positives per brand (the paper's test set)
+      rows = np.flatnonzero(f32["brand"] == brand)
+      labels[rng.choice(rows, size=min(len(rows), max(2, int(rng.poisson(11.5)))), replace=False)] = True
+    m32 = metrics_lib.evaluate(f32["brand"], f32["influencer"], s32, labels)
+    m16 = metrics_lib.evaluate(f32["brand"], f32["influencer"], s16, labels)
+    keys = [k for k in m32 if isinstance(m32[k], float)]
+    rank32 = np.argsort(np.argsort(-s32))
+    rank16 = np.argsort(np.argsort(-s16))
+    self.extra["bf16"] = {
+        "size": f"{n_brands} x {n_candidates}",
+        "max_abs_diff_S": float(np.max(np.abs(s32 - s16))),
+        "max_rel_diff_S": float(np.max(np.abs(s32 - s16)) / max(np.max(np.abs(s32)), 1e-30)),
+        "rank_correlation": float(np.corrcoef(rank32, rank16)[0, 1]),
+        "metrics_f32": {k: m32[k] for k in keys},
+        "metrics_bf16": {k: m16[k] for k in keys},
+        "metrics_delta": {k: m16[k] - m32[k] for k in keys},
+        "labels": "random, about 11.5 positives per brand",
+    }
+    self.log(f"bf16 vs f32 on {n_brands} x {n_candidates}: max |dS| "
+             f"{self.extra['bf16']['max_abs_diff_S']:.3g}, metric deltas "
+             + ", ".join(f"{k} {v:+.4f}" for k, v in self.extra["bf16"]["metrics_delta"].items()))
+
+
+# ----------------------------------------------------------------------------------------------
+# output
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt(x: Any, spec: str) -> str:
+  return "-" if x is None else format(x, spec)
+
+
+def format_row(r: dict[str, Any]) -> str:
+  spread = f"{r['spread'] * 100:.0f}%"
+  compile_s = r.get("compile_s")
+  vs = r.get("vs_authors")
+  return (f"{r['path']:<34} {r['variant']:<28} {r['size']:<32} "
+          f"{r['throughput']:>11,.1f} {r['unit']:<11} ±{spread:<5} "
+          f"med {r['median_s'] * 1e3:>9.2f} ms  compile {_fmt(compile_s, '6.1f')} s  "
+          f"eff {_fmt(r['gflops_effective'], '6.0f')}  ach {_fmt(r['gflops_achieved'], '5.0f')} "
+          f"GFLOP/s  peak {_fmt(None if r['peak_share'] is None else 100 * r['peak_share'], '3.0f')}%"
+          + (f"  x{vs:.2f} authors" if vs else ""))
+
+
+def targets(report: dict[str, Any]) -> dict[str, Any]:
+  """The issue's targets against the measured rows (None when not measured)."""
+  def find(path: str, variant: str, size: str):
+    for r in report["results"]:
+      if r["path"] == path and r["variant"] == variant and r["size"] == size:
+        return r
+    return None
+  out: dict[str, Any] = {}
+  for b in (8, 512):
+    r = find("ranker_train_step", "ours", f"batch {b}")
+    out[f"ranker_train_step@{b}"] = None if r is None else {
+        "target_x_authors": TARGETS[f"ranker_train_step@{b}"], "measured_x_authors": r["vs_authors"],
+        "met": r["vs_authors"] >= TARGETS[f"ranker_train_step@{b}"]}
+  r = find("cosmic_train_step", "ours", f"64 px, batch {IMAGE_BATCH}")
+  out["cosmic_train_step@64"] = None if r is None else {
+      "target_x_authors": 1.0, "measured_x_authors": r["vs_authors"], "met": r["vs_authors"] >= 1.0}
+  r = find("catalogue_scoring", "ours", "74 x 797")
+  out["catalogue_scoring@74x797"] = None if r is None else {
+      "target_seconds": TARGETS["catalogue_scoring@74x797_seconds"], "median_s": r["median_s"],
+      "target_peak_share": TARGETS["catalogue_scoring@74x797_peak_share"],
+      "peak_share": r["peak_share"],
+      "met": r["median_s"] < TARGETS["catalogue_scoring@74x797_seconds"]
+      and r["peak_share"] >= TARGETS["catalogue_scoring@74x797_peak_share"]}
+  caches = []
+  for r in report["results"]:
+    c = r.get("jit_cache_size")
+    if c is not None:
+      caches.extend(c.values() if isinstance(c, dict) else [c])
+  out["no_recompilation"] = {"max_jit_cache_size": max(caches) if caches else None,
+                             "met": bool(caches) and max(caches) == 1}
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message: str) -> None:  # one line, exit 2, no usage block
+    sys.stderr.write(f"benchmarks/run.py: error: {message}\n")
+    raise SystemExit(2)
+
+
+SECTIONS = ("ranker", "images", "catalogue", "input", "reference")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  p = _Parser(description=__doc__.splitlines()[0])
+  p.add_argument("--quick", action="store_true", help="CI smoke run (about a minute)")
+  p.add_argument("--out", default="", help="write the JSON report here")
+  p.add_argument("--bf16", action="store_true",
+                 help="also run the ranker's matmuls in bfloat16 and measure the effect on scores")
+  p.add_argument("--only", default=",".join(SECTIONS),
+                 help=f"comma-separated subset of {','.join(SECTIONS)}")
+  args = p.parse_args(argv)
+  only = [s for s in args.only.split(",") if s]
+  bad = [s for s in only if s not in SECTIONS]
+  if bad:
+    p.error(f"--only: unknown section(s) {bad}; choose from {list(SECTIONS)}")
+  args.only = only
+  if args.out:
+    parent = pathlib.Path(args.out).resolve().parent
+    if not parent.is_dir():
+      p.error(f"--out: directory {parent} does not exist")
+  return args
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Runs the selected sections; returns the report (the JSON document)."""
+  t_start = time.perf_counter()
+  load_before = load_average()
+  import jax
+  sizes = QUICK if args.quick else FULL
+  bench = Bench(sizes, args.quick, args.bf16, log)
+  devices = jax.devices()
+  log(f"camera-jax benchmarks ({'quick' if args.quick else 'full'}) on {jax.default_backend()}: "
+      f"{len(devices)} x {devices[0].device_kind}, {os.cpu_count()} CPU cores, load {load_before}")
+  bench.measure_peak()
+  only = set(args.only)
+  ref = None
+  if "ranker" in only:
+    for b in sizes.ranker_batches:
+      bench.ranker_step(b, "ours")
+      if b in sizes.ranker_variant_batches:
+        bench.ranker_step(b, "threefry dropout")
+        bench.ranker_step(b, "pairs path (CAMERA.__call__)")
+        if args.bf16:
+          bench.ranker_step(b, "bf16")
+  if "catalogue" in only:
+    for (nb, nc), reps in zip(sizes.catalogues, sizes.catalogue_reps):
+      out = bench.catalogue(nb, nc, reps)
+      if (nb, nc) == sizes.catalogues[0]:
+        ref = out
+    if "reference" in only and not args.quick:
+      nb, nc = sizes.catalogues[0]
+      legacy = bench.catalogue(nb, nc, sizes.op_by_op_reps, variant="pairs path (CAMERA.__call__)")
+      if ref is not None:
+        bench.results[-1]["max_abs_diff_vs_ours"] = float(np.max(np.abs(legacy["S"] - ref["S"])))
+    if args.bf16 and ref is not None:
+      bench.bf16_effect(ref, *sizes.catalogues[0])
+  if "images" in only:
+    for name in sizes.image_models:
+      for s in sizes.image_sizes:
+        bench.image_step(name, s)
+  if "input" in only:
+    with tempfile.TemporaryDirectory(prefix="camera_bench_") as tmp:
+      bench.input_pipeline(sizes.pipeline_sizes, pathlib.Path(tmp))
+  if "reference" in only:
+    for b in sizes.op_by_op_batches:
+      bench.ranker_step(b, "op by op")
+    nb, nc = sizes.catalogues[0]
+    out = bench.catalogue(nb, nc, sizes.op_by_op_reps, variant="op by op")
+    if ref is not None:
+      bench.results[-1]["max_abs_diff_vs_ours"] = float(np.max(np.abs(out["S"] - ref["S"])))
+  bench.measure_peak()   # again at the end: the peak is the best of both
+  for r in bench.results:   # shares against the final peak
+    if r.get("gflops_achieved"):
+      r["peak_share"] = r["gflops_achieved"] / bench.peak_gflops
+  import flax
+  import jaxlib
+  report = {
+      "schema": SCHEMA,
+      "meta": {
+          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "quick": bool(args.quick), "bf16": bool(args.bf16), "sections": sorted(only),
+          "backend": jax.default_backend(), "devices": [str(d) for d in devices],
+          "device_kind": devices[0].device_kind, "device_count": len(devices),
+          "cpu_count": os.cpu_count(), "platform": platform.platform(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+          "load_average_before": load_before, "load_average_after": load_average(),
+          "seconds": time.perf_counter() - t_start,
+      },
+      "model": {"psi": list(bench.cfg.psi_features), "rho": list(bench.cfg.psi_features),
+                "gamma": list(bench.cfg.gamma_features), "d_u": D_U, "top_k": TOP_K,
+                "n_concepts": N_CONCEPTS, "n_accounts": N_ACCOUNTS, "n_brands": N_BRANDS,
+                "negatives": bench.cfg.num_negatives, "dropout": bench.cfg.dropout,
+                "dropout_rng": bench.cfg.dropout_rng, "eval_chunk": bench.cfg.eval_chunk},
+      "peak": {"gflops": bench.peak_gflops, "runs": bench.extra.get("matmul_peak_runs", [])},
+      "authors": {k: {str(s): v for s, v in d.items()} for k, d in AUTHORS.items()},
+      "results": bench.results,
+  }
+  if "bf16" in bench.extra:
+    report["bf16"] = bench.extra["bf16"]
+  report["targets"] = targets(report)
+  log(f"peak {bench.peak_gflops:.0f} GFLOP/s; load {load_before} -> {load_average()}; "
+      f"{report['meta']['seconds']:.0f} s")
+  for name, t in report["targets"].items():
+    log(f"target {name}: {t}")
+  return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(argv)
+  report = run(args)
+  if args.out:
+    pathlib.Path(args.out).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n",
+                                      encoding="utf-8")
+    print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

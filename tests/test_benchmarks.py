@@ -1,0 +1,332 @@
+"""Tests of benchmarks/run.py and of the fast paths it measures (no test asserts a speed).
+
+* the quick benchmark runs and writes the documented JSON;
+* the fast paths compute the reference's numbers: ``CAMERA.score_groups`` and the catalogue
+  methods against ``CAMERA.__call__``, the grouped train step against the pair-by-pair one,
+  the pipeline's scoring (``ranker.score_pairs``, ``Run.score``, ``pipeline.rescore``) against
+  the jitted ``__call__``;
+* the hash dropout masks are Bernoulli(1 - rate) and scaled by 1 / (1 - rate);
+* no recompilation after the first step: ranker step, image step, catalogue scorer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camera_jax.models import camera
+from camera_jax.training import ranker, sharding, trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import run as bench  # noqa: E402  (after the sys.path insert)
+
+SMALL = dict(d_hidden=(16, 8), gamma=(16, 16, 8), d_score=4)
+RESULT_KEYS = {"path", "variant", "size", "unit", "items_per_call", "median_s", "min_s", "max_s",
+               "spread", "reps", "iters_per_rep", "per_rep_s", "throughput", "throughput_best",
+               "flops_authors", "flops_ours", "gflops_effective", "gflops_achieved",
+               "peak_share"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _tables(n_accounts=40, n=30, k=4, d_u=6, seed=0, masked=True) -> ranker.Tables:
+  rng = np.random.default_rng(seed)
+  w_a = rng.dirichlet(np.full(n, 0.3), size=n_accounts).astype(np.float32)
+  idx = np.argsort(-w_a, 1, kind="stable")[:, :k].astype(np.int32)
+  mask = rng.random((n_accounts, k)) > 0.3 if masked else np.ones((n_accounts, k), bool)
+  mask[:, 0] = True
+  return ranker.Tables(top_idx=idx, top_w=np.take_along_axis(w_a, idx, 1),
+                       engagement=rng.random(n_accounts).astype(np.float32),
+                       followers=rng.random(n_accounts).astype(np.float32),
+                       concepts=rng.standard_normal((n, d_u)).astype(np.float32), top_mask=mask)
+
+
+def _cfg(**kw) -> ranker.RankerConfig:
+  base = dict(psi_features=(16, 8), gamma_features=(16, 16, 8), d_score=4, eval_chunk=64)
+  return ranker.RankerConfig(**{**base, **kw})
+
+
+PAIR_PATH = ranker.RankerModel(make=ranker.make_model, inputs=ranker.pair_inputs)
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def test_quick_benchmark_writes_the_documented_json(tmp_path):
+  out = tmp_path / "bench.json"
+  proc = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", f"--out={out}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  report = json.loads(out.read_text())
+  assert report["schema"] == bench.SCHEMA
+  assert {"meta", "model", "peak", "authors", "results", "targets"} <= set(report)
+  assert report["meta"]["quick"] is True and report["peak"]["gflops"] > 0
+  paths = {r["path"] for r in report["results"]}
+  assert {"ranker_train_step", "ranker_train_step_op_by_op", "catalogue_scoring",
+          "catalogue_scoring_op_by_op", "cosmic_train_step", "input_pipeline"} <= paths
+  for r in report["results"]:
+    assert RESULT_KEYS <= set(r), (r["path"], RESULT_KEYS - set(r))
+    assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"]
+  cat = next(r for r in report["results"] if r["path"] == "catalogue_scoring")
+  assert cat["items_per_call"] == 74 * 797 and cat["rss_peak_mb"] is not None
+  assert cat["jit_cache_size"] == {"concept_parts": 1, "account_parts": 1, "pair_scores": 1}
+  ref = next(r for r in report["results"] if r["path"] == "catalogue_scoring_op_by_op")
+  assert ref["max_abs_diff_vs_ours"] < 1e-3
+  assert report["targets"]["no_recompilation"]["met"] is True
+  # the table went to stdout
+  assert "ranker_train_step" in proc.stdout and "catalogue_scoring" in proc.stdout
+
+
+def test_bad_arguments_fail_with_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, "benchmarks/run.py", "--only=nope"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nope" in proc.stderr
+
+
+def test_flop_formulas_reproduce_the_authors_figures():
+  psi, gamma = (1024, 512), (1024, 1024, 512)
+  # issue 7: forward 0.555 GFLOP at batch 8 (psi 0.040, rho 0.401, gamma 0.114); 82 GFLOP/s at
+  # 20.3 ms/step and 352 GFLOP/s at 1,692 triplets/s
+  step8 = bench.ranker_flops_authors(8, 1, psi, gamma)
+  assert step8 / 3 == pytest.approx(0.555e9, rel=1e-3)
+  assert step8 / 0.0203 / 1e9 == pytest.approx(82, rel=0.01)
+  assert bench.ranker_flops_authors(512, 1, psi, gamma) / 512 * 1692 / 1e9 == pytest.approx(352, rel=0.01)
+  ours8 = bench.ranker_flops_ours(8, 1, psi, gamma)
+  assert ours8["rho_path"] == "rows" and ours8["total"] < step8
+  assert bench.ranker_flops_ours(512, 1, psi, gamma)["rho_path"] == "table"
+  # catalogue: about 6.3 MFLOP per pair after the algebra
+  per_pair = (bench.catalogue_flops_ours(10 ** 6, 0, psi, gamma)
+              - bench.catalogue_flops_ours(0, 0, psi, gamma)) / 10 ** 6
+  assert per_pair == pytest.approx(6.3e6, rel=0.01)
+
+
+# --------------------------------------------------------------------------- fast == reference
+
+
+@pytest.mark.parametrize("scale", ["inner", "mean"])
+@pytest.mark.parametrize("rho_path", ["rows", "table"])
+def test_score_groups_and_catalogue_methods_equal_call(scale, rho_path):
+  rng = np.random.default_rng(1)
+  b, m, k, n, d = 3, 2, 4, 30, 6
+  t = _tables(n_accounts=b + b * m, n=n, k=k, d_u=d)
+  brand = np.arange(b)
+  infl = b + np.arange(b * m).reshape(b, m)
+  dev = {f.name: jnp.asarray(getattr(t, f.name)) for f in dataclasses.fields(t)}
+  grouped = ranker.group_inputs(dev, jnp.asarray(brand), jnp.asarray(infl))
+  flat = ranker.pair_inputs(dev, jnp.asarray(np.repeat(brand, m)), jnp.asarray(infl.reshape(-1)))
+  flat["ed_post"] = grouped["ed_post"] = jnp.asarray(rng.random((b, m)), jnp.float32)
+  flat["ed_post"] = flat["ed_post"].reshape(-1)
+  model = camera.CAMERA(**SMALL, rho_path=rho_path, attention_scale=scale)
+  v = model.init(jax.random.key(0), flat, dev["concepts"], deterministic=True)
+  want = model.apply(v, flat, dev["concepts"], deterministic=True)
+  got = model.apply(v, grouped, dev["concepts"], deterministic=True,
+                    method=camera.CAMERA.score_groups)
+  for key in want:
+    np.testing.assert_allclose(np.asarray(got[key]).reshape(np.shape(want[key])), want[key],
+                               rtol=1e-5, atol=1e-6)
+  assert float(jnp.max(jnp.where(grouped["brand_mask"][:, None, :], 0.0, got["w_b"]))) == 0.0
+  # catalogue: per-concept and per-account parts once, then the pairs
+  parts = model.apply(v, dev["concepts"], method=camera.CAMERA.catalogue_concepts)
+  enc_b = model.apply(v, flat["brand_idx"], flat["brand_w"], flat["brand_mask"], dev["concepts"],
+                      parts["rho"], method=camera.CAMERA.catalogue_accounts)
+  enc_m = model.apply(v, flat["inf_idx"], flat["inf_w"], flat["inf_mask"], dev["concepts"],
+                      parts["rho"], method=camera.CAMERA.catalogue_accounts)
+  got = model.apply(v, enc_b, enc_m, parts["r1"], flat, method=camera.CAMERA.catalogue_pairs)
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+  # training mode runs on both dropout generators and gives distributions
+  for rng_name in ("threefry", "hash"):
+    tr = camera.CAMERA(**SMALL, rho_path=rho_path, dropout_rng=rng_name).apply(
+        v, grouped, dev["concepts"], deterministic=False, rngs={"dropout": jax.random.key(3)},
+        method=camera.CAMERA.score_groups)
+    np.testing.assert_allclose(tr["w_m"].sum(-1), 1.0, rtol=1e-6)
+
+
+def test_catalogue_scoring_equals_the_pair_path_and_is_the_default():
+  cfg = _cfg()
+  t = _tables(n_accounts=50)
+  params = ranker.init_params(cfg, t, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(2)
+  brand = rng.integers(0, 10, 300)          # repeated accounts, 5 chunks of 64 (last padded)
+  infl = rng.integers(10, 50, 300)
+  scorer = ranker.make_score_fn(cfg)
+  assert isinstance(scorer, ranker.CatalogueScorer)
+  got = ranker.score_pairs(cfg, params, t, brand, infl)       # default score_fn: the fast path
+  want = ranker.score_pairs(cfg, params, t, brand, infl, score_fn=ranker.make_score_fn(cfg, PAIR_PATH))
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+  # the one-call form has make_score_fn's old signature and result
+  one = scorer(params, jnp.asarray(brand[:64]), jnp.asarray(infl[:64]),
+               t.device(sharding.make_mesh()))
+  np.testing.assert_allclose(one["S"], want["S"][:64], rtol=1e-5, atol=1e-6)
+  # op by op (the benchmark's reference) gives the same numbers
+  mesh = sharding.make_mesh()
+  ref = scorer.score(sharding.replicate(params, mesh), t.device(mesh), brand, infl, mesh=mesh,
+                     chunk=64, keys=("S",), jit=False)
+  np.testing.assert_allclose(ref["S"], want["S"], rtol=1e-5, atol=1e-6)
+  # bf16 matmuls: close, not equal
+  bf = ranker.score_pairs(dataclasses.replace(cfg, compute_dtype="bfloat16"), params, t, brand,
+                          infl, keys=("S",))["S"]
+  np.testing.assert_allclose(bf, want["S"], atol=0.1 * float(np.max(np.abs(want["S"]))))
+
+
+def test_pipeline_scoring_uses_the_fast_path(tiny_run, tmp_path, monkeypatch):
+  from camera_jax import pipeline
+  from camera_jax import run as run_lib
+  workdir, result = tiny_run
+  calls = []
+  real = ranker.CatalogueScorer.score
+
+  def spy(self, *a, **k):
+    calls.append(len(a[2]))
+    return real(self, *a, **k)
+
+  monkeypatch.setattr(ranker.CatalogueScorer, "score", spy)
+  metrics = pipeline.rescore(workdir, out_dir=tmp_path)
+  assert calls and calls[0] == metrics["n_test_pairs"]
+  assert metrics["methods"]["CAMERA"] == pytest.approx(result["methods"]["CAMERA"], rel=1e-5)
+  run = run_lib.load_run(workdir)
+  calls.clear()
+  brand = np.repeat(np.arange(3), 7)
+  infl = np.tile(np.arange(len(run.account_ids) - 7, len(run.account_ids)), 3)
+  got = run.score(brand, infl)
+  assert calls == [len(brand)]
+  want = ranker.score_pairs(run.ranker_config, run.params, run.tables, brand, infl,
+                            score_fn=ranker.make_score_fn(run.ranker_config, PAIR_PATH))
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_train_step_equals_the_pair_step_without_dropout():
+  cfg = _cfg(dropout=0.0, l1=1e-3, num_negatives=2)
+  t = _tables()
+  mesh = sharding.make_mesh()
+  params = ranker.init_params(cfg, t, jax.random.PRNGKey(0))
+  tx = trainer.make_optimizer(1e-2, 1.0, 10)
+  rng = np.random.default_rng(0)
+  host = {"brand": rng.integers(0, 10, 6).astype(np.int32),
+          "pos": rng.integers(10, 40, 6).astype(np.int32),
+          "neg": rng.integers(10, 40, (6, 2)).astype(np.int32), "ed_obs": np.zeros(6, np.float32)}
+  host, mask = sharding.pad_batch(host, 8)
+  host["mask"] = mask
+  outs = {}
+  for grouped in (True, False):
+    state = trainer.TrainState.create(apply_fn=None, params=jax.tree.map(jnp.array, params), tx=tx)
+    step = ranker.make_train_step(cfg, grouped=grouped)
+    for _ in range(3):
+      state, metrics = step(state, sharding.shard_batch(host, mesh), t.device(mesh),
+                            jax.random.PRNGKey(1))
+    outs[grouped] = (jax.device_get(state.params), float(metrics["loss"]))
+  assert outs[True][1] == pytest.approx(outs[False][1], rel=1e-5)
+  for a, b in zip(jax.tree.leaves(outs[True][0]), jax.tree.leaves(outs[False][0])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_guarded_update_branch_equals_select_and_skips_non_finite():
+  params = {"w": jnp.arange(4.0)}
+  tx = trainer.make_optimizer(0.1, 1.0, 1)
+  for loss in (1.0, float("nan")):
+    states = []
+    for branch in (False, True):
+      state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)
+      state, bad = trainer.guarded_update(state, {"w": jnp.ones(4)}, jnp.float32(loss),
+                                          branch=branch)
+      states.append((jax.device_get(state), int(bad)))
+    assert states[0][1] == states[1][1] == int(loss != loss)
+    for a, b in zip(jax.tree.leaves(states[0][0]), jax.tree.leaves(states[1][0])):
+      np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- hash dropout
+
+
+def test_hash_keep_mask_is_bernoulli_and_keyed():
+  m = camera.hash_keep_mask(jax.random.key(0), (400, 500), 0.4)
+  assert m.shape == (400, 500) and m.dtype == jnp.bool_
+  assert abs(float(m.mean()) - 0.4) < 0.005                      # 200k draws: sd 0.0011
+  assert abs(float(m[:, :250].mean()) - float(m[:, 250:].mean())) < 0.01
+  # neighbours are not correlated (lag-1 agreement of a Bernoulli(0.4) is 0.52)
+  same = jnp.mean((m[:, 1:] == m[:, :-1]).astype(jnp.float32))
+  assert abs(float(same) - 0.52) < 0.01
+  again = camera.hash_keep_mask(jax.random.key(0), (400, 500), 0.4)
+  other = camera.hash_keep_mask(jax.random.key(1), (400, 500), 0.4)
+  assert bool(jnp.all(again == m)) and 0.45 < float(jnp.mean(other == m)) < 0.59
+
+
+def test_hash_dropout_scales_and_is_off_when_deterministic():
+  mlp = camera.MLP((32,), rate=0.6, dropout_rng="hash")
+  x = jnp.ones((256, 64))
+  v = mlp.init(jax.random.key(0), x, deterministic=True)
+  ref = camera.MLP((32,), rate=0.0).apply(v, x, deterministic=True)
+  np.testing.assert_array_equal(mlp.apply(v, x, deterministic=True), ref)
+  # the layer's input is x * mask / 0.4: the mean of the kept-and-scaled input is 1
+  kernel = v["params"]["dense0"]["kernel"]
+  drop = mlp.apply(v, x, deterministic=False, rngs={"dropout": jax.random.key(5)})
+  assert drop.shape == ref.shape and not np.allclose(drop, ref)
+  probe = camera.MLP((1,), rate=0.6, dropout_rng="hash")
+  pv = {"params": {"dense0": {"kernel": jnp.ones((64, 1)), "bias": jnp.zeros((1,))}}}
+  out = probe.apply(pv, x, deterministic=False, rngs={"dropout": jax.random.key(6)})
+  assert float(jnp.mean(out)) == pytest.approx(64.0, rel=0.03)
+  assert kernel.shape == (64, 32)
+
+
+# --------------------------------------------------------------------------- no recompilation
+
+
+def test_no_recompilation_after_the_first_step():
+  from camera_jax.models import cosmic as cosmic_lib
+  from camera_jax.training import concepts as concepts_lib
+  mesh = sharding.make_mesh()
+  rng = np.random.default_rng(0)
+  # ranker: 4 different batches, the last one padded
+  cfg = _cfg()
+  t = _tables()
+  tx = trainer.make_optimizer(1e-3, 1.0, 10)
+  state = trainer.TrainState.create(apply_fn=None, params=ranker.init_params(cfg, t, jax.random.PRNGKey(0)), tx=tx)
+  state = sharding.replicate(state, mesh)
+  step = ranker.make_train_step(cfg)
+  dev = t.device(mesh)
+  key = sharding.replicate(jax.random.PRNGKey(1), mesh)
+  for real in (8, 8, 8, 5):
+    host = {"brand": rng.integers(0, 10, real).astype(np.int32),
+            "pos": rng.integers(10, 40, real).astype(np.int32),
+            "neg": rng.integers(10, 40, (real, 1)).astype(np.int32),
+            "ed_obs": np.zeros(real, np.float32)}
+    host, mask = sharding.pad_batch(host, 8)
+    host["mask"] = mask
+    state, _ = step(state, sharding.shard_batch(host, mesh), dev, key)
+  assert step._cache_size() == 1
+  # image step (COSMIC), the last batch padded
+  model = cosmic_lib.COSMIC(num_concepts=12, d_u=4, channels=(4, 4, 4, 4, 4), fc=8)
+  istate = sharding.replicate(concepts_lib.create_image_state(model, 24, jax.random.PRNGKey(0), tx),
+                              mesh)
+  istep, _ = concepts_lib.make_image_steps(
+      lambda out, b: cosmic_lib.cosmic_loss(out["logits"], b["target"], b["mask"]), 1e-3)
+  for real in (8, 8, 3):
+    target = rng.random((real, 12)).astype(np.float32)
+    host = {"image": rng.random((real, 24, 24, 3)).astype(np.float32),
+            "target": target / target.sum(1, keepdims=True)}
+    host, mask = sharding.pad_batch(host, 8)
+    host["mask"] = mask
+    istate, _ = istep(istate, sharding.shard_batch(host, mesh), key)
+  assert istep._cache_size() == 1
+  # catalogue scorer: several calls and chunk counts, one program per function
+  scorer = ranker.make_score_fn(cfg)
+  params = ranker.init_params(cfg, t, jax.random.PRNGKey(0))
+  for n in (200, 150, 256):
+    ranker.score_pairs(cfg, params, t, rng.integers(0, 10, n), rng.integers(10, 40, n),
+                       score_fn=scorer, keys=("S",))
+  assert scorer.concept_parts._cache_size() == 1
+  assert scorer.account_parts._cache_size() == 1
+  assert scorer.pair_scores._cache_size() == 1
