@@ -96,8 +96,10 @@ def test_two_processes_train_the_ranker_like_one_process(tiny_run, tiny_data, tm
       cfg, *_dataset_and_concepts(tiny_data, copy, cfg))["tables"]
   got = ranker.restore_params(pipeline.ranker_config(cfg), tables, copy / "checkpoints" / "ranker")
   want = ranker.restore_params(pipeline.ranker_config(cfg), tables, workdir / "checkpoints" / "ranker")
+  # Measured: at most 3.3e-4 apart. Adam moves a weight whose gradient is float noise (near 0)
+  # by up to the learning rate (1e-3) a step, whatever the noise's size.
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-3)
 
   # Only process 0 reports; its evaluation (on its local devices) matches the single process's.
   metrics = json.loads((copy / "metrics.json").read_text())

@@ -637,9 +637,13 @@ class CAMERA(nn.Module):
                                         scale=self.attention_scale)
     w = jnp.stack([w_b, w_m])                                                     # [2, P, K]
     idx = jnp.stack([brand["idx"], influencer["idx"]])
-    # eq. 8 and 9 by linearity: gamma_0(concat(e_h, e_r)) = h1 + sum_i w_i (u_i W_r)
-    pre = jnp.stack([brand["h1"], influencer["h1"]]) + jnp.sum(
-        w[..., None].astype(r1.dtype) * jnp.take(r1, idx, axis=0), axis=-2)
+    # eq. 8 and 9 by linearity: gamma_0(concat(e_h, e_r)) = h1 + sum_i w_i (u_i W_r), one
+    # gather per slot so that XLA fuses the K row gathers into the sum ([2, P, K, g_0] is never
+    # materialised: 6x faster than one gather of all slots on the development CPU)
+    pre = jnp.stack([brand["h1"], influencer["h1"]])
+    for i in range(idx.shape[-1]):
+      pre = pre + w[..., i, None].astype(r1.dtype) * r1.at[idx[..., i]].get(
+          mode="promise_in_bounds")
     e_a = self.gamma_mlp.from_first_preactivation(pre).astype(jnp.float32)
     s_con = content_score(e_a[0], e_a[1])
     s_ed, s_in = self._interaction(features, s_con.shape)

@@ -311,6 +311,22 @@ class CatalogueScorer:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def catalogue_chunk(n: int, eval_chunk: int, n_devices: int = 1) -> int:
+  """Pairs per jitted call of :meth:`CatalogueScorer.score` for ``n`` pairs.
+
+  Up to ``eval_chunk`` pairs: the next power of two (few distinct compilations for the small
+  calls of recommend/search); more: ``ceil(n / eval_chunk)`` equal chunks rounded up to a
+  multiple of 256, so the padded last chunk wastes little (74 x 797 = 58,978 pairs: 8 chunks of
+  7,424, 0.7 % padding, instead of 8 of 8,192, 11 %).
+  """
+  if n <= eval_chunk:
+    chunk = min(eval_chunk, 1 << max(0, (n - 1).bit_length()))
+  else:
+    pieces = -(-n // eval_chunk)
+    chunk = sharding.round_up(-(-n // pieces), 256)
+  return sharding.round_up(chunk, n_devices)
+
+
 def make_score_fn(cfg: RankerConfig, model: RankerModel | None = None):
   """Deterministic scoring of (brand, influencer) row pairs: dict(S, S_con, S_ed, S_in, w_b, w_m).
 
@@ -440,9 +456,8 @@ def score_pairs(cfg: RankerConfig, params: Any, tables: Tables | dict[str, jax.A
   params = sharding.replicate(params, mesh)
   n = len(brand)
   chunk = sharding.round_up(min(cfg.eval_chunk, max(n, 1)), mesh.devices.size)
-  if isinstance(score_fn, CatalogueScorer):  # power-of-two chunks: few compilations
-    chunk = sharding.round_up(min(cfg.eval_chunk, 1 << max(0, (n - 1).bit_length())),
-                              mesh.devices.size)
+  if isinstance(score_fn, CatalogueScorer):
+    chunk = catalogue_chunk(n, cfg.eval_chunk, mesh.devices.size)
     return score_fn.score(params, dev_tables, brand, influencer, mesh=mesh, chunk=chunk, keys=keys)
   out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
   for s in range(0, n, chunk):

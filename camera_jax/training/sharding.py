@@ -316,6 +316,10 @@ def to_host(tree: Any) -> Any:
   In a single process (or for replicated/addressable arrays) this is ``jax.device_get``; an
   array sharded over other processes' devices is assembled with ``process_allgather`` (every
   process must call it, with the same arrays).
+
+  >>> import numpy as np
+  >>> to_host({"x": shard_batch({"x": np.arange(2.0 * make_mesh().size)}, make_mesh())["x"]})["x"].shape[0] == 2 * jax.device_count()
+  True
   """
   def fetch(x: Any) -> Any:
     if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:

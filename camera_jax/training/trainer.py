@@ -74,9 +74,10 @@ def guarded_update(state: TrainState, grads: Any, loss: jax.Array, *, branch: bo
   reads the flag's epoch sum and stops the run with ``NonFiniteError`` before checkpointing.
 
   ``branch=True`` skips with ``lax.cond`` instead of selecting between the new and the old
-  state: on one device the same bits, but a select keeps both states alive, so XLA copies every
-  donated buffer each step (measured in benchmarks/: the ranker's step at batch 8 spent more
-  time in those copies than in its matmuls). Across devices the two forms round differently.
+  state: the same update, but a select keeps both states alive, so XLA copies every donated
+  buffer each step (measured in benchmarks/: the ranker's step at batch 8 spent more time in
+  those copies than in its matmuls). The two forms compile to different fusions, so results
+  may differ in the last bit (bit-equal in the jitted single-device steps checked).
   """
   ok = jnp.logical_and(jnp.isfinite(loss), all_finite(grads))
   if branch:
