@@ -87,7 +87,7 @@ FULL = Sizes(
     ranker_batches=(8, 64, 512, 4096), ranker_variant_batches=(8, 512), op_by_op_batches=(8, 64),
     catalogues=((74, 797), (360, 3748), (360, 7496)), image_sizes=(64, 224),
     image_models=("cosmic", "concept_generator"), pipeline_sizes=(64, 224), reps=7,
-    rep_seconds=0.4, catalogue_reps=(5, 2, 1), op_by_op_reps=3, op_by_op_catalogue=(74, 797))
+    rep_seconds=0.4, catalogue_reps=(5, 1, 1), op_by_op_reps=3, op_by_op_catalogue=(74, 797))
 QUICK = Sizes(
     ranker_batches=(8,), ranker_variant_batches=(), op_by_op_batches=(8,),
     catalogues=((74, 797),), image_sizes=(64,), image_models=("cosmic",), pipeline_sizes=(64,),
@@ -202,6 +202,28 @@ def cnn_train_flops(image_size: int, channels: Sequence[int], pools: Sequence[in
 # ----------------------------------------------------------------------------------------------
 
 
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_compile_seconds = [0.0]
+
+
+def _on_duration(name: str, seconds: float, **_: Any) -> None:
+  if name in _COMPILE_EVENTS:
+    _compile_seconds[0] += seconds
+
+
+def watch_compilation() -> None:
+  """Sums JAX's tracing, lowering and XLA compile durations (jax.monitoring) from now on."""
+  import jax
+  jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+def compile_seconds() -> float:
+  """Tracing + lowering + XLA compilation seconds so far (see watch_compilation)."""
+  return _compile_seconds[0]
+
+
 def load_average() -> list[float] | None:
   try:
     return [round(x, 2) for x in os.getloadavg()]
@@ -258,9 +280,10 @@ def timed(run: Callable[[int], Any], sync: Callable[[Any], Any], reps: int,
   sizes a repetition to about ``rep_seconds``; then ``reps`` repetitions of ``iters`` calls,
   each ended by one ``sync`` (no host sync between the calls of a repetition).
   """
-  t0 = time.perf_counter()
+  c0, t0 = compile_seconds(), time.perf_counter()
   sync(run(0))
   first = time.perf_counter() - t0
+  compiling = compile_seconds() - c0
   t0 = time.perf_counter()
   sync(run(1))
   warm = time.perf_counter() - t0
@@ -275,10 +298,11 @@ def timed(run: Callable[[int], Any], sync: Callable[[Any], Any], reps: int,
       k += 1
     sync(out)
     per.append((time.perf_counter() - t0) / iters)
-  return summarize(per, first, iters)
+  return summarize(per, first, iters, compiling)
 
 
-def summarize(per: list[float], first: float | None, iters: int) -> dict[str, Any]:
+def summarize(per: list[float], first: float | None, iters: int,
+              compiling: float | None = None) -> dict[str, Any]:
   med = float(np.median(per))
   out = {
       "median_s": med, "min_s": float(np.min(per)), "max_s": float(np.max(per)),
@@ -287,7 +311,8 @@ def summarize(per: list[float], first: float | None, iters: int) -> dict[str, An
   }
   if first is not None:
     out["first_call_s"] = float(first)
-    out["compile_s"] = float(max(first - med, 0.0))
+  if compiling is not None:
+    out["compile_s"] = float(compiling)
   return out
 
 
@@ -528,9 +553,10 @@ class Bench:
       scorer = ranker.make_score_fn(cfg)
       call = lambda: ranker.score_pairs(cfg, params, dev, b, m, mesh=self.mesh,  # noqa: E731
                                         score_fn=scorer, keys=keys)
-    t0 = time.perf_counter()
+    c0, t0 = compile_seconds(), time.perf_counter()
     out = call()
     first = time.perf_counter() - t0
+    compiling = compile_seconds() - c0
     per = []
     mem = None
     for i in range(reps):
@@ -540,7 +566,7 @@ class Bench:
         per.append(time.perf_counter() - t0)
       if i == 0:
         mem = pm
-    t = summarize(per, first, 1)
+    t = summarize(per, first, 1, compiling)
     pairs = len(b)
     n_acc = n_brands + n_candidates
     extra = {"rss_before_mb": mem.base_mb, "rss_peak_mb": mem.peak_mb,
@@ -724,6 +750,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
   t_start = time.perf_counter()
   load_before = load_average()
   import jax
+  watch_compilation()
   sizes = QUICK if args.quick else FULL
   bench = Bench(sizes, args.quick, args.bf16, log)
   devices = jax.devices()

@@ -208,8 +208,9 @@ def test_pipeline_scoring_uses_the_fast_path(tiny_run, tmp_path, monkeypatch):
     np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
 
 
-def test_grouped_train_step_equals_the_pair_step_without_dropout():
-  cfg = _cfg(dropout=0.0, l1=1e-3, num_negatives=2)
+@pytest.mark.parametrize("endorsement", ["mean", "observed"])
+def test_grouped_train_step_equals_the_pair_step_without_dropout(endorsement):
+  cfg = _cfg(dropout=0.0, l1=1e-3, num_negatives=2, endorsement=endorsement)
   t = _tables()
   mesh = sharding.make_mesh()
   params = ranker.init_params(cfg, t, jax.random.PRNGKey(0))
@@ -217,7 +218,8 @@ def test_grouped_train_step_equals_the_pair_step_without_dropout():
   rng = np.random.default_rng(0)
   host = {"brand": rng.integers(0, 10, 6).astype(np.int32),
           "pos": rng.integers(10, 40, 6).astype(np.int32),
-          "neg": rng.integers(10, 40, (6, 2)).astype(np.int32), "ed_obs": np.zeros(6, np.float32)}
+          "neg": rng.integers(10, 40, (6, 2)).astype(np.int32),
+          "ed_obs": rng.random(6).astype(np.float32)}
   host, mask = sharding.pad_batch(host, 8)
   host["mask"] = mask
   outs = {}
