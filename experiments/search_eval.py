@@ -1,0 +1,36 @@
+r"""How often keyword search returns the queried category, next to the paper's two baselines.
+
+  python experiments/search_eval.py --workdir=runs/tiny [--top_k=5] [--out=search_eval.json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "a finished run", required=True)
+_TOP_K = flags.DEFINE_integer("top_k", 5, "results per query")
+_OUT = flags.DEFINE_string("out", "", "optional JSON output path")
+
+
+def main(argv) -> int:
+  del argv
+  from camera_jax import run as run_lib
+  from camera_jax.explain import search_eval
+  try:
+    run = run_lib.load_run(_WORKDIR.value)
+  except (FileNotFoundError, run_lib.RunError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  result = search_eval.evaluate_search(run, top_k=_TOP_K.value)
+  print(search_eval.format_summary(result))
+  if _OUT.value:
+    with open(_OUT.value, "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))
