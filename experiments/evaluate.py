@@ -23,16 +23,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app, flags  # noqa: E402
 
+import _cli  # noqa: E402
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory of a finished run")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "dataset whose test pairs to score (default: the run's)")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "where to write metrics.json and scores.csv (default: --workdir)")
-
-
-def _one_line(text: str) -> str:
-  lines = [x for x in str(text).splitlines() if x.strip()]
-  if len(lines) <= 1:
-    return lines[0] if lines else ""
-  return f"{lines[0]} (and {len(lines) - 1} more problem(s))"
 
 
 def main(argv) -> int:
@@ -56,10 +51,10 @@ def main(argv) -> int:
   try:
     result = pipeline.rescore(workdir, _DATA_DIR.value or None, _OUT_DIR.value or None)
   except DatasetError as e:
-    print(_one_line("\n".join(e.errors)), file=sys.stderr)
+    print(_cli.one_line("\n".join(e.errors)), file=sys.stderr)
     return 1
   except (FileNotFoundError, run_lib.RunError) as e:
-    print(_one_line(str(e)), file=sys.stderr)
+    print(_cli.one_line(str(e)), file=sys.stderr)
     return 1
   out = pathlib.Path(_OUT_DIR.value or workdir)
   print(pipeline.format_table(result))

@@ -12,9 +12,14 @@ Errors print one line to stderr and exit with status 1.
 from __future__ import annotations
 
 import pathlib
+import os
 import sys
 
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app, flags  # noqa: E402
+
+import _cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory of a finished run")
 _BRAND = flags.DEFINE_string("brand", None, "brand id of the run's dataset")
@@ -22,13 +27,6 @@ _BRAND_DIR = flags.DEFINE_string("brand_dir", None, "folder of a new brand (post
 _TOP_K = flags.DEFINE_integer("top_k", 10, "number of influencers (0: all candidates)")
 _FORMAT = flags.DEFINE_enum("format", "table", ["table", "json", "csv"], "output format")
 _CANDIDATES = flags.DEFINE_list("candidates", None, "influencer ids to rank (default: the split's candidates)")
-
-
-def _one_line(text: str) -> str:
-  lines = [x for x in str(text).splitlines() if x.strip()]
-  if len(lines) <= 1:
-    return lines[0] if lines else ""
-  return f"{lines[0]} (and {len(lines) - 1} more problem(s))"
 
 
 def main(argv) -> int:
@@ -54,10 +52,10 @@ def main(argv) -> int:
       rows = rec.recommend(run, _BRAND.value, top_k=_TOP_K.value, candidates=_CANDIDATES.value)
       brand, new = _BRAND.value, False
   except DatasetError as e:
-    print(_one_line("\n".join(e.errors)), file=sys.stderr)
+    print(_cli.one_line("\n".join(e.errors)), file=sys.stderr)
     return 1
   except (rec.UnknownNameError, FileNotFoundError, ValueError) as e:
-    print(_one_line(str(e)), file=sys.stderr)
+    print(_cli.one_line(str(e)), file=sys.stderr)
     return 1
   accounts = {a.id: a for a in run.dataset.accounts}
   if brand in accounts:

@@ -23,7 +23,6 @@ from absl import logging
 from camera_jax.data import input_pipeline
 from camera_jax.models import concept_generator as cg_lib
 from camera_jax.models import cosmic as cosmic_lib
-from camera_jax.training import checkpoint as ckpt_lib
 from camera_jax.training import sharding
 from camera_jax.training import trainer
 
@@ -96,13 +95,7 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
   key = jax.random.PRNGKey(cfg.seed)
   init_key, step_key = jax.random.split(key)
   state = create_image_state(model, cfg.image_size, init_key, tx)
-  start_epoch = 0
-  checkpointer = ckpt_lib.Checkpointer(ckpt_dir) if ckpt_dir is not None else None
-  if checkpointer is not None and checkpointer.latest_step() is not None:
-    state, meta = checkpointer.restore(target=state)
-    start_epoch = int(meta["epoch"])
-    logging.info("%s: resumed from epoch %d", stage, start_epoch)
-  log.truncate_stage(stage, start_epoch)
+  checkpointer, state, start_epoch = trainer.resume(stage, state, ckpt_dir, log)
   state = sharding.replicate(state, mesh)
   step_key = sharding.replicate(step_key, mesh)
   train_step, _ = make_image_steps(loss_fn, cfg.l1)

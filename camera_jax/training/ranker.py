@@ -387,13 +387,7 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
   init_key, step_key = jax.random.split(key)
   params = init_params(cfg, tables, init_key, model)
   state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)
-  start_epoch = 0
-  checkpointer = ckpt_lib.Checkpointer(ckpt_dir) if ckpt_dir is not None else None
-  if checkpointer is not None and checkpointer.latest_step() is not None:
-    state, meta = checkpointer.restore(target=state)
-    start_epoch = int(meta["epoch"])
-    logging.info("%s: resumed from epoch %d", stage, start_epoch)
-  log.truncate_stage(stage, start_epoch)
+  checkpointer, state, start_epoch = trainer.resume(stage, state, ckpt_dir, log)
   state = sharding.replicate(state, mesh)
   dev_tables = tables.device(mesh)
   step_key = sharding.replicate(step_key, mesh)

@@ -140,6 +140,24 @@ class TrainLog:
     self.path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
 
 
+def resume(stage: str, state: TrainState, ckpt_dir, log: "TrainLog"):
+  """Restores the latest checkpoint of a stage, if any: returns (checkpointer, state, start epoch).
+
+  The stage's train-log records after the restored epoch are dropped (the resumed run rewrites
+  them).  ``ckpt_dir=None`` trains without checkpoints.
+  """
+  from absl import logging
+  from camera_jax.training import checkpoint as ckpt_lib
+  start_epoch = 0
+  checkpointer = ckpt_lib.Checkpointer(ckpt_dir) if ckpt_dir is not None else None
+  if checkpointer is not None and checkpointer.latest_step() is not None:
+    state, meta = checkpointer.restore(target=state)
+    start_epoch = int(meta["epoch"])
+    logging.info("%s: resumed from epoch %d", stage, start_epoch)
+  log.truncate_stage(stage, start_epoch)
+  return checkpointer, state, start_epoch
+
+
 def host_sums(acc: dict[str, jax.Array] | None) -> dict[str, float]:
   """Fetches accumulated on-device sums (one host sync per epoch)."""
   if acc is None:
