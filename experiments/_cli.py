@@ -9,3 +9,30 @@ def one_line(text: str) -> str:
   if len(lines) <= 1:
     return lines[0] if lines else ""
   return f"{lines[0]} (and {len(lines) - 1} more problem(s))"
+
+
+def run_workdir(value: str | None):
+  """The ``--workdir`` of a finished run as a path; ValueError / FileNotFoundError when unusable."""
+  import pathlib
+
+  if not value:
+    raise ValueError("--workdir is required")
+  workdir = pathlib.Path(value)
+  if not workdir.is_dir():
+    raise FileNotFoundError(f"{workdir}: work directory does not exist")
+  return workdir
+
+
+def open_run(value: str | None):
+  """``camera_jax.run.load_run`` on a checked ``--workdir`` (errors as :func:`run_workdir`)."""
+  from camera_jax import run as run_lib
+
+  return run_lib.load_run(run_workdir(value))
+
+
+def error_line(e: BaseException) -> str:
+  """The one line printed for an error of a main: a dataset's first problems, or the message."""
+  errors = getattr(e, "errors", None)
+  if errors:
+    return one_line("\n".join(errors))
+  return one_line(str(e)) or type(e).__name__

@@ -11,7 +11,6 @@ Errors print one line to stderr and exit with status 1.
 
 from __future__ import annotations
 
-import pathlib
 import os
 import sys
 
@@ -39,23 +38,15 @@ def main(argv) -> int:
       raise ValueError("--workdir is required")
     if bool(_BRAND.value) == bool(_BRAND_DIR.value):
       raise ValueError("give exactly one of --brand=ID and --brand_dir=DIR")
-    workdir = pathlib.Path(_WORKDIR.value)
-    if not workdir.is_dir():
-      raise FileNotFoundError(f"{workdir}: work directory does not exist")
-    from camera_jax import run as run_lib
-
-    run = run_lib.load_run(workdir)
+    run = _cli.open_run(_WORKDIR.value)
     if _BRAND_DIR.value:
       rows = rec.recommend_new_brand(run, _BRAND_DIR.value, top_k=_TOP_K.value, candidates=_CANDIDATES.value)
       brand, new = (rows[0]["brand"] if rows else None), True
     else:
       rows = rec.recommend(run, _BRAND.value, top_k=_TOP_K.value, candidates=_CANDIDATES.value)
       brand, new = _BRAND.value, False
-  except DatasetError as e:
-    print(_cli.one_line("\n".join(e.errors)), file=sys.stderr)
-    return 1
-  except (rec.UnknownNameError, FileNotFoundError, ValueError) as e:
-    print(_cli.one_line(str(e)), file=sys.stderr)
+  except (DatasetError, rec.UnknownNameError, FileNotFoundError, ValueError) as e:
+    print(_cli.error_line(e), file=sys.stderr)
     return 1
   accounts = {a.id: a for a in run.dataset.accounts}
   if brand in accounts:

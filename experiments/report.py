@@ -8,10 +8,14 @@ see camera_jax/explain/report.py) and prints its path. Errors print one line and
 
 from __future__ import annotations
 
-import pathlib
+import os
 import sys
 
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app, flags  # noqa: E402
+
+import _cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory of a finished run")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "output folder (default: WORKDIR/report)")
@@ -25,19 +29,10 @@ def main(argv) -> int:
   from camera_jax.explain import report
 
   try:
-    if not _WORKDIR.value:
-      raise ValueError("--workdir is required")
-    workdir = pathlib.Path(_WORKDIR.value)
-    if not workdir.is_dir():
-      raise FileNotFoundError(f"{workdir}: work directory does not exist")
-    from camera_jax import run as run_lib
-
-    path = report.write_report(run_lib.load_run(workdir), _OUT_DIR.value, n_cases=_N_CASES.value, seed=_SEED.value)
-  except DatasetError as e:
-    print(e.errors[0] if e.errors else "invalid dataset", file=sys.stderr)
-    return 1
-  except (FileNotFoundError, ValueError) as e:
-    print(str(e).splitlines()[0] if str(e) else type(e).__name__, file=sys.stderr)
+    path = report.write_report(_cli.open_run(_WORKDIR.value), _OUT_DIR.value,
+                               n_cases=_N_CASES.value, seed=_SEED.value)
+  except (DatasetError, FileNotFoundError, ValueError) as e:
+    print(_cli.error_line(e), file=sys.stderr)
     return 1
   print(path)
   return 0

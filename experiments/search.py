@@ -13,10 +13,14 @@ camera_jax/explain/search.py and docs/interpretability.md. Errors print one line
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 import sys
 
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app, flags  # noqa: E402
+
+import _cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory of a finished run")
 _KEYWORDS = flags.DEFINE_list("keywords", None, "comma-separated keywords")
@@ -51,14 +55,7 @@ def main(argv) -> int:
   from camera_jax.explain import search
 
   try:
-    if not _WORKDIR.value:
-      raise ValueError("--workdir is required")
-    workdir = pathlib.Path(_WORKDIR.value)
-    if not workdir.is_dir():
-      raise FileNotFoundError(f"{workdir}: work directory does not exist")
-    from camera_jax import run as run_lib
-
-    run = run_lib.load_run(workdir)
+    run = _cli.open_run(_WORKDIR.value)
     influencers = [a for a in run.dataset.accounts if a.kind == "influencer" and a.id in run.account_index]
     ids = [a.id for a in influencers]
     w_a = run.w_a[[run.account_index[i] for i in ids]]
@@ -66,11 +63,8 @@ def main(argv) -> int:
     results = search.keyword_search(
         _KEYWORDS.value or [], embedder=run.embedder, concept_names=run.concepts, w_a=w_a,
         influencer_ids=ids, top_k=_TOP_K.value, top_concepts=_TOP_CONCEPTS.value, categories=categories)
-  except DatasetError as e:
-    print(e.errors[0] if e.errors else "invalid dataset", file=sys.stderr)
-    return 1
-  except (FileNotFoundError, ValueError) as e:
-    print(str(e).splitlines()[0] if str(e) else type(e).__name__, file=sys.stderr)
+  except (DatasetError, FileNotFoundError, ValueError) as e:
+    print(_cli.error_line(e), file=sys.stderr)
     return 1
 
   doc = {"keywords": results[0]["keywords"], "fallback": results[0]["fallback"], "camera": results}

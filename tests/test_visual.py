@@ -100,3 +100,33 @@ def test_padding_rows_do_not_change_batch_statistics():
   _, stats_unmasked = enc.apply(variables, padded, train=True, mutable=["batch_stats"])
   assert not all(np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(stats_real),
                                                     jax.tree_util.tree_leaves(stats_unmasked)))
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 5, 4), (6, 7)])
+def test_row_masked_batchnorm_equals_flax_batchnorm(shape):
+  """Same outputs, same running statistics and same parameter tree as nn.BatchNorm(mask=...)."""
+  x = jax.random.normal(jax.random.PRNGKey(3), shape) * 3.0 + 1.5
+  mask = jnp.array([True, False, True, True, False, True])
+  ours = visual.RowMaskedBatchNorm(momentum=0.9, epsilon=1e-3)
+  ref = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-3)
+  v_ours = ours.init(jax.random.PRNGKey(0), x, train=False)
+  v_ref = ref.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.structure(v_ours) == jax.tree.structure(v_ref)
+  params = {"scale": jnp.linspace(0.5, 2.0, shape[-1]), "bias": jnp.linspace(-1, 1, shape[-1])}
+  for m in (mask, None):
+    full = None if m is None else jnp.broadcast_to(m.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
+    y, s = ours.apply({"params": params, "batch_stats": v_ours["batch_stats"]}, x, train=True,
+                      mask=m, mutable=["batch_stats"])
+    y_ref, s_ref = ref.apply({"params": params, "batch_stats": v_ref["batch_stats"]}, x,
+                             mask=full, mutable=["batch_stats"])
+    keep = np.ones(shape[0], bool) if m is None else np.asarray(m)
+    np.testing.assert_allclose(np.asarray(y)[keep], np.asarray(y_ref)[keep], rtol=1e-5, atol=1e-5)
+    for key in ("mean", "var"):
+      np.testing.assert_allclose(s["batch_stats"][key], s_ref["batch_stats"][key], rtol=1e-5)
+    # by hand: the statistics of the kept rows only
+    flat = np.asarray(x)[keep].reshape(-1, shape[-1])
+    np.testing.assert_allclose(s["batch_stats"]["mean"], 0.1 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(s["batch_stats"]["var"], 0.9 + 0.1 * flat.var(0), rtol=1e-5)
+  y_eval = ours.apply({"params": params, "batch_stats": v_ours["batch_stats"]}, x, train=False)
+  np.testing.assert_allclose(y_eval, x / np.sqrt(1 + 1e-3) * params["scale"] + params["bias"],
+                             rtol=1e-5, atol=1e-5)

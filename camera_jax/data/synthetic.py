@@ -34,7 +34,8 @@ image of side ``S`` is a background tinted by the account's category (a muted ca
 a random linear gradient); each of the post's concepts is pasted as an opaque tile of side about
 ``S / 4`` (nearest-neighbour upscaling of the glyph, random scale 0.8-1.2) into its own randomly
 chosen cell of a 3x3 grid, with random jitter inside the cell (so tiles never overlap); finally
-Gaussian pixel noise (sigma 7) is added. Posts are JPEG (quality 92), labeled posts are PNG.
+Gaussian pixel noise (sigma 7) is added. Posts are JPEG (quality 95, no chroma subsampling:
+the glyphs' colour cells survive), labeled posts are PNG.
 
 *Accounts.* Each account has a category (brands: an equal number per category; influencers:
 balanced over the categories in random order) and a concept-interest distribution ``theta`` over
@@ -135,7 +136,11 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MANIFEST = "synthetic.json"
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2
+"""2: post JPEGs keep full-resolution colour (4:4:4, quality 95); version 1 saved them with
+Pillow's default 4:2:0 chroma subsampling, which smeared the 2-pixel colour cells of the
+concept glyphs at 64 px: a concept generator trained on the (PNG) labeled posts then reached
+micro-F1 0.19 on the posts against 0.85 on labeled images (small preset, seed 0)."""
 
 CATEGORIES: tuple[str, ...] = (
     "Airline", "Auto", "Clothes", "Drink", "Electronics", "Entertainment",
@@ -552,7 +557,7 @@ def _render_job(job: tuple[int, int, list[str], list[tuple[int, ...]], list[str]
             made.add(d)
         img = Image.fromarray(renderer.render(cs, cat, rng))
         if fmt == "JPEG":
-            img.save(path, format="JPEG", quality=92)
+            img.save(path, format="JPEG", quality=95, subsampling=0)
         else:
             img.save(path, format="PNG", compress_level=6)
     return len(paths)

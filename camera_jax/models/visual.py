@@ -55,6 +55,53 @@ def max_pool(x: jax.Array, window: int) -> jax.Array:
   return jnp.max(x, axis=(2, 4))
 
 
+class RowMaskedBatchNorm(nn.Module):
+  """BatchNorm over every axis but the last, with a per-row (batch) mask on its statistics.
+
+  Same parameters (``scale``, ``bias``), statistics (``batch_stats``: ``mean``, ``var``),
+  momentum rule and formulas as ``nn.BatchNorm`` (biased batch variance by E[x^2] - E[x]^2,
+  clipped at 0), so checkpoints of either load in the other. The mask is one bool per row
+  (padding rows of a last partial batch are False and never bias the statistics). Where
+  ``nn.BatchNorm(mask=...)`` needs the mask broadcast to the activation's full shape and reduces
+  with ``where=``, this weights the row sums, which XLA fuses into the reductions: the COSMIC
+  train step at 64 px, batch 32, ran 27% faster with it (109 -> 138 images/s side by side on
+  the 2-core CPU, benchmarks/README.md).
+  """
+
+  momentum: float = 0.99
+  epsilon: float = 1e-3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
+    """Normalises ``x`` [B, ..., C]; ``mask`` is bool [B] or None (every row counts)."""
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    if not train:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      xf = x.astype(jnp.float32)
+      axes = tuple(range(x.ndim - 1))
+      per_row = 1
+      for d in x.shape[1:-1]:
+        per_row *= d
+      if mask is None:
+        mean, mean_sq = jnp.mean(xf, axes), jnp.mean(xf * xf, axes)
+      else:
+        m = jnp.asarray(mask, jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+        n = jnp.maximum(jnp.sum(m), 1.0) * per_row
+        mean, mean_sq = jnp.sum(xf * m, axes) / n, jnp.sum(xf * xf * m, axes) / n
+      var = jnp.maximum(mean_sq - mean * mean, 0.0)
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var
+    inv = jax.lax.rsqrt(var + self.epsilon) * scale
+    return (x * inv.astype(self.dtype) + (bias - mean * inv).astype(self.dtype)).astype(self.dtype)
+
+
 def output_side(side: int, pools: Sequence[int]) -> int:
   """Spatial side of the last feature map for an input of ``side`` pixels ('SAME' convs)."""
   for p in pools:
@@ -102,16 +149,12 @@ class VisualEncoder(nn.Module):
     for i, (ch, pool) in enumerate(zip(self.channels, self.pools)):
       x = nn.Conv(ch, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
                   name=f"conv{i + 1}")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, dtype=self.dtype, name=f"bn{i + 1}")(
-                           x, mask=None if row_mask is None else
-                           jnp.broadcast_to(row_mask[:, None, None, None], x.shape))
+      x = RowMaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
+                             name=f"bn{i + 1}")(x, train=train, mask=row_mask)
       x = nn.relu(x)
       x = max_pool(x, pool)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.fc, use_bias=False, dtype=self.dtype, name="fc")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=self.bn_epsilon, dtype=self.dtype, name="bn_fc")(
-                         x, mask=None if row_mask is None else
-                         jnp.broadcast_to(row_mask[:, None], x.shape))
+    x = RowMaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype, name="bn_fc")(
+        x, train=train, mask=row_mask)
     return nn.leaky_relu(x, negative_slope=LEAKY_SLOPE)
