@@ -7,10 +7,18 @@ small layer sizes and few epochs so that the default test run covers the whole m
 from __future__ import annotations
 
 import pathlib
+import socket
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on now (for jax.distributed coordinators)."""
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def tiny_config(data_dir: str, **overrides):

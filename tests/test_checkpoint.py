@@ -18,6 +18,7 @@ import pytest
 from flax.training import train_state
 
 from camera_jax.training.checkpoint import Checkpointer
+from conftest import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -256,13 +257,9 @@ jax.distributed.shutdown()
 
 
 def test_two_processes_save_and_restore_a_sharded_state(tmp_path: pathlib.Path) -> None:
-    import socket
-
     from camera_jax.training.sharding import force_host_devices
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**force_host_devices(2), "JAX_PLATFORMS": "cpu"}
     procs = [
         subprocess.Popen(

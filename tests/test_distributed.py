@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -20,13 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config
-
-
-def _free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+from conftest import REPO, free_port, tiny_config
 
 
 def _losses(path, stage):
@@ -51,7 +44,7 @@ def test_two_processes_train_the_ranker_like_one_process(tiny_run, tiny_data, tm
   for stage in ("concept_generator", "cosmic"):
     shutil.copytree(workdir / "checkpoints" / stage, copy / "checkpoints" / stage)
   try:
-    port = _free_port()
+    port = free_port()
   except OSError as err:  # pragma: no cover - sandboxes without loopback
     pytest.skip(f"cannot bind a local port: {err}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import pytest
 from jax.sharding import AxisType
 
 from camera_jax.training import sharding as sh
+from conftest import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -209,15 +209,9 @@ jax.distributed.shutdown()
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_with_gloo_assemble_a_global_batch() -> None:
     try:
-        port = _free_port()
+        port = free_port()
     except OSError as err:  # pragma: no cover - sandboxes without loopback
         pytest.skip(f"cannot bind a local port: {err}")
     env = {**sh.force_host_devices(2), "JAX_PLATFORMS": "cpu"}
