@@ -215,6 +215,12 @@ def test_existing_directory_rules(tmp_path):
         synthetic.generate(out, preset=MICRO, seed=1)
     with pytest.raises(FileExistsError):
         synthetic.generate(out, preset=MICRO, seed=0, image_size=32)
+    # A dataset of an older generator version is refused with a message naming the versions.
+    manifest = json.loads((out / "synthetic.json").read_text())
+    (out / "synthetic.json").write_text(json.dumps({**manifest, "generator_version": 1}))
+    with pytest.raises(FileExistsError, match="generator version 1, this is version 2"):
+        synthetic.generate(out, preset=MICRO, seed=0)
+    (out / "synthetic.json").write_text(json.dumps(manifest))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")

@@ -822,11 +822,18 @@ def _manifest(preset: Preset, seed: int, image_size: int) -> dict[str, Any]:
     }
 
 
-def _matching_dataset(out: pathlib.Path, expected: dict[str, Any]) -> bool:
+def _read_manifest(out: pathlib.Path) -> dict[str, Any] | None:
     try:
         with open(out / MANIFEST, encoding="utf-8") as f:
             found = json.load(f)
     except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _matching_dataset(out: pathlib.Path, expected: dict[str, Any]) -> bool:
+    found = _read_manifest(out)
+    if found is None:
         return False
     # Tuples became lists in the JSON; compare through a JSON round trip.
     return found == json.loads(json.dumps(expected))
@@ -952,6 +959,12 @@ def generate(out_dir: str | os.PathLike[str], preset: str | Preset = "tiny", see
     expected = _manifest(p, seed, image_size)
 
     def refuse() -> FileExistsError:
+        found = _read_manifest(out)
+        if found is not None and found.get("generator_version") != _GENERATOR_VERSION:
+            return FileExistsError(
+                f"{out} holds a dataset of synthetic generator version "
+                f"{found.get('generator_version')}, this is version {_GENERATOR_VERSION}; "
+                "remove it (or the work directory) to regenerate it")
         return FileExistsError(
             f"{out} exists and is not empty (and is not a completed synthetic dataset with "
             f"preset={p.name}, seed={seed}, image_size={image_size}); remove it or choose another "
