@@ -524,6 +524,24 @@ class Bench:
       r["vs_authors"] = r["throughput"] / authors
     self.add(r)
 
+  # -- the metrics of a test catalogue ----------------------------------------------------------
+
+  def metrics(self, n_brands: int, n_candidates: int, positives_per_brand: float = 11.5) -> None:
+    """``camera_jax.metrics.evaluate`` on a catalogue in long format (string ids, categories)."""
+    from camera_jax import metrics as metrics_lib
+    rng = np.random.default_rng(0)
+    brands = np.repeat(np.array([f"brand_{i:03d}" for i in range(n_brands)]), n_candidates)
+    infl = np.tile(np.array([f"influencer_{j:05d}" for j in range(n_candidates)]), n_brands)
+    cats = np.tile(rng.integers(0, 12, n_candidates).astype(str), n_brands)
+    labels = (rng.random(len(brands)) < positives_per_brand / n_candidates).astype(np.int8)
+    scores = rng.standard_normal(len(brands)).astype(np.float32)
+    t = timed(lambda i: metrics_lib.evaluate(brands, infl, scores, labels,
+                                              influencer_category=cats),
+              lambda x: x, self.sizes.reps, self.sizes.rep_seconds, max_iters=50)
+    self.add(row("metrics_evaluate", "numpy", f"{n_brands} x {n_candidates}", "pairs/s",
+                 len(brands), t, None, None, self.peak_gflops,
+                 n_positives=int(labels.sum())))
+
   # -- 3 and 5: catalogue scoring --------------------------------------------------------------
 
   def catalogue(self, n_brands: int, n_candidates: int, reps: int, variant: str = "ours",
@@ -768,6 +786,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         if args.bf16:
           bench.ranker_step(b, "bf16")
   if "catalogue" in only:
+    bench.metrics(*sizes.catalogues[0])
     for (nb, nc), reps in zip(sizes.catalogues, sizes.catalogue_reps):
       out = bench.catalogue(nb, nc, reps)
       if (nb, nc) == sizes.catalogues[0]:

@@ -211,7 +211,9 @@ def hp_account_features(cfg: Config, dataset: format_lib.Dataset, data_dir: path
                               len(dataset.concepts), mesh)
   acc = dataset.account_index()
   post_account = np.array([acc[p.account] for p in dataset.posts], np.int64)
-  return hp_lib.account_features(t, has_text, v2, post_account, len(dataset.accounts))
+  keep = pipeline.history_mask(cfg, dataset)  # the posts of CAMERA's w_a
+  return hp_lib.account_features(t[keep], has_text[keep], v2[keep], post_account[keep],
+                                 len(dataset.accounts))
 
 
 def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path) -> dict[str, Any]:
@@ -228,7 +230,7 @@ def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path) -> d
   else:
     x_a = hp_account_features(cfg, dataset, data_dir, camera_dir, mesh)
     pipeline.save_npy(feat_path, x_a)
-  feats = pipeline.account_features(dataset)
+  feats = pipeline.account_features(dataset, cfg)
   tables = hp_lib.HpTables(features=x_a.astype(np.float32), engagement=feats["engagement_scaled"],
                            followers=feats["followers_scaled"])
   positives, ed_obs = pipeline.training_positives(dataset, feats)
@@ -324,7 +326,7 @@ def collect_seed(cfg: Config, seed_dir: str | os.PathLike, methods: Sequence[str
   names = [m for m in BASELINE_METHODS if m in methods]
   if names:
     w_a = np.load(camera_dir / "concepts" / "w_a.npy")
-    feats = pipeline.baseline_features(pipeline.account_features(dataset), w_a)
+    feats = pipeline.baseline_features(pipeline.account_features(dataset, cfg), w_a)
     rng = np.random.default_rng(cfg.seed)  # as pipeline.evaluate_run: one generator, RAND first
     for name in names:
       scores[name] = np.asarray(baselines_lib.score_baseline(
@@ -422,7 +424,8 @@ def run_paper_tables(cfg: Config, workdir: str | os.PathLike, seeds: Sequence[in
     res["seed"] = seed
     pipeline.atomic_write_text(seed_dir / "results.json", json.dumps(res, indent=1, sort_keys=True))
     per_seed[seed] = res
+  # A fixed --data_dir: every seed tests the same brands (cluster bootstrap by brand id).
   written = tables_lib.write_all(workdir, per_seed, methods=methods, n_resamples=n_resamples,
-                                 alpha=alpha)
+                                 alpha=alpha, same_brands_across_seeds=bool(cfg.data_dir))
   written["seconds"] = seconds
   return written

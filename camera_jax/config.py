@@ -72,6 +72,7 @@ class Config:
   num_negatives: int = 1             # sampled negatives per positive (paper: 1)
   loss: str = "triplet"              # a name of camera_jax.losses.REGISTRY
   endorsement: str = "mean"          # mean: leak-free E(p~) estimate | observed: paper form (training only)
+  history: str = "all"               # all: every post is history | unsponsored: drop posts named by cooperations
   use_interaction: bool = True       # False: the C-w/o-MR ablation (S = S_con)
   eval_chunk: int = 8192             # pairs scored per jitted call
 

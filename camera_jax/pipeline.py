@@ -51,6 +51,7 @@ _CHOICES = {
     "cosmic_logit_scale": ("inner", "mean"),
     "attention_scale": ("inner", "mean"),
     "endorsement": ("mean", "observed"),
+    "history": ("all", "unsponsored"),
 }
 
 
@@ -236,10 +237,12 @@ def cosmic_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, An
 
 def account_stage(cfg: Config, dataset: format_lib.Dataset, z_prime: np.ndarray,
                   workdir: pathlib.Path) -> np.ndarray:
-  """w_a of every account (eq. 5), saved with the account ids."""
+  """w_a of every account (eq. 5) over its history posts (:func:`history_mask`), saved with the ids."""
   acc_index = dataset.account_index()
   post_account = np.array([acc_index[p.account] for p in dataset.posts], np.int64)
-  sums = concepts_lib.account_distributions(z_prime, post_account, len(dataset.accounts))
+  keep = history_mask(cfg, dataset)
+  sums = concepts_lib.account_distributions(z_prime[keep], post_account[keep],
+                                            len(dataset.accounts))
   w_a = np.asarray(camera_lib.historical_distribution(sums), np.float32)
   if is_main():
     save_npy(workdir / "concepts" / "w_a.npy", w_a)
@@ -248,9 +251,26 @@ def account_stage(cfg: Config, dataset: format_lib.Dataset, z_prime: np.ndarray,
   return w_a
 
 
-def account_features(dataset: format_lib.Dataset) -> dict[str, np.ndarray]:
-  """Raw and scaled engagement/follower features of every account (eq. 10)."""
-  feats = engagement_lib.account_engagement(dataset)
+def history_mask(cfg: Config, dataset: format_lib.Dataset) -> np.ndarray:
+  """bool [P]: the posts the account features are built from (``cfg.history``).
+
+  ``all``: every post (no label is read). ``unsponsored``: every post but those named by a
+  cooperation (``engagement.history_post_mask``).
+  """
+  if cfg.history == "unsponsored":
+    return engagement_lib.history_post_mask(dataset)
+  return np.ones(len(dataset.posts), bool)
+
+
+def account_features(dataset: format_lib.Dataset, cfg: Config | None = None
+                     ) -> dict[str, np.ndarray]:
+  """Raw and scaled engagement/follower features of every account (eq. 10).
+
+  The engagement statistics average over the history posts of ``cfg`` (:func:`history_mask`;
+  every post when ``cfg`` is None).
+  """
+  posts = None if cfg is None else history_mask(cfg, dataset)
+  feats = engagement_lib.account_engagement(dataset, posts)
   feats["engagement_scaled"] = np.asarray(engagement_lib.scale_engagement(feats["mean_engagement"]), np.float32)
   feats["followers_scaled"] = np.asarray(engagement_lib.scale_followers(feats["followers"]), np.float32)
   return feats
@@ -335,7 +355,8 @@ def evaluate_methods(cfg: Config, dataset: format_lib.Dataset, pairs: dict[str, 
 
 def baseline_features(feats: dict[str, np.ndarray], w_a: np.ndarray) -> dict[str, np.ndarray]:
   return {"followers": feats["followers"], "mean_engagement": feats["mean_engagement"],
-          "n_posts": feats["n_posts"], "w_a": w_a}
+          "post_engagement_std": feats["post_engagement_std"], "n_posts": feats["n_posts"],
+          "w_a": w_a}
 
 
 def format_table(metrics: dict[str, Any]) -> str:
@@ -396,7 +417,7 @@ def prepare_concepts(cfg: Config, workdir: pathlib.Path, log: trainer.TrainLog, 
   h, cg_meta = concept_stage(cfg, dataset, sources, workdir, log, mesh)
   z_prime, u_c, cosmic_meta = cosmic_stage(cfg, dataset, sources, embedder, h, workdir, log, mesh)
   w_a = account_stage(cfg, dataset, z_prime, workdir)
-  feats = account_features(dataset)
+  feats = account_features(dataset, cfg)
   logging.info("concept layer ready in %.1f s", time.perf_counter() - t0)
   return Prepared(dataset, embedder, h, z_prime, u_c, w_a, feats,
                   {"concept_generator": cg_meta, "cosmic": cosmic_meta})
@@ -484,7 +505,7 @@ def rescore(workdir: str | os.PathLike, data_dir: str | os.PathLike | None = Non
   """
   from camera_jax import run as run_lib  # run imports this module
   run = run_lib.load_run(workdir, data_dir)
-  feats = account_features(run.dataset)
+  feats = account_features(run.dataset, run.config)
   out = pathlib.Path(out_dir) if out_dir else run.workdir
   return evaluate_tables(run.config, run.dataset, run.tables, run.params, feats, run.w_a,
                          saved_concept_metrics(run.workdir), out)

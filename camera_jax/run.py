@@ -188,7 +188,7 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
   concepts = tuple(x for x in (cdir / "concepts.txt").read_text(encoding="utf-8").splitlines() if x)
   u_c = np.load(cdir / "U_C.npy")
   w_a = np.load(cdir / "w_a.npy")
-  feats = pipeline.account_features(dataset)
+  feats = pipeline.account_features(dataset, cfg)
   tables = pipeline.build_tables(cfg, w_a, u_c, feats)
   params = ranker_lib.restore_params(pipeline.ranker_config(cfg), tables, workdir / "checkpoints" / "ranker")
   ids = [a.id for a in dataset.accounts]

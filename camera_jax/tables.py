@@ -250,10 +250,46 @@ def _concat(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
   return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
+def _mean_by_brand(pb: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """One row per brand id: the mean over its rows (the seeds) of every per-brand value.
+
+  NaN values are left out of a brand's mean (NaN when all of its values are NaN). The rows
+  come out in sorted brand order, so two methods' outputs stay aligned.
+  """
+  ids, inverse = np.unique(pb["brand"], return_inverse=True)
+  out: dict[str, np.ndarray] = {"brand": ids}
+  for k, v in pb.items():
+    if k == "brand":
+      continue
+    v = np.asarray(v, np.float64)
+    ok = ~np.isnan(v)
+    total = np.bincount(inverse, weights=np.where(ok, v, 0.0), minlength=len(ids))
+    count = np.bincount(inverse, weights=ok.astype(np.float64), minlength=len(ids))
+    out[k] = np.divide(total, count, out=np.full(len(ids), np.nan), where=count > 0)
+  return out
+
+
+def format_p(p: float, n_resamples: int) -> str:
+  """A bootstrap p-value for a table: ``< 1/n`` when no resample went against the lead.
+
+  >>> format_p(0.0, 1000), format_p(0.0123, 1000)
+  ('< 0.001', '0.012')
+  """
+  return f"< {1.0 / n_resamples:.3g}" if p <= 0.0 else f"{p:.3f}"
+
+
 def significance(per_seed: Mapping[int, Mapping[str, Any]], reference: str = "CAMERA",
                  metrics: Sequence[str] = ("mrr", "recall@10"), n_resamples: int = 1000,
-                 alpha: float = 0.05, bootstrap_seed: int = 0) -> dict[str, Any]:
+                 alpha: float = 0.05, bootstrap_seed: int = 0,
+                 same_brands_across_seeds: bool = False) -> dict[str, Any]:
   """Paired bootstrap of ``reference`` minus every other method, per seed and pooled over seeds.
+
+  Pooling: with ``same_brands_across_seeds=False`` (a synthetic preset: each seed generates
+  its own dataset, so its test brands are different brands even where ids repeat) the brands
+  of all seeds are resampled as independent units. With ``True`` (a fixed ``--data_dir``: the
+  seeds retrain on the same test brands) each brand's values are first averaged over the seeds
+  and the brands are resampled once each (a cluster bootstrap), so a brand seen in three seeds
+  does not count as three pieces of evidence.
 
   Args:
     per_seed: ``{seed: results}`` with ``results["per_brand"][method]`` = ``{"brand": [ids],
@@ -263,6 +299,7 @@ def significance(per_seed: Mapping[int, Mapping[str, Any]], reference: str = "CA
     metrics: per-brand metrics to test (higher is better, or ``medr``/``rank_first``).
     n_resamples, bootstrap_seed: of ``camera_jax.metrics.paired_bootstrap``.
     alpha: significance level of the one-sided test.
+    same_brands_across_seeds: see above (recorded in the output as ``pooling``).
 
   Returns:
     ``{"reference", "alpha", "n_resamples", "metrics", "seeds", "comparisons": {method: {metric:
@@ -287,15 +324,19 @@ def significance(per_seed: Mapping[int, Mapping[str, Any]], reference: str = "CA
         pbs = per_seed[s]["per_brand"]
         if method not in pbs:
           continue
-        a, b = _per_brand(pbs[reference], f"{s}:"), _per_brand(pbs[method], f"{s}:")
+        a, b = _per_brand(pbs[reference]), _per_brand(pbs[method])
         r = metrics_lib.paired_bootstrap(a, b, metric, n_resamples=n_resamples,
                                          seed=bootstrap_seed)
         per[str(s)] = {**r, "n_brands": int(len(a["brand"])), "significant": r["p_value"] < alpha}
+        if not same_brands_across_seeds:  # distinct brands: keep each seed's rows apart
+          a, b = _per_brand(pbs[reference], f"{s}:"), _per_brand(pbs[method], f"{s}:")
         ref_parts.append(a)
         oth_parts.append(b)
       if not per:
         continue
       a, b = _concat(ref_parts), _concat(oth_parts)
+      if same_brands_across_seeds:
+        a, b = _mean_by_brand(a), _mean_by_brand(b)
       r = metrics_lib.paired_bootstrap(a, b, metric, n_resamples=n_resamples, seed=bootstrap_seed)
       n_sig = sum(v["significant"] for v in per.values())
       comparisons[method][metric] = {
@@ -303,14 +344,21 @@ def significance(per_seed: Mapping[int, Mapping[str, Any]], reference: str = "CA
           "per_seed": per, "seeds_significant": int(n_sig),
           "all_seeds_significant": n_sig == len(per)}
   return {"reference": reference, "alpha": alpha, "n_resamples": n_resamples,
-          "metrics": list(metrics), "seeds": seeds, "comparisons": comparisons}
+          "metrics": list(metrics), "seeds": seeds,
+          "pooling": "brand means over seeds" if same_brands_across_seeds else "brands of all seeds",
+          "comparisons": comparisons}
 
 
 def significance_markdown(sig: Mapping[str, Any]) -> str:
   """The significance summary as markdown: one row per compared method."""
   ref, alpha = sig["reference"], sig["alpha"]
+  if sig.get("pooling") == "brand means over seeds":
+    pooling = ("each test brand's values averaged over the seeds (the same brands in every "
+               "seed), each brand resampled once")
+  else:
+    pooling = "brands of all seeds pooled"
   lines = [f"# Significance of {ref}'s lead (paired bootstrap over test brands)", "",
-           f"Lead = {ref} minus the method (per-brand mean; brands of all seeds pooled, "
+           f"Lead = {ref} minus the method (per-brand mean; {pooling}, "
            f"{sig['n_resamples']} resamples); 95% percentile interval; one-sided p = share of "
            f"resamples where {ref} does not lead. Significant: p < {alpha}. "
            "'seeds' = seeds in which the per-seed test alone is significant.", ""]
@@ -328,7 +376,7 @@ def significance_markdown(sig: Mapping[str, Any]) -> str:
         continue
       p = c["pooled"]
       cells += [f"{p['diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]",
-                f"{p['p_value']:.3f}", "yes" if p["significant"] else "no",
+                format_p(p["p_value"], sig["n_resamples"]), "yes" if p["significant"] else "no",
                 f"{c['seeds_significant']}/{len(c['per_seed'])}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -348,8 +396,10 @@ def write_significance(stem: str | os.PathLike, sig: Mapping[str, Any]) -> dict[
 
 def write_all(workdir: str | os.PathLike, per_seed: Mapping[int, Mapping[str, Any]],
               methods: Sequence[str] | None = None, *, n_resamples: int = 1000,
-              alpha: float = 0.05) -> dict[str, Any]:
+              alpha: float = 0.05, same_brands_across_seeds: bool = False) -> dict[str, Any]:
   """Writes table2.*, table3.* and significance.* into ``workdir`` from per-seed results.
+
+  ``same_brands_across_seeds``: the seeds share one dataset (see :func:`significance`).
 
   Returns dict(table2, table3, significance (the documents), markdown (name -> text),
   paths (name -> {ext: path})).
@@ -369,7 +419,8 @@ def write_all(workdir: str | os.PathLike, per_seed: Mapping[int, Mapping[str, An
                             paper=PAPER_TABLE_III,
                             paper_title="The paper's Table III"),
   }
-  sig = significance(per_seed, n_resamples=n_resamples, alpha=alpha)
+  sig = significance(per_seed, n_resamples=n_resamples, alpha=alpha,
+                     same_brands_across_seeds=same_brands_across_seeds)
   paths["significance"] = write_significance(workdir / "significance", sig)
   markdown = {name: p["md"].read_text(encoding="utf-8") for name, p in paths.items()}
   return {"table2": table2, "table3": table3, "significance": sig, "markdown": markdown,

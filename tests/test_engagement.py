@@ -70,7 +70,7 @@ def test_post_engagement(dataset):
 
 def test_account_engagement(dataset):
     out = engagement.account_engagement(dataset)
-    assert set(out) == {"followers", "mean_engagement", "n_posts"}
+    assert set(out) == {"followers", "mean_engagement", "post_engagement_std", "n_posts"}
     np.testing.assert_array_equal(out["followers"], [1000, 200, 50000])
     np.testing.assert_array_equal(out["n_posts"], [2, 3, 1])
     np.testing.assert_allclose(
@@ -81,6 +81,26 @@ def test_account_engagement(dataset):
     for row, account in enumerate(dataset.accounts):
         rows = dataset.posts_of()[account.id]
         assert out["mean_engagement"][row] == pytest.approx(per_post[rows].mean())
+    np.testing.assert_allclose(out["post_engagement_std"],
+                               [0.04, np.std([0.05, 0.15, 0.005]), 0.0], rtol=1e-12)
+
+
+def test_account_engagement_over_selected_posts(dataset):
+    """Statistics over the selected posts only; n_posts still counts every post."""
+    keep = np.array([True, True, False, True, True, True])  # drop m1's 0.02 post (row 2)
+    out = engagement.account_engagement(dataset, keep)
+    np.testing.assert_array_equal(out["n_posts"], [2, 3, 1])
+    np.testing.assert_allclose(out["mean_engagement"], [0.1, (0.05 + 0.15 + 0.005) / 3, 0.0])
+    np.testing.assert_allclose(out["post_engagement_std"][0], 0.0)
+    none = engagement.account_engagement(dataset, np.zeros(6, bool))
+    np.testing.assert_array_equal(none["mean_engagement"], [0.0, 0.0, 0.0])
+
+
+def test_history_post_mask_drops_exactly_the_sponsored_posts(dataset):
+    mask = engagement.history_post_mask(dataset)
+    sponsored = {c.post for c in dataset.cooperations}
+    assert sponsored
+    assert mask.tolist() == [p.id not in sponsored for p in dataset.posts]
 
 
 def test_account_without_posts_gets_zero(dataset):

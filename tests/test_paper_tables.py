@@ -91,11 +91,34 @@ def test_significance_on_made_up_per_brand_values(tmp_path):
   assert same["seeds_significant"] == 0
   paths = tables.write_significance(tmp_path / "significance", sig)
   md = paths["md"].read_text()
-  assert "| WORSE | +0.300 [+0.300, +0.300] | 0.000 | yes | 2/2 |" in md
+  assert "| WORSE | +0.300 [+0.300, +0.300] | < 0.00333 | yes | 2/2 |" in md
+  assert "brands of all seeds pooled" in md
   assert json.loads(paths["json"].read_text())["comparisons"]["SAME"]["mrr"]["pooled"][
       "significant"] is False
   with pytest.raises(ValueError, match="CAMERA"):
     tables.significance({0: {"per_brand": {"RAND": _per_brand({"mrr": [1.0]})}}})
+
+
+def test_significance_with_the_same_brands_in_every_seed_resamples_each_brand_once():
+  """A fixed dataset: brand b_i's seeds are averaged first (a cluster bootstrap)."""
+  lead = np.array([0.4, -0.1, 0.3])          # CAMERA minus OTHER per brand, the same every seed
+  per_seed = {}
+  for s, shift in ((0, 0.0), (1, 0.1)):
+    cam = np.array([0.5, 0.6, 0.7]) + shift
+    per_seed[s] = {"per_brand": {"CAMERA": _per_brand({"mrr": cam.tolist()}),
+                                 "OTHER": _per_brand({"mrr": (cam - lead).tolist()})}}
+  sig = tables.significance(per_seed, metrics=("mrr",), n_resamples=2000,
+                            same_brands_across_seeds=True)
+  pooled = sig["comparisons"]["OTHER"]["mrr"]["pooled"]
+  assert pooled["n_brands"] == 3 and sig["pooling"] == "brand means over seeds"
+  assert pooled["diff"] == pytest.approx(lead.mean())
+  # By hand: of the 27 equally likely resamples of 3 brands, the mean lead is <= 0 only when
+  # all three draws are the -0.1 brand (two of them and a 0.3 already sum to +0.1): p = 1/27.
+  assert pooled["p_value"] == pytest.approx(1 / 27, abs=0.015)
+  apart = tables.significance(per_seed, metrics=("mrr",), n_resamples=2000)
+  assert apart["comparisons"]["OTHER"]["mrr"]["pooled"]["n_brands"] == 6
+  md = tables.significance_markdown(sig)
+  assert "averaged over the seeds" in md
 
 
 # --------------------------------------------------------------------------- the whole job

@@ -229,3 +229,39 @@ def test_rerunning_a_finished_run_resumes_without_training(tiny_run, tiny_data, 
   assert (workdir / "train_log.jsonl").read_text() == log_before
   assert {s: sorted(os.listdir(workdir / "checkpoints" / s)) for s in ckpts} == ckpts
   assert {p.name: p.read_bytes() for p in (workdir / "concepts").iterdir()} == concept_files
+
+
+def test_history_option_drops_only_sponsored_posts_from_the_features(tiny_data, tmp_path):
+  """--history=unsponsored: w_a and E(m) leave out the posts named by cooperations."""
+  from camera_jax import pipeline
+  from camera_jax.data import format as format_lib
+  from camera_jax.models import camera as camera_lib
+  from camera_jax.training import concepts as concepts_lib
+
+  dataset = format_lib.load(tiny_data, seed=0, check_images=False)
+  cfg_all = tiny_config(str(tiny_data))
+  cfg_uns = cfg_all.replace(history="unsponsored")
+  assert pipeline.history_mask(cfg_all, dataset).all()
+  mask = pipeline.history_mask(cfg_uns, dataset)
+  sponsored = {c.post for c in dataset.cooperations}
+  assert (~mask).sum() == len(sponsored) > 0
+  feats_all = pipeline.account_features(dataset, cfg_all)
+  feats_uns = pipeline.account_features(dataset, cfg_uns)
+  np.testing.assert_array_equal(feats_all["n_posts"], feats_uns["n_posts"])
+  acc = dataset.account_index()
+  touched = {acc[dataset.posts[i].account] for i in np.flatnonzero(~mask)}
+  changed = set(np.flatnonzero(feats_all["mean_engagement"] != feats_uns["mean_engagement"]))
+  assert changed and changed <= touched
+  # w_a: the same z' summed over the kept posts only.
+  rng = np.random.default_rng(0)
+  z = rng.random((len(dataset.posts), len(dataset.concepts))).astype(np.float32)
+  (tmp_path / "concepts").mkdir()
+  w_all = pipeline.account_stage(cfg_all, dataset, z, tmp_path)
+  w_uns = pipeline.account_stage(cfg_uns, dataset, z, tmp_path)
+  post_account = np.array([acc[p.account] for p in dataset.posts])
+  sums = concepts_lib.account_distributions(z[mask], post_account[mask], len(dataset.accounts))
+  untouched = sorted(set(range(len(dataset.accounts))) - touched)
+  assert untouched
+  np.testing.assert_allclose(w_uns, camera_lib.historical_distribution(sums), rtol=1e-6)
+  np.testing.assert_allclose(w_all[untouched], w_uns[untouched], rtol=1e-6)
+  assert not np.allclose(w_all[sorted(touched)], w_uns[sorted(touched)])

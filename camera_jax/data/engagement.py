@@ -79,21 +79,55 @@ def post_engagement(dataset: "Dataset") -> np.ndarray:
     return engagement_rate(likes, comments, followers[owner])
 
 
-def account_engagement(dataset: "Dataset") -> dict[str, np.ndarray]:
+def history_post_mask(dataset: "Dataset") -> np.ndarray:
+    """bool [P]: False for the posts named by a cooperation (sponsored posts), True otherwise.
+
+    The history of ``--history=unsponsored``: a sponsored post is the outcome of its
+    cooperation (in the synthetic data its concepts lean toward the brand and its engagement is
+    lifted), so with every post as history (``--history=all``, the paper's data and the default)
+    a test positive's own sponsored post is part of the candidate's features. Dropping every
+    sponsored post (training brands' too, so training and test features are built alike) takes
+    that evidence away, at the price of reading ``cooperations.jsonl`` to choose the posts: see
+    docs/deviations.md.
+
+    >>> from types import SimpleNamespace as N
+    >>> ds = N(posts=[N(id="p0"), N(id="p1"), N(id="p2")], cooperations=[N(post="p1")])
+    >>> history_post_mask(ds).tolist()
+    [True, False, True]
+    """
+    sponsored = {c.post for c in dataset.cooperations if getattr(c, "post", None)}
+    return np.fromiter((p.id not in sponsored for p in dataset.posts), bool, len(dataset.posts))
+
+
+def account_engagement(dataset: "Dataset", posts: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Follower counts and average engagement rates per account (eq. 10 averaged).
+
+    Args:
+      dataset: the dataset.
+      posts: optional bool [P]: the posts the engagement statistics average over (e.g.
+        :func:`history_post_mask`); every post when None. ``n_posts`` always counts every post.
 
     Returns:
       A dict of arrays indexed by account row (``dataset.accounts`` order):
         ``followers`` float64 [A]; ``mean_engagement`` float64 [A], ``E_bar(a)``, the mean of
-        eq. (10) over the account's posts, 0 for an account without posts; ``n_posts`` int64 [A].
+        eq. (10) over the account's (selected) posts, 0 for an account without posts;
+        ``post_engagement_std`` float64 [A], the population standard deviation of eq. (10) over
+        the same posts (0 without posts); ``n_posts`` int64 [A], the account's number of posts.
     """
     owner, likes, comments, followers = _post_arrays(dataset)
     n_accounts = len(dataset.accounts)
     rates = engagement_rate(likes, comments, followers[owner])
     n_posts = np.bincount(owner, minlength=n_accounts).astype(np.int64)
+    if posts is not None:
+        keep = np.asarray(posts, bool)
+        owner, rates = owner[keep], rates[keep]
+    count = np.bincount(owner, minlength=n_accounts)
     totals = np.bincount(owner, weights=rates, minlength=n_accounts)
-    mean = np.divide(totals, n_posts, out=np.zeros(n_accounts), where=n_posts > 0)
-    return {"followers": followers, "mean_engagement": mean, "n_posts": n_posts}
+    mean = np.divide(totals, count, out=np.zeros(n_accounts), where=count > 0)
+    sq = np.bincount(owner, weights=(rates - mean[owner]) ** 2, minlength=n_accounts)
+    std = np.sqrt(np.divide(sq, count, out=np.zeros(n_accounts), where=count > 0))
+    return {"followers": followers, "mean_engagement": mean, "post_engagement_std": std,
+            "n_posts": n_posts}
 
 
 def scale_followers(followers: ArrayLike) -> np.ndarray:
