@@ -278,6 +278,13 @@ def format_p(p: float, n_resamples: int) -> str:
   return f"< {1.0 / n_resamples:.3g}" if p <= 0.0 else f"{p:.3f}"
 
 
+#: How the pooled test treats the seeds' brands: ``significance``'s ``pooling`` entry (the key)
+#: and its wording in the markdown.
+POOLING = {"brands of all seeds": "brands of all seeds pooled",
+           "brand means over seeds": ("each test brand's values averaged over the seeds (the same "
+                                      "brands in every seed), each brand resampled once")}
+
+
 def significance(per_seed: Mapping[int, Mapping[str, Any]], reference: str = "CAMERA",
                  metrics: Sequence[str] = ("mrr", "recall@10"), n_resamples: int = 1000,
                  alpha: float = 0.05, bootstrap_seed: int = 0,
@@ -324,12 +331,11 @@ def significance(per_seed: Mapping[int, Mapping[str, Any]], reference: str = "CA
         pbs = per_seed[s]["per_brand"]
         if method not in pbs:
           continue
-        a, b = _per_brand(pbs[reference]), _per_brand(pbs[method])
+        prefix = "" if same_brands_across_seeds else f"{s}:"  # distinct brands stay apart
+        a, b = _per_brand(pbs[reference], prefix), _per_brand(pbs[method], prefix)
         r = metrics_lib.paired_bootstrap(a, b, metric, n_resamples=n_resamples,
                                          seed=bootstrap_seed)
         per[str(s)] = {**r, "n_brands": int(len(a["brand"])), "significant": r["p_value"] < alpha}
-        if not same_brands_across_seeds:  # distinct brands: keep each seed's rows apart
-          a, b = _per_brand(pbs[reference], f"{s}:"), _per_brand(pbs[method], f"{s}:")
         ref_parts.append(a)
         oth_parts.append(b)
       if not per:
@@ -352,11 +358,7 @@ def significance(per_seed: Mapping[int, Mapping[str, Any]], reference: str = "CA
 def significance_markdown(sig: Mapping[str, Any]) -> str:
   """The significance summary as markdown: one row per compared method."""
   ref, alpha = sig["reference"], sig["alpha"]
-  if sig.get("pooling") == "brand means over seeds":
-    pooling = ("each test brand's values averaged over the seeds (the same brands in every "
-               "seed), each brand resampled once")
-  else:
-    pooling = "brands of all seeds pooled"
+  pooling = POOLING[sig.get("pooling", "brands of all seeds")]
   lines = [f"# Significance of {ref}'s lead (paired bootstrap over test brands)", "",
            f"Lead = {ref} minus the method (per-brand mean; {pooling}, "
            f"{sig['n_resamples']} resamples); 95% percentile interval; one-sided p = share of "

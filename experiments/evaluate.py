@@ -34,12 +34,10 @@ def main(argv) -> int:
   if len(argv) > 1:
     print(f"unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
     return 1
-  if not _WORKDIR.value:
-    print("--workdir is required", file=sys.stderr)
-    return 1
-  workdir = pathlib.Path(_WORKDIR.value)
-  if not workdir.is_dir():
-    print(f"{workdir}: work directory does not exist", file=sys.stderr)
+  try:
+    workdir = _cli.run_workdir(_WORKDIR.value)
+  except (ValueError, FileNotFoundError) as e:
+    print(_cli.error_line(e), file=sys.stderr)
     return 1
   if _DATA_DIR.value and not os.path.isdir(_DATA_DIR.value):
     print(f"{_DATA_DIR.value}: dataset directory does not exist", file=sys.stderr)
@@ -50,11 +48,8 @@ def main(argv) -> int:
 
   try:
     result = pipeline.rescore(workdir, _DATA_DIR.value or None, _OUT_DIR.value or None)
-  except DatasetError as e:
-    print(_cli.one_line("\n".join(e.errors)), file=sys.stderr)
-    return 1
-  except (FileNotFoundError, run_lib.RunError) as e:
-    print(_cli.one_line(str(e)), file=sys.stderr)
+  except (DatasetError, FileNotFoundError, run_lib.RunError) as e:
+    print(_cli.error_line(e), file=sys.stderr)
     return 1
   out = pathlib.Path(_OUT_DIR.value or workdir)
   print(pipeline.format_table(result))

@@ -88,14 +88,14 @@ def history_post_mask(dataset: "Dataset") -> np.ndarray:
     a test positive's own sponsored post is part of the candidate's features. Dropping every
     sponsored post (training brands' too, so training and test features are built alike) takes
     that evidence away, at the price of reading ``cooperations.jsonl`` to choose the posts: see
-    docs/deviations.md.
+    docs/evaluation.md.
 
     >>> from types import SimpleNamespace as N
     >>> ds = N(posts=[N(id="p0"), N(id="p1"), N(id="p2")], cooperations=[N(post="p1")])
     >>> history_post_mask(ds).tolist()
     [True, False, True]
     """
-    sponsored = {c.post for c in dataset.cooperations if getattr(c, "post", None)}
+    sponsored = {c.post for c in dataset.cooperations}
     return np.fromiter((p.id not in sponsored for p in dataset.posts), bool, len(dataset.posts))
 
 

@@ -16,6 +16,7 @@ BatchNorm whose learned offset makes a bias redundant (same function class, fewe
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -85,14 +86,11 @@ class RowMaskedBatchNorm(nn.Module):
     else:
       xf = x.astype(jnp.float32)
       axes = tuple(range(x.ndim - 1))
-      per_row = 1
-      for d in x.shape[1:-1]:
-        per_row *= d
       if mask is None:
         mean, mean_sq = jnp.mean(xf, axes), jnp.mean(xf * xf, axes)
       else:
         m = jnp.asarray(mask, jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
-        n = jnp.maximum(jnp.sum(m), 1.0) * per_row
+        n = jnp.maximum(jnp.sum(m), 1.0) * math.prod(x.shape[1:-1])
         mean, mean_sq = jnp.sum(xf * m, axes) / n, jnp.sum(xf * xf * m, axes) / n
       var = jnp.maximum(mean_sq - mean * mean, 0.0)
       if not self.is_initializing():
