@@ -58,6 +58,7 @@ class Config:
   epochs: int = 40
   batch_size: int = 8
   learning_rate: float = 1e-3
+  representation_lr_scale: float = 1.0  # x learning_rate for psi, rho, gamma (the phi keep it)
   lr_decay: float = 0.95
   dropout: float = 0.6               # drop rate (paper IV-B); the authors keep 0.6 (docs/deviations.md)
   margin: float = 7.0
@@ -69,6 +70,7 @@ class Config:
   gamma_features: tuple[int, ...] = (1024, 1024, 512)
   d_score: int = 64
   attention_scale: str = "inner"     # inner (paper eq. 7) | mean (authors)
+  history_norm: str = "none"         # none (paper eq. 6) | l2: e_h rescaled to norm sqrt(d_u)
   num_negatives: int = 1             # sampled negatives per positive (paper: 1)
   loss: str = "triplet"              # a name of camera_jax.losses.REGISTRY
   endorsement: str = "mean"          # mean: leak-free E(p~) estimate | observed: paper form (training only)

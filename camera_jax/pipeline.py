@@ -50,6 +50,7 @@ _CHOICES = {
     "zprime_mode": ("masked", "faithful"),
     "cosmic_logit_scale": ("inner", "mean"),
     "attention_scale": ("inner", "mean"),
+    "history_norm": ("none", "l2"),
     "endorsement": ("mean", "observed"),
     "history": ("all", "unsponsored"),
 }
@@ -79,6 +80,9 @@ def check_config(cfg: Config) -> list[str]:
   for name in ("epochs", "cg_epochs", "cosmic_epochs", "w2v_epochs"):
     if getattr(cfg, name) < 0:
       errors.append(f"--{name}={getattr(cfg, name)}: must be >= 0")
+  for name in ("learning_rate", "representation_lr_scale"):
+    if not getattr(cfg, name) > 0:
+      errors.append(f"--{name}={getattr(cfg, name)}: must be > 0")
   if not 0.0 <= cfg.cg_held_out < 1.0:
     errors.append(f"--cg_held_out={cfg.cg_held_out}: must be in [0, 1)")
   if cfg.num_processes >= 1 and not 0 <= cfg.process_id < cfg.num_processes:
@@ -290,9 +294,10 @@ def build_tables(cfg: Config, w_a: np.ndarray, u_c: np.ndarray,
 def ranker_config(cfg: Config) -> ranker_lib.RankerConfig:
   return ranker_lib.RankerConfig(
       epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+      representation_lr_scale=cfg.representation_lr_scale,
       lr_decay=cfg.lr_decay, dropout=cfg.dropout, init_scale=cfg.init_scale, l1=cfg.l1,
       psi_features=tuple(cfg.psi_features), gamma_features=tuple(cfg.gamma_features),
-      d_score=cfg.d_score, attention_scale=cfg.attention_scale,
+      d_score=cfg.d_score, attention_scale=cfg.attention_scale, history_norm=cfg.history_norm,
       use_interaction=cfg.use_interaction, num_negatives=cfg.num_negatives, loss=cfg.loss,
       loss_hparams=(("margin", cfg.margin), ("temperature", cfg.temperature)),
       endorsement=cfg.endorsement, eval_chunk=cfg.eval_chunk, seed=cfg.seed)

@@ -1,7 +1,7 @@
 r"""The paper's Tables II and III over seeds: every method trained and evaluated, with significance.
 
   python experiments/paper_tables.py --flagfile=camera.flags --seeds=0,1,2 --workdir=runs/tables
-  python experiments/paper_tables.py --flagfile=camera.flags --preset=small --seeds=0,1 \
+  python experiments/paper_tables.py --flagfile=experiments/configs/small.flags --seeds=0,1 \
       --workdir=runs/tables_small --methods=CAMERA,RAND,POP,MIV
 
 Every Config flag works as in experiments/train.py (the flagfile's --seed is replaced by each of

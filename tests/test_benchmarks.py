@@ -114,9 +114,9 @@ def test_flop_formulas_reproduce_the_authors_figures():
 # --------------------------------------------------------------------------- fast == reference
 
 
-@pytest.mark.parametrize("scale", ["inner", "mean"])
+@pytest.mark.parametrize("scale,history_norm", [("inner", "none"), ("mean", "none"), ("mean", "l2")])
 @pytest.mark.parametrize("rho_path", ["rows", "table"])
-def test_score_groups_and_catalogue_methods_equal_call(scale, rho_path):
+def test_score_groups_and_catalogue_methods_equal_call(scale, history_norm, rho_path):
   rng = np.random.default_rng(1)
   b, m, k, n, d = 3, 2, 4, 30, 6
   t = _tables(n_accounts=b + b * m, n=n, k=k, d_u=d)
@@ -127,7 +127,8 @@ def test_score_groups_and_catalogue_methods_equal_call(scale, rho_path):
   flat = ranker.pair_inputs(dev, jnp.asarray(np.repeat(brand, m)), jnp.asarray(infl.reshape(-1)))
   flat["ed_post"] = grouped["ed_post"] = jnp.asarray(rng.random((b, m)), jnp.float32)
   flat["ed_post"] = flat["ed_post"].reshape(-1)
-  model = camera.CAMERA(**SMALL, rho_path=rho_path, attention_scale=scale)
+  model = camera.CAMERA(**SMALL, rho_path=rho_path, attention_scale=scale,
+                        history_norm=history_norm)
   v = model.init(jax.random.key(0), flat, dev["concepts"], deterministic=True)
   want = model.apply(v, flat, dev["concepts"], deterministic=True)
   got = model.apply(v, grouped, dev["concepts"], deterministic=True,

@@ -53,6 +53,30 @@ def test_eq6_eq8_weighted_sums():
   np.testing.assert_allclose(camera.historical_representation(wb, ub), [[2, 0], [0, 4]])
 
 
+def test_normalize_history_by_hand():
+  e_h = jnp.array([[3.0, 4.0], [0.0, 0.0], [-0.5, 0.0]])
+  np.testing.assert_allclose(camera.normalize_history(e_h, "none"), e_h)
+  got = camera.normalize_history(e_h, "l2")
+  want = [[0.6 * 2 ** 0.5, 0.8 * 2 ** 0.5], [0.0, 0.0], [-(2 ** 0.5), 0.0]]  # norm sqrt(d_u) = sqrt(2)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  with pytest.raises(ValueError, match="history_norm"):
+    camera.normalize_history(e_h, "unit")
+
+
+def test_history_norm_l2_ignores_how_peaked_w_a_is():
+  """With history_norm="l2", scaling an account's top-k weights (its |e_h|) changes no score."""
+  batch, concepts = _batch()
+  scaled = dict(batch, brand_w=batch["brand_w"] * jnp.array([[0.3], [2.0], [1.0]]),
+                inf_w=batch["inf_w"] * 0.5)
+  outs = {}
+  for norm in ("none", "l2"):
+    model = camera.CAMERA(**SMALL, history_norm=norm)
+    v = model.init(jax.random.key(0), batch, concepts, deterministic=True)
+    outs[norm] = [model.apply(v, b, concepts, deterministic=True)["S"] for b in (batch, scaled)]
+  np.testing.assert_allclose(outs["l2"][0], outs["l2"][1], rtol=1e-5)
+  assert not np.allclose(outs["none"][0], outs["none"][1], rtol=1e-3)
+
+
 def test_eq7_marketing_weights():
   psi = jnp.array([[1.0, 0.0]])
   rho = jnp.array([[[math.log(3.0), 7.0], [0.0, 7.0], [math.log(2.0), 7.0]]])

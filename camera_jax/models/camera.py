@@ -4,7 +4,8 @@ Pure functions, one per equation:
 
 * :func:`historical_distribution` (eq. 5), :func:`top_concepts` and
   :func:`historical_representation` (eq. 6) -- the account historical activities
-  representation e_h;
+  representation e_h; :func:`normalize_history` its optional rescaling (not in the paper,
+  ``history_norm``);
 * :func:`marketing_weights` (eq. 7) and :func:`marketing_representation` (eq. 8) -- the
   bi-directional concept attention (BCAM) and the marketing direction representation e_r;
 * :func:`fuse` (eq. 9) -- e_a = gamma(concat(e_h, e_r));
@@ -35,6 +36,7 @@ from camera_jax.models.cosmic import uniform_init
 from camera_jax.models.visual import LEAKY_SLOPE
 
 AttentionScale = Literal["inner", "mean"]
+HistoryNorm = Literal["none", "l2"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,6 +99,36 @@ def historical_representation(weights: jax.Array, vectors: jax.Array) -> jax.Arr
     e_h: [..., d].
   """
   return jnp.einsum("...k,...kd->...d", weights, vectors)
+
+
+def normalize_history(e_h: jax.Array, mode: HistoryNorm = "none") -> jax.Array:
+  """An optional rescaling of eq. 6's e_h before psi and gamma (not in the paper).
+
+  ``"none"`` is eq. 6 as written. ``"l2"`` rescales every e_h to the norm sqrt(d_u), the norm of
+  a row of the standardised U_C (unit mean square per feature): e_h / |e_h| x sqrt(d_u).
+
+  Why: eq. 6 sums the top-10 w_a weights without renormalising them, and w_a (eq. 5, a softmax
+  of summed z') is peaked for some accounts and flat for others, so |e_h| mostly measures how
+  peaked an account's history is (on the small synthetic preset the top-1 weight ranges from
+  0.06 to 1.0 over accounts). S_con (eq. 17) is an inner product, so that norm becomes a
+  per-account popularity term that has nothing to do with content; see docs/deviations.md for
+  the measured effect.
+
+  Args:
+    e_h: [..., d_u] historical representations (eq. 6).
+    mode: "none" or "l2".
+
+  Returns:
+    [..., d_u] float32 (an all-zero e_h stays zero).
+  """
+  e_h = jnp.asarray(e_h, jnp.float32)
+  if mode == "none":
+    return e_h
+  if mode != "l2":
+    raise ValueError(f"unknown history_norm {mode!r}")
+  sq = jnp.sum(e_h * e_h, axis=-1, keepdims=True)
+  scale = jnp.sqrt(jnp.float32(e_h.shape[-1])) * jax.lax.rsqrt(jnp.maximum(sq, 1e-30))
+  return jnp.where(sq > 0, e_h * scale, 0.0)
 
 
 def marketing_weights(psi_e_h: jax.Array, rho_u: jax.Array, mask: jax.Array | None = None,
@@ -344,6 +376,8 @@ class CAMERA(nn.Module):
       0.25) "inner"
       gives attention rows with a mean maximum weight of about 0.37 (not saturated), "mean"
       an almost uniform 0.10.
+    history_norm: "none" (eq. 6 as written, the default) or "l2" (e_h rescaled to norm
+      sqrt(d_u) before psi and gamma, see :func:`normalize_history`).
     use_interaction: False is the C-w/o-MR ablation: S = S_con, no phi parameters, and S_ed,
       S_in are returned as ones.
     dtype: computation dtype of psi, rho, gamma; attention and scores are float32.
@@ -364,6 +398,7 @@ class CAMERA(nn.Module):
   dropout: float = 0.6
   init_scale: float = 0.1
   attention_scale: AttentionScale = "inner"
+  history_norm: HistoryNorm = "none"
   use_interaction: bool = True
   dtype: Any = jnp.float32
   rho_path: Literal["auto", "table", "rows"] = "auto"
@@ -403,7 +438,8 @@ class CAMERA(nn.Module):
     """
     concepts = jnp.asarray(concepts, jnp.float32)
     u = jnp.take(concepts, idx, axis=0)
-    e_h = historical_representation(jnp.asarray(w, jnp.float32), u)
+    e_h = normalize_history(historical_representation(jnp.asarray(w, jnp.float32), u),
+                            self.history_norm)
     psi = self.psi(e_h, deterministic=deterministic).astype(jnp.float32)
     mask = jnp.ones(idx.shape, bool) if mask is None else jnp.asarray(mask, bool)
     return dict(idx=jnp.asarray(idx, jnp.int32), w=jnp.asarray(w, jnp.float32), mask=mask, u=u,
@@ -547,7 +583,7 @@ class CAMERA(nn.Module):
     idx = jnp.concatenate([b_idx, m_idx.reshape(b * m, k)]).astype(jnp.int32)     # [R, K]
     w = jnp.concatenate([batch["brand_w"], batch["inf_w"].reshape(b * m, k)]).astype(jnp.float32)
     u = jnp.take(concepts, idx, axis=0)                                           # [R, K, d]
-    e_h = historical_representation(w, u)                                         # eq. 6
+    e_h = normalize_history(historical_representation(w, u), self.history_norm)  # eq. 6
     psi = self.psi(e_h, deterministic=deterministic).astype(jnp.float32)          # [R, p]
     p = psi.shape[-1]
     psi_b, psi_m = psi[:b], psi[b:].reshape(b, m, p)
@@ -606,7 +642,8 @@ class CAMERA(nn.Module):
     """
     concepts = jnp.asarray(concepts, jnp.float32)
     u = jnp.take(concepts, idx, axis=0)
-    e_h = historical_representation(jnp.asarray(w, jnp.float32), u)                # eq. 6
+    e_h = normalize_history(historical_representation(jnp.asarray(w, jnp.float32), u),
+                            self.history_norm)                                    # eq. 6
     psi = self.psi(e_h, deterministic=True).astype(jnp.float32)
     kernel0, bias0 = self.gamma_mlp.dense_params()[0]
     d_h = e_h.shape[-1]

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import logging
 
 from camera_jax import losses as losses_lib
@@ -40,6 +41,7 @@ class RankerConfig:
   epochs: int = 40
   batch_size: int = 8
   learning_rate: float = 1e-3
+  representation_lr_scale: float = 1.0   # x learning_rate for psi, rho and gamma (not the phi)
   lr_decay: float = 0.95
   dropout: float = 0.6
   init_scale: float = 0.1
@@ -48,6 +50,7 @@ class RankerConfig:
   gamma_features: tuple[int, ...] = (1024, 1024, 512)
   d_score: int = 64
   attention_scale: str = "inner"
+  history_norm: str = "none"
   use_interaction: bool = True
   num_negatives: int = 1
   loss: str = "triplet"
@@ -78,12 +81,23 @@ class Tables:
     return sharding.replicate({k: jnp.asarray(v) for k, v in dataclasses.asdict(self).items()}, mesh)
 
 
+#: The representation MLPs (top-level parameter names of CAMERA and of Hp+MR's module).
+REPRESENTATION_PARAMS = ("psi", "rho", "gamma_mlp")
+
+
+def make_optimizer(cfg: RankerConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam, lr decayed per epoch; psi, rho and gamma at ``representation_lr_scale`` x the lr."""
+  return trainer.make_optimizer(
+      cfg.learning_rate, cfg.lr_decay, steps_per_epoch,
+      lr_scales={k: cfg.representation_lr_scale for k in REPRESENTATION_PARAMS})
+
+
 def make_model(cfg: RankerConfig) -> camera_lib.CAMERA:
   """The CAMERA module with the configured sizes."""
   return camera_lib.CAMERA(
       d_hidden=tuple(cfg.psi_features), gamma=tuple(cfg.gamma_features), d_score=cfg.d_score,
       dropout=cfg.dropout, init_scale=cfg.init_scale, attention_scale=cfg.attention_scale,
-      use_interaction=cfg.use_interaction, dropout_rng=cfg.dropout_rng,
+      history_norm=cfg.history_norm, use_interaction=cfg.use_interaction, dropout_rng=cfg.dropout_rng,
       dtype=jnp.dtype(cfg.compute_dtype))
 
 
@@ -382,7 +396,7 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
     positive_sets.setdefault(int(b), set()).add(int(m))
   batch_size = sharding.round_up(cfg.batch_size, mesh.devices.size)
   steps_per_epoch = max(1, -(-len(positives) // batch_size))
-  tx = trainer.make_optimizer(cfg.learning_rate, cfg.lr_decay, steps_per_epoch)
+  tx = make_optimizer(cfg, steps_per_epoch)
   key = jax.random.PRNGKey(cfg.seed)
   init_key, step_key = jax.random.split(key)
   params = init_params(cfg, tables, init_key, model)
@@ -426,7 +440,7 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
 def restore_params(cfg: RankerConfig, tables: Tables, ckpt_dir: pathlib.Path) -> Any:
   """The params of the latest ranker checkpoint (for evaluate/recommend)."""
   params = init_params(cfg, tables, jax.random.PRNGKey(0))
-  tx = trainer.make_optimizer(cfg.learning_rate, cfg.lr_decay, 1)
+  tx = make_optimizer(cfg, 1)
   state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)
   checkpointer = ckpt_lib.Checkpointer(ckpt_dir)
   if checkpointer.latest_step() is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax
 import jax
@@ -30,13 +30,28 @@ class NonFiniteError(RuntimeError):
   """Raised when a loss or gradient became NaN or inf; the last good checkpoint is kept."""
 
 
-def make_optimizer(learning_rate: float, decay_rate: float, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(learning_rate: float, decay_rate: float, steps_per_epoch: int,
+                   lr_scales: Mapping[str, float] | None = None) -> optax.GradientTransformation:
   """Adam with an exponential per-epoch (staircase) learning-rate decay, as in paper IV-B.
 
   The paper: lr 0.001 decayed by 0.95 every epoch.  ``steps_per_epoch`` turns the per-epoch
-  decay into optax's step-based schedule.
+  decay into optax's step-based schedule.  ``lr_scales`` optionally multiplies the learning rate
+  of whole top-level parameter subtrees (``{"psi": 0.1}``: psi's parameters get 0.1 x the
+  schedule); the others keep the schedule. Without scales other than 1 the optimizer (and its
+  state) is plain ``optax.adam``.
   """
-  return optax.adam(learning_rate_schedule(learning_rate, decay_rate, steps_per_epoch))
+  scales = {k: float(v) for k, v in (lr_scales or {}).items() if float(v) != 1.0}
+  if not scales:
+    return optax.adam(learning_rate_schedule(learning_rate, decay_rate, steps_per_epoch))
+  groups = sorted(set(scales.values()) | {1.0})
+  txs = {f"x{v!r}": optax.adam(learning_rate_schedule(learning_rate * v, decay_rate,
+                                                      steps_per_epoch)) for v in groups}
+
+  def labels(params):
+    return {k: jax.tree.map(lambda _, k=k: f"x{scales.get(k, 1.0)!r}", sub)
+            for k, sub in params.items()}
+
+  return optax.multi_transform(txs, labels)
 
 
 def learning_rate_schedule(learning_rate: float, decay_rate: float, steps_per_epoch: int) -> optax.Schedule:

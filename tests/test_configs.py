@@ -1,0 +1,61 @@
+"""The shipped flagfiles parse into valid configs with the settings their comments promise."""
+
+import pathlib
+import sys
+
+import pytest
+from absl import flags
+
+from camera_jax import config as config_lib
+from camera_jax import pipeline
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+import _flags  # noqa: E402  (experiments/ is not a package)
+
+
+def _parse(flagfile: str, monkeypatch) -> config_lib.Config:
+  monkeypatch.chdir(ROOT)  # nested --flagfile paths are relative to the repository root
+  values = flags.FlagValues()
+  _flags.define_config_flags(values)
+  flags.DEFINE_string("workdir", None, "the entry points' own flag", flag_values=values)
+  values(["prog", f"--flagfile={flagfile}"])
+  return _flags.config_from_flags(values)
+
+
+@pytest.mark.parametrize("flagfile", ["camera.flags", "experiments/configs/small.flags",
+                                      "experiments/configs/paper.flags"])
+def test_flagfiles_give_valid_configs(flagfile, monkeypatch):
+  cfg = _parse(flagfile, monkeypatch)
+  assert pipeline.check_config(cfg) == []
+
+
+def test_small_flags_is_camera_flags_plus_its_overrides(monkeypatch):
+  tiny = _parse("camera.flags", monkeypatch)
+  small = _parse("experiments/configs/small.flags", monkeypatch)
+  assert (tiny.preset, tiny.history_norm, tiny.representation_lr_scale) == ("tiny", "none", 1.0)
+  assert (small.preset, small.history_norm, small.representation_lr_scale) == ("small", "l2", 0.1)
+  assert small.learning_rate == tiny.learning_rate == 1e-3
+  assert (small.cg_epochs, small.cosmic_epochs) == (10, 4)
+  differ = {f for f in config_lib.Config.__dataclass_fields__
+            if getattr(tiny, f) != getattr(small, f)}
+  assert differ == {"preset", "cg_epochs", "cosmic_epochs", "history_norm",
+                    "representation_lr_scale"}
+
+
+def test_paper_flags_keep_the_papers_ranker(monkeypatch):
+  cfg = _parse("experiments/configs/paper.flags", monkeypatch)
+  assert (cfg.history_norm, cfg.attention_scale, cfg.dropout, cfg.learning_rate, cfg.l1,
+          cfg.num_negatives, cfg.epochs) == ("none", "inner", 0.6, 1e-3, 1e-3, 1, 40)
+
+
+def test_ranker_config_carries_every_shared_field():
+  """pipeline.ranker_config passes each Config field the RankerConfig has (same name) through."""
+  from camera_jax.training import ranker
+  cfg = config_lib.Config(history_norm="l2", representation_lr_scale=0.25, learning_rate=2e-3,
+                          attention_scale="mean", num_negatives=3, dropout=0.2, seed=7)
+  rc = pipeline.ranker_config(cfg)
+  shared = set(ranker.RankerConfig.__dataclass_fields__) & set(config_lib.Config.__dataclass_fields__)
+  assert {"history_norm", "representation_lr_scale", "learning_rate"} <= shared
+  for name in shared:
+    assert getattr(rc, name) == getattr(cfg, name), name

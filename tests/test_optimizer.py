@@ -1,0 +1,51 @@
+"""Per-module learning rates: ``trainer.make_optimizer(lr_scales=)`` and the ranker's use of it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from camera_jax.training import checkpoint as ckpt_lib
+from camera_jax.training import ranker
+from camera_jax.training import trainer
+from test_benchmarks import _cfg, _tables
+
+
+def test_first_adam_step_is_lr_times_the_scale_of_each_subtree():
+  """Adam's first update is -lr * g / (|g| + eps) = -lr * sign(g) for |g| >> eps."""
+  params = {"psi": {"w": jnp.ones(3)}, "phi": {"w": jnp.ones(2)}}
+  grads = {"psi": {"w": jnp.array([2.0, -3.0, 0.5])}, "phi": {"w": jnp.array([-1.0, 4.0])}}
+  tx = trainer.make_optimizer(0.01, 0.5, 10, lr_scales={"psi": 0.1, "missing": 3.0})
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["psi"]["w"], [-0.001, 0.001, -0.001], rtol=1e-5)
+  np.testing.assert_allclose(updates["phi"]["w"], [0.01, -0.01], rtol=1e-5)
+
+
+def test_unit_scales_give_plain_adam():
+  params = {"psi": {"w": jnp.ones(3)}}
+  plain = optax.adam(trainer.learning_rate_schedule(1e-3, 0.95, 10)).init(params)
+  for scales in (None, {}, {"psi": 1.0}):
+    state = trainer.make_optimizer(1e-3, 0.95, 10, lr_scales=scales).init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(plain)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.1])
+def test_ranker_checkpoint_restores_with_its_optimizer(scale, tmp_path):
+  """restore_params rebuilds the same optimizer state layout the training run saved."""
+  cfg = _cfg(representation_lr_scale=scale)
+  tables = _tables()
+  params = ranker.init_params(cfg, tables, jax.random.PRNGKey(1))
+  assert set(ranker.REPRESENTATION_PARAMS) <= set(params)
+  tx = ranker.make_optimizer(cfg, 5)
+  state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = state.apply_gradients(grads=grads)
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state.params, params)
+  assert moved["psi"]["dense0"]["kernel"] == pytest.approx(1e-3 * scale, rel=1e-3)
+  assert moved["phi_followers"]["w1"] == pytest.approx(1e-3, rel=1e-3)
+  with ckpt_lib.Checkpointer(tmp_path / "ranker") as ck:
+    ck.save(1, jax.device_get(state), {"epoch": 1})
+    ck.wait()
+  got = ranker.restore_params(cfg, tables, tmp_path / "ranker")
+  jax.tree.map(np.testing.assert_array_equal, got, jax.device_get(state.params))
