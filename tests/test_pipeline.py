@@ -106,6 +106,8 @@ def test_train_log_has_every_epoch_and_the_ranker_loss_goes_down(tiny_run, tiny_
   lrs = [r["lr"] for r in ranker]  # per-epoch staircase decay
   np.testing.assert_allclose(lrs, [cfg.learning_rate * cfg.lr_decay ** e for e in range(len(lrs))],
                              rtol=1e-6)
+  np.testing.assert_allclose([r["lr_representation"] for r in ranker],
+                             np.asarray(lrs) * cfg.representation_lr_scale, rtol=1e-6)
 
 
 def permuted_copy(src: pathlib.Path, dst: pathlib.Path, seed: int = 0) -> pathlib.Path:

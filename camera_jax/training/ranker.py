@@ -429,6 +429,7 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
     logging.info("%s epoch %d/%d: loss %.4f (with L1 %.4f), lr %.2e, %.0f triplets/s", stage,
                  epoch + 1, cfg.epochs, loss, total, lr, rows / max(seconds, 1e-9))
     log.write(stage=stage, epoch=epoch + 1, loss=loss, loss_with_l1=total, lr=lr,
+              lr_representation=lr * cfg.representation_lr_scale,
               triplets_per_s=rows / max(seconds, 1e-9), seconds=seconds)
     if checkpointer is not None:
       checkpointer.save(epoch + 1, jax.device_get(state), {"epoch": epoch + 1, "loss": loss})
