@@ -1,6 +1,5 @@
 """The shipped flagfiles parse into valid configs with the settings their comments promise."""
 
-import pathlib
 import sys
 
 import pytest
@@ -9,7 +8,8 @@ from absl import flags
 from camera_jax import config as config_lib
 from camera_jax import pipeline
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import REPO as ROOT
+
 sys.path.insert(0, str(ROOT / "experiments"))
 import _flags  # noqa: E402  (experiments/ is not a package)
 

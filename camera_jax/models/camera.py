@@ -419,6 +419,11 @@ class CAMERA(nn.Module):
 
   # -- per-account and per-concept parts -------------------------------------------------------
 
+  def _history(self, w: jax.Array, u: jax.Array) -> jax.Array:
+    """e_h (eq. 6) of [..., K] weights and [..., K, d_u] concept rows, rescaled per history_norm."""
+    return normalize_history(historical_representation(jnp.asarray(w, jnp.float32), u),
+                             self.history_norm)
+
   def encode_accounts(self, idx: jax.Array, w: jax.Array, concepts: jax.Array, *,
                       deterministic: bool = True, mask: jax.Array | None = None
                       ) -> dict[str, jax.Array]:
@@ -438,8 +443,7 @@ class CAMERA(nn.Module):
     """
     concepts = jnp.asarray(concepts, jnp.float32)
     u = jnp.take(concepts, idx, axis=0)
-    e_h = normalize_history(historical_representation(jnp.asarray(w, jnp.float32), u),
-                            self.history_norm)
+    e_h = self._history(w, u)
     psi = self.psi(e_h, deterministic=deterministic).astype(jnp.float32)
     mask = jnp.ones(idx.shape, bool) if mask is None else jnp.asarray(mask, bool)
     return dict(idx=jnp.asarray(idx, jnp.int32), w=jnp.asarray(w, jnp.float32), mask=mask, u=u,
@@ -583,7 +587,7 @@ class CAMERA(nn.Module):
     idx = jnp.concatenate([b_idx, m_idx.reshape(b * m, k)]).astype(jnp.int32)     # [R, K]
     w = jnp.concatenate([batch["brand_w"], batch["inf_w"].reshape(b * m, k)]).astype(jnp.float32)
     u = jnp.take(concepts, idx, axis=0)                                           # [R, K, d]
-    e_h = normalize_history(historical_representation(w, u), self.history_norm)  # eq. 6
+    e_h = self._history(w, u)                                                     # eq. 6
     psi = self.psi(e_h, deterministic=deterministic).astype(jnp.float32)          # [R, p]
     p = psi.shape[-1]
     psi_b, psi_m = psi[:b], psi[b:].reshape(b, m, p)
@@ -642,8 +646,7 @@ class CAMERA(nn.Module):
     """
     concepts = jnp.asarray(concepts, jnp.float32)
     u = jnp.take(concepts, idx, axis=0)
-    e_h = normalize_history(historical_representation(jnp.asarray(w, jnp.float32), u),
-                            self.history_norm)                                    # eq. 6
+    e_h = self._history(w, u)                                                     # eq. 6
     psi = self.psi(e_h, deterministic=True).astype(jnp.float32)
     kernel0, bias0 = self.gamma_mlp.dense_params()[0]
     d_h = e_h.shape[-1]
