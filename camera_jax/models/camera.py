@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from camera_jax.models import precision
 from camera_jax.models.cosmic import uniform_init
 from camera_jax.models.visual import LEAKY_SLOPE
 
@@ -293,7 +294,8 @@ class MLP(nn.Module):
     rate: dropout rate; 0 disables dropout.
     dropout_layers: number of leading layers whose input is dropped out (None = all).
     init_scale: kernels and biases are initialised uniform(-init_scale, init_scale) (paper).
-    dtype: computation dtype (parameters stay float32).
+    dtype: matmul precision: float32, or bfloat16 for bfloat16 operands with float32
+      accumulation (``camera_jax.models.precision``); activations and parameters stay float32.
     dropout_rng: "threefry" (``nn.Dropout``: jax.random.bernoulli) or "hash" (the same
       Bernoulli(1 - rate) masks and 1 / (1 - rate) scaling, drawn with :func:`hash_keep_mask`).
   """
@@ -310,7 +312,8 @@ class MLP(nn.Module):
     """[..., d_in] -> [..., features[-1]]."""
     n_drop = len(self.features) if self.dropout_layers is None else self.dropout_layers
     init = uniform_init(self.init_scale)
-    x = x.astype(self.dtype)
+    x = x.astype(jnp.float32)
+    dot_general = precision.dense_dot_general(self.dtype)
     for i, f in enumerate(self.features):
       if i < n_drop and self.rate > 0:
         if self.dropout_rng == "hash":
@@ -320,7 +323,8 @@ class MLP(nn.Module):
             x = jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
         else:
           x = nn.Dropout(self.rate, deterministic=deterministic)(x)
-      x = nn.Dense(f, dtype=self.dtype, kernel_init=init, bias_init=init, name=f"dense{i}")(x)
+      x = nn.Dense(f, kernel_init=init, bias_init=init, dot_general=dot_general,
+                   name=f"dense{i}")(x)
       x = nn.leaky_relu(x, negative_slope=LEAKY_SLOPE)
     return x
 
@@ -337,9 +341,9 @@ class MLP(nn.Module):
     the catalogue scorer, which forms layer 0's pre-activation by linearity from per-account
     and per-concept parts.
     """
-    x = nn.leaky_relu(jnp.asarray(pre, self.dtype), negative_slope=LEAKY_SLOPE)
+    x = nn.leaky_relu(jnp.asarray(pre, jnp.float32), negative_slope=LEAKY_SLOPE)
     for kernel, bias in self.dense_params()[1:]:
-      x = jnp.dot(x, jnp.asarray(kernel, self.dtype)) + jnp.asarray(bias, self.dtype)
+      x = precision.matmul(x, kernel, self.dtype) + bias
       x = nn.leaky_relu(x, negative_slope=LEAKY_SLOPE)
     return x
 
@@ -380,7 +384,8 @@ class CAMERA(nn.Module):
       sqrt(d_u) before psi and gamma, see :func:`normalize_history`).
     use_interaction: False is the C-w/o-MR ablation: S = S_con, no phi parameters, and S_ed,
       S_in are returned as ones.
-    dtype: computation dtype of psi, rho, gamma; attention and scores are float32.
+    dtype: matmul precision of psi, rho and gamma: float32, or bfloat16 operands with float32
+      accumulation (:mod:`camera_jax.models.precision`); everything else is float32.
     rho_path: "auto" (the static rule below), "table" or "rows" to force one path.
     dropout_rng: "threefry" (nn.Dropout) or "hash" (:func:`hash_keep_mask`), see :class:`MLP`.
 
@@ -594,7 +599,7 @@ class CAMERA(nn.Module):
     use_table = {"auto": idx.size > n, "table": True, "rows": False}[self.rho_path]
     if use_table:  # rho once per concept; logits as columns of q = psi rho(U_C)^T
       table = self.concept_table(concepts, deterministic=deterministic)          # [n, p]
-      q = jnp.dot(psi, table.T)                                                   # [R, n]
+      q = precision.matmul(psi, table, self.dtype, transpose_w=True)              # [R, n]
       q_b, q_m = q[:b], q[b:].reshape(b, m, n)
       logits_b = jnp.take_along_axis(q_m, jnp.broadcast_to(b_idx[:, None, :], (b, m, k)), -1)
       logits_m = jnp.take_along_axis(jnp.broadcast_to(q_b[:, None, :], (b, m, n)), m_idx, -1)
@@ -628,7 +633,7 @@ class CAMERA(nn.Module):
     concepts = jnp.asarray(concepts, jnp.float32)
     kernel0, _ = self.gamma_mlp.dense_params()[0]
     d_h = kernel0.shape[0] - concepts.shape[1]
-    r1 = jnp.dot(concepts.astype(self.dtype), jnp.asarray(kernel0[d_h:], self.dtype))
+    r1 = precision.matmul(concepts, kernel0[d_h:], self.dtype)
     return dict(rho=self.concept_table(concepts), r1=r1)
 
   def catalogue_accounts(self, idx: jax.Array, w: jax.Array, mask: jax.Array | None,
@@ -650,8 +655,7 @@ class CAMERA(nn.Module):
     psi = self.psi(e_h, deterministic=True).astype(jnp.float32)
     kernel0, bias0 = self.gamma_mlp.dense_params()[0]
     d_h = e_h.shape[-1]
-    h1 = (jnp.dot(e_h.astype(self.dtype), jnp.asarray(kernel0[:d_h], self.dtype))
-          + jnp.asarray(bias0, self.dtype))
+    h1 = precision.matmul(e_h, kernel0[:d_h], self.dtype) + bias0
     mask = jnp.ones(idx.shape, bool) if mask is None else jnp.asarray(mask, bool)
     return dict(idx=jnp.asarray(idx, jnp.int32), mask=mask, q=jnp.dot(psi, rho.T), h1=h1)
 

@@ -23,6 +23,7 @@ from absl import logging
 from camera_jax.data import input_pipeline
 from camera_jax.models import concept_generator as cg_lib
 from camera_jax.models import cosmic as cosmic_lib
+from camera_jax.training import compiler_options
 from camera_jax.training import sharding
 from camera_jax.training import trainer
 
@@ -75,7 +76,9 @@ def make_image_steps(loss_fn: Callable[[Any, dict[str, jax.Array]], jax.Array], 
     return state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images,
                           train=False)
 
-  return jax.jit(train_step, donate_argnums=0), jax.jit(predict)
+  options = compiler_options.image_step_options()
+  return (jax.jit(train_step, donate_argnums=0, compiler_options=options),
+          jax.jit(predict, compiler_options=options))
 
 
 def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,

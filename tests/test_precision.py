@@ -1,0 +1,130 @@
+"""Matmul precision (camera_jax.models.precision) and the image steps' compiler options."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camera_jax.models import precision
+from camera_jax.training import compiler_options
+from camera_jax.training import ranker
+from camera_jax.training import sharding
+from camera_jax.training import trainer
+from test_benchmarks import _cfg, _tables
+
+
+def _bf16_exact(shape, seed):
+  """Random float32 values that bfloat16 represents exactly (8 significant bits)."""
+  x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+  return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
+
+
+@pytest.mark.parametrize("m", [6, 7, 8, 12])   # even, odd, multiples of 8 and 4
+def test_materialized_transpose_is_the_transpose(m):
+  x = np.arange(m * 5, dtype=np.float32).reshape(m, 5)
+  np.testing.assert_array_equal(jax.jit(precision.materialized_transpose)(x), x.T)
+
+
+@pytest.mark.parametrize("transpose_w", [False, True])
+def test_bf16_matmul_and_its_gradients_on_bf16_exact_inputs_equal_float32(transpose_w):
+  # operands that bfloat16 holds exactly, accumulated in float32: the product and both
+  # gradients (whose cotangent is cast to bfloat16 too: make it exact as well) equal float32's
+  x, w = _bf16_exact((12, 5), 0), _bf16_exact((3, 5) if transpose_w else (5, 3), 1)
+  c = _bf16_exact((12, 3), 2)
+
+  def loss(mm):
+    return lambda x, w: jnp.sum(mm(x, w) * c)
+
+  def f32(x, w):
+    return jnp.dot(x, w.T if transpose_w else w, precision="highest")
+
+  def bf16(x, w):
+    return precision.matmul(x, w, jnp.bfloat16, transpose_w=transpose_w)
+
+  out = jax.jit(bf16)(x, w)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, f32(x, w), rtol=1e-6, atol=1e-6)
+  g_want = jax.grad(loss(f32), argnums=(0, 1))(x, w)
+  g_got = jax.jit(jax.grad(loss(bf16), argnums=(0, 1)))(x, w)
+  for got, want in zip(g_got, g_want):
+    assert got.dtype == jnp.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_matmul_rounds_its_operands_to_bfloat16():
+  # 1 + 2^-10 is not a bfloat16 (8 significant bits): it rounds to 1, so the product is 3, not
+  # 3 + 3 * 2^-10; float32 keeps it
+  x = jnp.full((2, 3), 1.0 + 2.0 ** -10, jnp.float32)
+  w = jnp.ones((3, 1), jnp.float32)
+  np.testing.assert_array_equal(precision.matmul(x, w, jnp.bfloat16), 3.0)
+  np.testing.assert_allclose(precision.matmul(x, w, jnp.float32), 3.0 + 3 * 2.0 ** -10, rtol=1e-7)
+
+
+def test_matmul_keeps_leading_axes_and_float32_is_plain_dot():
+  x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+  w = np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32)
+  np.testing.assert_array_equal(precision.matmul(x, w), jnp.dot(x, w))
+  assert precision.matmul(x, w, jnp.bfloat16).shape == (2, 3, 5)
+  assert precision.dense_dot_general(jnp.float32) is jax.lax.dot_general
+
+
+def test_dense_dot_general_rejects_what_it_does_not_implement():
+  dg = precision.dense_dot_general(jnp.bfloat16)
+  with pytest.raises(ValueError, match="unsupported dimension numbers"):
+    dg(jnp.ones((2, 3)), jnp.ones((2, 4)), (((0,), (0,)), ((), ())))
+
+
+def test_bf16_ranker_trains_and_scores_close_to_float32():
+  # the train step at compute_dtype=bfloat16 (both rho paths) runs under jit, lowers the loss
+  # like the float32 step, and its catalogue scores stay close to float32's
+  t = _tables(n_accounts=60)
+  mesh = sharding.make_mesh()
+  dev = t.device(mesh)
+  rng = np.random.default_rng(0)
+  batches = []
+  for b in (64, 2):   # the table path, and the row path (2 x 3 x K rows <= n = 30)
+    host = {"brand": rng.integers(0, 10, b).astype(np.int32),
+            "pos": rng.integers(10, 60, b).astype(np.int32),
+            "neg": rng.integers(10, 60, (b, 1)).astype(np.int32),
+            "ed_obs": np.zeros(b, np.float32), "mask": np.ones(b, bool)}
+    batches.append(sharding.shard_batch(host, mesh))
+  losses, trained = {}, {}
+  for dtype in ("float32", "bfloat16"):
+    cfg = dataclasses.replace(_cfg(), compute_dtype=dtype, dropout=0.0, l1=0.0, learning_rate=1e-2,
+                              loss_hparams=(("margin", 1.0),))
+    params = ranker.init_params(cfg, t, jax.random.PRNGKey(0))
+    state = trainer.TrainState.create(apply_fn=None, params=params,
+                                      tx=ranker.make_optimizer(cfg, 10))
+    step = ranker.make_train_step(cfg)
+    hist = []
+    for i in range(16):
+      state, metrics = step(state, batches[i % 2], dev, jax.random.PRNGKey(i))
+      hist.append(float(metrics["loss"]) / (64 if i % 2 == 0 else 2))
+    losses[dtype] = np.array(hist)
+    trained[dtype] = state.params
+    assert np.all(np.isfinite(hist))
+  for dtype, hist in losses.items():   # the fixed 64-row batch's loss goes down
+    assert hist[-2] < hist[0] - 1e-3, (dtype, hist)
+  # the same first step in both precisions (bfloat16 operands: close, not equal)
+  np.testing.assert_allclose(losses["bfloat16"][:2], losses["float32"][:2], rtol=0.02)
+  # catalogue scoring of the trained float32 params in both precisions
+  brand, infl = rng.integers(0, 10, 200), rng.integers(10, 60, 200)
+  cfg32 = dataclasses.replace(_cfg(), dropout=0.0)
+  params = trained["float32"]
+  s32 = ranker.score_pairs(cfg32, params, t, brand, infl, keys=("S",))["S"]
+  s16 = ranker.score_pairs(dataclasses.replace(cfg32, compute_dtype="bfloat16"), params, t,
+                           brand, infl, keys=("S",))["S"]
+  assert s16.dtype == np.float32 and not np.array_equal(s16, s32)
+  np.testing.assert_allclose(s16, s32, atol=0.05 * float(np.max(np.abs(s32))))
+
+
+def test_image_step_options_on_cpu_and_elsewhere():
+  assert compiler_options.image_step_options("gpu") is None
+  opts = compiler_options.image_step_options("cpu")
+  # this jaxlib accepts the option (the development and CI stack); another may not: then None
+  assert opts in (None, compiler_options.CPU_IMAGE_STEP)
+  if jax.__version__.startswith("0.10."):
+    assert opts == compiler_options.CPU_IMAGE_STEP
+  assert compiler_options._accepted((("xla_cpu_experimental_ynn_fusion_type", "NOT_A_TYPE"),)) is False
