@@ -413,7 +413,9 @@ class Bench:
 
   def peak_for(self, variant: str) -> float:
     """The peak a row's share is measured against: bfloat16 rows against the bf16 peak."""
-    return self.peak_gflops_bf16 if variant == "bf16" and self.peak_gflops_bf16 else self.peak_gflops
+    if variant == "bf16" and self.peak_gflops_bf16:
+      return self.peak_gflops_bf16
+    return self.peak_gflops
 
   def add(self, r: dict[str, Any]) -> None:
     self.results.append(r)
@@ -772,7 +774,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--quick", action="store_true", help="CI smoke run (about a minute)")
   p.add_argument("--out", default="", help="write the JSON report here")
   p.add_argument("--bf16", action="store_true",
-                 help="also run the ranker with bfloat16 matmul operands (float32 accumulation) and measure the effect on scores")
+                 help="also run the ranker with bfloat16 matmul operands (float32 accumulation) "
+                      "and measure the effect on scores")
   p.add_argument("--only", default=",".join(SECTIONS),
                  help=f"comma-separated subset of {','.join(SECTIONS)}")
   args = p.parse_args(argv)

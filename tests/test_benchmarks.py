@@ -88,6 +88,24 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
   assert "ranker_train_step" in proc.stdout and "catalogue_scoring" in proc.stdout
 
 
+def test_quick_bf16_benchmark_reports_the_bf16_peak_rows_and_targets(tmp_path):
+  out = tmp_path / "bench.json"
+  proc = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--bf16",
+                         "--only=ranker,catalogue", f"--out={out}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  report = json.loads(out.read_text())
+  assert report["peak"]["gflops_bf16"] > 0
+  assert {r["dtype"] for r in report["peak"]["runs"]} == {"float32", "bfloat16"}
+  bf = [r for r in report["results"] if r["variant"] == "bf16"]
+  assert {r["path"] for r in bf} == {"catalogue_scoring"}   # quick: no ranker variant batches
+  assert bf[0]["peak_share"] == pytest.approx(
+      bf[0]["gflops_achieved"] / report["peak"]["gflops_bf16"])
+  assert set(report["targets"]["catalogue_scoring@74x797"]["bf16"]) == {
+      "median_s", "peak_share", "met"}
+  assert report["bf16"]["rank_correlation"] > 0.99
+
+
 def test_bad_arguments_fail_with_one_line(tmp_path):
   proc = subprocess.run([sys.executable, "benchmarks/run.py", "--only=nope"], cwd=REPO,
                         capture_output=True, text=True, timeout=120)

@@ -127,4 +127,5 @@ def test_image_step_options_on_cpu_and_elsewhere():
   assert opts in (None, compiler_options.CPU_IMAGE_STEP)
   if jax.__version__.startswith("0.10."):
     assert opts == compiler_options.CPU_IMAGE_STEP
-  assert compiler_options._accepted((("xla_cpu_experimental_ynn_fusion_type", "NOT_A_TYPE"),)) is False
+  bad = (("xla_cpu_experimental_ynn_fusion_type", "NOT_A_TYPE"),)
+  assert compiler_options._accepted(bad) is False

@@ -59,7 +59,7 @@ class RankerConfig:
   eval_chunk: int = 8192
   seed: int = 0
   dropout_rng: str = "hash"          # "hash" (fast counter-based masks) | "threefry" (nn.Dropout)
-  compute_dtype: str = "float32"     # "bfloat16": psi, rho and gamma matmuls in bf16
+  compute_dtype: str = "float32"     # "bfloat16": bf16 matmul operands, f32 accumulation
 
 
 @dataclasses.dataclass
