@@ -336,7 +336,7 @@ def matmul_peak(jax: Any, jnp: Any, n: int, reps: int, dtype: Any) -> dict[str, 
   """GFLOP/s of a jitted n x n x n matmul (best and median of ``reps`` timed calls).
 
   float32: operands and result float32. bfloat16: bfloat16 operands, float32 accumulation and
-  result (``preferred_element_type``), the form of the ranker's ``compute_dtype=bfloat16``.
+  result (``preferred_element_type``), the form of the ranker's ``matmul_dtype=bfloat16``.
   """
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
@@ -433,7 +433,7 @@ class Bench:
       cfg = dataclasses.replace(cfg, dropout_rng="threefry")
       grouped = False
     elif variant == "bf16":
-      cfg = dataclasses.replace(cfg, compute_dtype="bfloat16")
+      cfg = dataclasses.replace(cfg, matmul_dtype="bfloat16")
     elif variant == "op by op":
       use_jit = False
     tables = self.tables(N_ACCOUNTS)
@@ -661,7 +661,7 @@ class Bench:
 
   def bf16_effect(self, f32: dict[str, np.ndarray], n_brands: int, n_candidates: int) -> None:
     from camera_jax import metrics as metrics_lib
-    cfg = dataclasses.replace(self.cfg, compute_dtype="bfloat16")
+    cfg = dataclasses.replace(self.cfg, matmul_dtype="bfloat16")
     bf = self.catalogue(n_brands, n_candidates, max(1, self.sizes.catalogue_reps[0]),
                         variant="bf16", cfg=cfg)
     s32, s16 = f32["S"].astype(np.float64), bf["S"].astype(np.float64)

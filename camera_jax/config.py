@@ -77,6 +77,7 @@ class Config:
   history: str = "all"               # all: every post is history | unsponsored: drop posts named by cooperations
   use_interaction: bool = True       # False: the C-w/o-MR ablation (S = S_con)
   eval_chunk: int = 8192             # pairs scored per jitted call
+  matmul_dtype: str = "float32"      # float32 | bfloat16: psi/rho/gamma on bf16 operands, f32 accumulation
 
   # Evaluation.
   baselines: tuple[str, ...] = ("RAND", "POP", "ENG", "MIV", "CONTENT")

@@ -53,6 +53,7 @@ _CHOICES = {
     "history_norm": ("none", "l2"),
     "endorsement": ("mean", "observed"),
     "history": ("all", "unsponsored"),
+    "matmul_dtype": ("float32", "bfloat16"),
 }
 
 
@@ -300,7 +301,8 @@ def ranker_config(cfg: Config) -> ranker_lib.RankerConfig:
       d_score=cfg.d_score, attention_scale=cfg.attention_scale, history_norm=cfg.history_norm,
       use_interaction=cfg.use_interaction, num_negatives=cfg.num_negatives, loss=cfg.loss,
       loss_hparams=(("margin", cfg.margin), ("temperature", cfg.temperature)),
-      endorsement=cfg.endorsement, eval_chunk=cfg.eval_chunk, seed=cfg.seed)
+      endorsement=cfg.endorsement, eval_chunk=cfg.eval_chunk, seed=cfg.seed,
+      matmul_dtype=cfg.matmul_dtype)
 
 
 def training_positives(dataset: format_lib.Dataset, feats: dict[str, np.ndarray]

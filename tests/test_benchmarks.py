@@ -195,7 +195,7 @@ def test_catalogue_scoring_equals_the_pair_path_and_is_the_default():
                      chunk=64, keys=("S",), jit=False)
   np.testing.assert_allclose(ref["S"], want["S"], rtol=1e-5, atol=1e-6)
   # bf16 matmuls: close, not equal
-  bf = ranker.score_pairs(dataclasses.replace(cfg, compute_dtype="bfloat16"), params, t, brand,
+  bf = ranker.score_pairs(dataclasses.replace(cfg, matmul_dtype="bfloat16"), params, t, brand,
                           infl, keys=("S",))["S"]
   np.testing.assert_allclose(bf, want["S"], atol=0.1 * float(np.max(np.abs(want["S"]))))
 

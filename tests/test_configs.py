@@ -53,9 +53,16 @@ def test_ranker_config_carries_every_shared_field():
   """pipeline.ranker_config passes each Config field the RankerConfig has (same name) through."""
   from camera_jax.training import ranker
   cfg = config_lib.Config(history_norm="l2", representation_lr_scale=0.25, learning_rate=2e-3,
-                          attention_scale="mean", num_negatives=3, dropout=0.2, seed=7)
+                          attention_scale="mean", num_negatives=3, dropout=0.2, seed=7,
+                          matmul_dtype="bfloat16")
   rc = pipeline.ranker_config(cfg)
   shared = set(ranker.RankerConfig.__dataclass_fields__) & set(config_lib.Config.__dataclass_fields__)
-  assert {"history_norm", "representation_lr_scale", "learning_rate"} <= shared
+  assert {"history_norm", "representation_lr_scale", "learning_rate", "matmul_dtype"} <= shared
   for name in shared:
     assert getattr(rc, name) == getattr(cfg, name), name
+
+
+def test_matmul_dtype_is_checked():
+  assert pipeline.check_config(config_lib.Config(matmul_dtype="bfloat16")) == []
+  assert pipeline.check_config(config_lib.Config(matmul_dtype="fp8")) == [
+      "--matmul_dtype=fp8: must be one of float32, bfloat16"]

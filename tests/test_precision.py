@@ -77,7 +77,7 @@ def test_dense_dot_general_rejects_what_it_does_not_implement():
 
 
 def test_bf16_ranker_trains_and_scores_close_to_float32():
-  # the train step at compute_dtype=bfloat16 (both rho paths) runs under jit, lowers the loss
+  # the train step at matmul_dtype=bfloat16 (both rho paths) runs under jit, lowers the loss
   # like the float32 step, and its catalogue scores stay close to float32's
   t = _tables(n_accounts=60)
   mesh = sharding.make_mesh()
@@ -92,7 +92,7 @@ def test_bf16_ranker_trains_and_scores_close_to_float32():
     batches.append(sharding.shard_batch(host, mesh))
   losses, trained = {}, {}
   for dtype in ("float32", "bfloat16"):
-    cfg = dataclasses.replace(_cfg(), compute_dtype=dtype, dropout=0.0, l1=0.0, learning_rate=1e-2,
+    cfg = dataclasses.replace(_cfg(), matmul_dtype=dtype, dropout=0.0, l1=0.0, learning_rate=1e-2,
                               loss_hparams=(("margin", 1.0),))
     params = ranker.init_params(cfg, t, jax.random.PRNGKey(0))
     state = trainer.TrainState.create(apply_fn=None, params=params,
@@ -114,7 +114,7 @@ def test_bf16_ranker_trains_and_scores_close_to_float32():
   cfg32 = dataclasses.replace(_cfg(), dropout=0.0)
   params = trained["float32"]
   s32 = ranker.score_pairs(cfg32, params, t, brand, infl, keys=("S",))["S"]
-  s16 = ranker.score_pairs(dataclasses.replace(cfg32, compute_dtype="bfloat16"), params, t,
+  s16 = ranker.score_pairs(dataclasses.replace(cfg32, matmul_dtype="bfloat16"), params, t,
                            brand, infl, keys=("S",))["S"]
   assert s16.dtype == np.float32 and not np.array_equal(s16, s32)
   np.testing.assert_allclose(s16, s32, atol=0.05 * float(np.max(np.abs(s32))))

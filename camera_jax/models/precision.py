@@ -1,6 +1,6 @@
 """Matmul precision of the ranker: float32, or bfloat16 operands with float32 accumulation.
 
-``RankerConfig.compute_dtype = "bfloat16"`` (off by default) runs every matmul of psi, rho and
+``RankerConfig.matmul_dtype = "bfloat16"`` (off by default) runs every matmul of psi, rho and
 gamma -- the forward product and both gradients -- on bfloat16 operands with float32
 accumulation and float32 results, the mixed precision of GPU tensor cores. Activations,
 biases, attention, scores, the loss and the parameters stay float32. On a CPU with AMX

@@ -59,7 +59,7 @@ class RankerConfig:
   eval_chunk: int = 8192
   seed: int = 0
   dropout_rng: str = "hash"          # "hash" (fast counter-based masks) | "threefry" (nn.Dropout)
-  compute_dtype: str = "float32"     # "bfloat16": bf16 matmul operands, f32 accumulation
+  matmul_dtype: str = "float32"     # "bfloat16": bf16 matmul operands, f32 accumulation
 
 
 @dataclasses.dataclass
@@ -98,7 +98,7 @@ def make_model(cfg: RankerConfig) -> camera_lib.CAMERA:
       d_hidden=tuple(cfg.psi_features), gamma=tuple(cfg.gamma_features), d_score=cfg.d_score,
       dropout=cfg.dropout, init_scale=cfg.init_scale, attention_scale=cfg.attention_scale,
       history_norm=cfg.history_norm, use_interaction=cfg.use_interaction, dropout_rng=cfg.dropout_rng,
-      dtype=jnp.dtype(cfg.compute_dtype))
+      dtype=jnp.dtype(cfg.matmul_dtype))
 
 
 def pair_inputs(tables: dict[str, jax.Array], brand: jax.Array, influencer: jax.Array,
