@@ -580,7 +580,8 @@ class Bench:
     elif variant == "op by op":
       scorer = ranker.CatalogueScorer(cfg)
       rparams = sharding.replicate(params, self.mesh)
-      chunk = ranker.catalogue_chunk(len(b), cfg.eval_chunk, self.mesh.devices.size)
+      chunk = ranker.catalogue_chunk(len(b), ranker.auto_eval_chunk(cfg.eval_chunk),
+                                     self.mesh.devices.size)
       call = lambda: scorer.score(rparams, dev, b, m, mesh=self.mesh, chunk=chunk,  # noqa: E731
                                   keys=keys, jit=False)
     else:
@@ -606,7 +607,8 @@ class Bench:
     extra = {"rss_before_mb": mem.base_mb, "rss_peak_mb": mem.peak_mb,
              "rss_peak_increase_mb": (mem.peak_mb - mem.base_mb)
              if mem.peak_mb is not None else None,
-             "device_peak_mb": mem.device_peak_mb, "chunk": cfg.eval_chunk,
+             "device_peak_mb": mem.device_peak_mb,
+             "chunk": ranker.auto_eval_chunk(cfg.eval_chunk),
              "output_mb": out["S"].nbytes / 2 ** 20}
     if variant == "ours":
       extra["jit_cache_size"] = {"concept_parts": int(scorer.concept_parts._cache_size()),
@@ -866,7 +868,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                 "gamma": list(bench.cfg.gamma_features), "d_u": D_U, "top_k": TOP_K,
                 "n_concepts": N_CONCEPTS, "n_accounts": N_ACCOUNTS, "n_brands": N_BRANDS,
                 "negatives": bench.cfg.num_negatives, "dropout": bench.cfg.dropout,
-                "dropout_rng": bench.cfg.dropout_rng, "eval_chunk": bench.cfg.eval_chunk},
+                "dropout_rng": bench.cfg.dropout_rng,
+                "eval_chunk": bench.ranker.auto_eval_chunk(bench.cfg.eval_chunk)},
       "peak": {"gflops": bench.peak_gflops, "gflops_bf16": bench.peak_gflops_bf16 or None,
                "runs": bench.extra.get("matmul_peak_runs", [])},
       "authors": {k: {str(s): v for s, v in d.items()} for k, d in AUTHORS.items()},

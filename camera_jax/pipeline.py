@@ -75,10 +75,10 @@ def check_config(cfg: Config) -> list[str]:
     if cfg.preset not in synthetic.PRESETS:
       errors.append(f"--preset={cfg.preset}: unknown preset; available: {', '.join(sorted(synthetic.PRESETS))}")
   for name in ("batch_size", "cg_batch_size", "cosmic_batch_size", "top_k", "num_negatives",
-               "image_size", "w2v_dim", "d_u", "d_score", "eval_chunk", "num_processes"):
+               "image_size", "w2v_dim", "d_u", "d_score", "num_processes"):
     if getattr(cfg, name) < 1:
       errors.append(f"--{name}={getattr(cfg, name)}: must be >= 1")
-  for name in ("epochs", "cg_epochs", "cosmic_epochs", "w2v_epochs"):
+  for name in ("epochs", "cg_epochs", "cosmic_epochs", "w2v_epochs", "eval_chunk"):
     if getattr(cfg, name) < 0:
       errors.append(f"--{name}={getattr(cfg, name)}: must be >= 0")
   for name in ("learning_rate", "representation_lr_scale"):

@@ -200,6 +200,18 @@ def test_catalogue_scoring_equals_the_pair_path_and_is_the_default():
   np.testing.assert_allclose(bf, want["S"], atol=0.1 * float(np.max(np.abs(want["S"]))))
 
 
+def test_eval_chunk_zero_is_a_per_backend_default():
+  assert ranker.auto_eval_chunk(0, "cpu") == 2048
+  assert ranker.auto_eval_chunk(0, "gpu") == 8192
+  assert ranker.auto_eval_chunk(100, "cpu") == 100 and ranker.auto_eval_chunk(100, "gpu") == 100
+  assert ranker.RankerConfig().eval_chunk == 0
+  # 74 x 797 on a CPU: 29 balanced calls of 2,048 pairs (0.7 % padding)
+  assert ranker.catalogue_chunk(74 * 797, ranker.auto_eval_chunk(0, "cpu")) == 2048
+  from camera_jax import config as config_lib, pipeline
+  assert pipeline.check_config(config_lib.Config(eval_chunk=-1)) == [
+      "--eval_chunk=-1: must be >= 0"]
+
+
 def test_pipeline_scoring_uses_the_fast_path(tiny_run, tmp_path, monkeypatch):
   from camera_jax import pipeline
   from camera_jax import run as run_lib

@@ -21,9 +21,10 @@ def _bf16_exact(shape, seed):
   return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
 
 
-@pytest.mark.parametrize("m", [6, 7, 8, 12])   # even, odd, multiples of 8 and 4
-def test_materialized_transpose_is_the_transpose(m):
-  x = np.arange(m * 5, dtype=np.float32).reshape(m, 5)
+@pytest.mark.parametrize("m,k", [(5, 8), (5, 6), (6, 5), (8, 5), (12, 7), (7, 5)])
+def test_materialized_transpose_is_the_transpose(m, k):
+  # every branch: columns split by 4 or 2; rows split by 8, 4 or 2; both odd (plain)
+  x = np.arange(m * k, dtype=np.float32).reshape(m, k)
   np.testing.assert_array_equal(jax.jit(precision.materialized_transpose)(x), x.T)
 
 

@@ -56,7 +56,7 @@ class RankerConfig:
   loss: str = "triplet"
   loss_hparams: tuple[tuple[str, float], ...] = (("margin", 7.0),)
   endorsement: str = "mean"
-  eval_chunk: int = 8192
+  eval_chunk: int = 0                # pairs per scoring call; 0: auto_eval_chunk()
   seed: int = 0
   dropout_rng: str = "hash"          # "hash" (fast counter-based masks) | "threefry" (nn.Dropout)
   matmul_dtype: str = "float32"     # "bfloat16": bf16 matmul operands, f32 accumulation
@@ -325,6 +325,21 @@ class CatalogueScorer:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+#: Pairs per scoring call when ``eval_chunk`` is 0, per backend. On the 2-core development CPU
+#: the 74 x 797 catalogue scored in 1.81 s with calls of up to 2,048 pairs against 2.04 s with
+#: 8,192 (float32), and 0.47 s against 0.77 s with bfloat16 matmuls (smaller calls keep gamma's
+#: activations in cache); on a GPU the calls are latency-bound and larger is faster.
+AUTO_EVAL_CHUNK = {"cpu": 2048}
+AUTO_EVAL_CHUNK_OTHER = 8192
+
+
+def auto_eval_chunk(eval_chunk: int, backend: str | None = None) -> int:
+  """``eval_chunk`` itself when positive; 0 means 2,048 on a CPU and 8,192 elsewhere."""
+  if eval_chunk > 0:
+    return eval_chunk
+  return AUTO_EVAL_CHUNK.get(backend or jax.default_backend(), AUTO_EVAL_CHUNK_OTHER)
+
+
 def catalogue_chunk(n: int, eval_chunk: int, n_devices: int = 1) -> int:
   """Pairs per jitted call of :meth:`CatalogueScorer.score` for ``n`` pairs.
 
@@ -464,9 +479,10 @@ def score_pairs(cfg: RankerConfig, params: Any, tables: Tables | dict[str, jax.A
   score_fn = score_fn or make_score_fn(cfg)
   params = sharding.replicate(params, mesh)
   n = len(brand)
-  chunk = sharding.round_up(min(cfg.eval_chunk, max(n, 1)), mesh.devices.size)
+  eval_chunk = auto_eval_chunk(cfg.eval_chunk)
+  chunk = sharding.round_up(min(eval_chunk, max(n, 1)), mesh.devices.size)
   if isinstance(score_fn, CatalogueScorer):
-    chunk = catalogue_chunk(n, cfg.eval_chunk, mesh.devices.size)
+    chunk = catalogue_chunk(n, eval_chunk, mesh.devices.size)
     return score_fn.score(params, dev_tables, brand, influencer, mesh=mesh, chunk=chunk, keys=keys)
   out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
   for s in range(0, n, chunk):
