@@ -1,6 +1,10 @@
 """Matmul precision (camera_jax.models.precision) and the image steps' compiler options."""
 
 import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +16,7 @@ from camera_jax.training import compiler_options
 from camera_jax.training import ranker
 from camera_jax.training import sharding
 from camera_jax.training import trainer
+from conftest import REPO
 from test_benchmarks import _cfg, _tables
 
 
@@ -64,11 +69,44 @@ def test_bf16_matmul_rounds_its_operands_to_bfloat16():
 
 
 def test_matmul_keeps_leading_axes_and_float32_is_plain_dot():
-  x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
-  w = np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32)
+  x, w = _bf16_exact((2, 3, 4), 0), _bf16_exact((4, 5), 1)
   np.testing.assert_array_equal(precision.matmul(x, w), jnp.dot(x, w))
-  assert precision.matmul(x, w, jnp.bfloat16).shape == (2, 3, 5)
+  want = jnp.dot(x, w, precision="highest")
+  got = precision.matmul(x, w, jnp.bfloat16)
+  assert got.shape == (2, 3, 5) and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(precision.matmul(x, w.T, jnp.bfloat16, transpose_w=True), want,
+                             rtol=1e-6, atol=1e-6)
+  # the weight gradient sums over every leading axis: that of a [2, 3, k] input equals that of
+  # its [6, k] reshape
+  c = _bf16_exact((2, 3, 5), 2)
+  gw = jax.grad(lambda w: jnp.sum(precision.matmul(x, w, jnp.bfloat16) * c))(w)
+  gw2 = jax.grad(lambda w: jnp.sum(precision.matmul(x.reshape(6, 4), w, jnp.bfloat16)
+                                   * c.reshape(6, 5)))(w)
+  np.testing.assert_allclose(gw, gw2, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(gw, jnp.einsum("abk,abn->kn", x, c, precision="highest"),
+                             rtol=1e-6, atol=1e-6)
   assert precision.dense_dot_general(jnp.float32) is jax.lax.dot_general
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8), (2, 3, 5), (4, 3, 5), (3, 3, 5), (6, 7)])
+def test_materialized_transpose_moves_the_last_axis_first(shape):
+  x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+  np.testing.assert_array_equal(jax.jit(precision.materialized_transpose)(x),
+                                np.moveaxis(x, -1, 0))
+
+
+def test_only_float32_and_bfloat16_are_matmul_dtypes():
+  from camera_jax.models import history_pooling
+  with pytest.raises(ValueError, match="float16: must be one of float32, bfloat16"):
+    precision.matmul(jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.float16)
+  with pytest.raises(ValueError, match="must be one of"):
+    precision.dense_dot_general("float64")
+  cfg = dataclasses.replace(_cfg(), matmul_dtype="bfloat16")
+  assert ranker.make_model(cfg).dtype == jnp.bfloat16
+  assert history_pooling.make_hp_model(cfg).dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="eval_chunk must be >= 1"):
+    ranker.catalogue_chunk(100, 0)
 
 
 def test_dense_dot_general_rejects_what_it_does_not_implement():
@@ -106,6 +144,10 @@ def test_bf16_ranker_trains_and_scores_close_to_float32():
     losses[dtype] = np.array(hist)
     trained[dtype] = state.params
     assert np.all(np.isfinite(hist))
+  # bfloat16 is wired in: the two precisions trained different parameters
+  k32 = trained["float32"]["gamma_mlp"]["dense1"]["kernel"]
+  k16 = trained["bfloat16"]["gamma_mlp"]["dense1"]["kernel"]
+  assert not np.array_equal(k32, k16)
   for dtype, hist in losses.items():   # the fixed 64-row batch's loss goes down
     assert hist[-2] < hist[0] - 1e-3, (dtype, hist)
   # the same first step in both precisions (bfloat16 operands: close, not equal)
@@ -130,3 +172,58 @@ def test_image_step_options_on_cpu_and_elsewhere():
     assert opts == compiler_options.CPU_IMAGE_STEP
   bad = (("xla_cpu_experimental_ynn_fusion_type", "NOT_A_TYPE"),)
   assert compiler_options._accepted(bad) is False
+
+
+def test_bf16_keeps_the_batch_sharded_on_four_devices():
+  """bf16 matmuls never merge a sharded batch axis with an unsharded one.
+
+  Gamma's input is [2, B, M, d] with B sharded; flattening it to rows made XLA gather the whole
+  batch on every device (two more all-gathers in the train step than float32's). The compiled
+  bfloat16 train step must have exactly the float32 step's all-gathers, and the catalogue call
+  none.
+  """
+  script = textwrap.dedent("""
+      import dataclasses, re, sys
+      import jax, numpy as np
+      sys.path.insert(0, "tests")
+      from test_benchmarks import _cfg, _tables
+      from camera_jax.training import ranker, sharding, trainer
+      assert jax.device_count() == 4
+      mesh = sharding.make_mesh()
+      t = _tables(n_accounts=60)
+      dev = t.device(mesh)
+      rng = np.random.default_rng(0)
+      host = {"brand": rng.integers(0, 10, 64).astype(np.int32),
+              "pos": rng.integers(10, 60, 64).astype(np.int32),
+              "neg": rng.integers(10, 60, (64, 1)).astype(np.int32),
+              "ed_obs": np.zeros(64, np.float32), "mask": np.ones(64, bool)}
+      batch = sharding.shard_batch(host, mesh)
+      for dtype in ("float32", "bfloat16"):
+        cfg = dataclasses.replace(_cfg(), matmul_dtype=dtype)
+        params = ranker.init_params(cfg, t, jax.random.PRNGKey(0))
+        state = sharding.replicate(trainer.TrainState.create(
+            apply_fn=None, params=params, tx=ranker.make_optimizer(cfg, 10)), mesh)
+        key = sharding.replicate(jax.random.PRNGKey(1), mesh)
+        step = ranker.make_train_step(cfg)
+        hlo = step.lower(state, batch, dev, key).compile().as_text()
+        scorer = ranker.make_score_fn(cfg)
+        rp = sharding.replicate(params, mesh)
+        parts = scorer.concept_parts(rp, dev)
+        rows = sharding.replicate(np.arange(64, dtype=np.int32), mesh)
+        enc = scorer.account_parts(rp, dev, rows, parts["rho"])
+        z = sharding.shard_batch({"z": np.zeros(64, np.int32)}, mesh)["z"]
+        cat = scorer.pair_scores.lower(rp, enc, parts["r1"], dev, z, z, z, z).compile().as_text()
+        state, metrics = step(state, batch, dev, key)
+        print(dtype, hlo.count("all-gather"), hlo.count("all-reduce") > 0,
+              cat.count("all-gather"), int(metrics["nonfinite"]), float(metrics["loss"]) > 0)
+  """)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
+  f32, bf16 = lines["float32"].split(), lines["bfloat16"].split()
+  assert f32[1:] == bf16[1:] == ["True", "0", "0", "True"], proc.stdout
+  # the float32 step's few all-gathers (small index tensors) and no more
+  assert bf16[0] == f32[0], proc.stdout

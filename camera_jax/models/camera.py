@@ -384,8 +384,11 @@ class CAMERA(nn.Module):
       sqrt(d_u) before psi and gamma, see :func:`normalize_history`).
     use_interaction: False is the C-w/o-MR ablation: S = S_con, no phi parameters, and S_ed,
       S_in are returned as ones.
-    dtype: matmul precision of psi, rho and gamma: float32, or bfloat16 operands with float32
-      accumulation (:mod:`camera_jax.models.precision`); everything else is float32.
+    dtype: matmul precision: float32, or bfloat16 operands with float32 accumulation
+      (:mod:`camera_jax.models.precision`) for psi, rho, gamma and the attention logits
+      q = psi rho(U_C)^T where they are one product (the table path of :meth:`score_groups`,
+      catalogue scoring); the per-slot logits of the row path and of :meth:`__call__`, the
+      attention weights, e_r, the scores and the parameters stay float32.
     rho_path: "auto" (the static rule below), "table" or "rows" to force one path.
     dropout_rng: "threefry" (nn.Dropout) or "hash" (:func:`hash_keep_mask`), see :class:`MLP`.
 
@@ -657,7 +660,8 @@ class CAMERA(nn.Module):
     d_h = e_h.shape[-1]
     h1 = precision.matmul(e_h, kernel0[:d_h], self.dtype) + bias0
     mask = jnp.ones(idx.shape, bool) if mask is None else jnp.asarray(mask, bool)
-    return dict(idx=jnp.asarray(idx, jnp.int32), mask=mask, q=jnp.dot(psi, rho.T), h1=h1)
+    q = precision.matmul(psi, rho, self.dtype, transpose_w=True)
+    return dict(idx=jnp.asarray(idx, jnp.int32), mask=mask, q=q, h1=h1)
 
   def catalogue_pairs(self, brand: Mapping[str, jax.Array], influencer: Mapping[str, jax.Array],
                       r1: jax.Array, features: Mapping[str, jax.Array]) -> dict[str, jax.Array]:

@@ -88,6 +88,7 @@ class HistoryPoolingRanker(nn.Module):
     dropout: dropout rate of gamma's first two layers (as CAMERA's gamma).
     init_scale: uniform(-init_scale, init_scale) init of every weight and bias.
     use_interaction: False: S = S_con (no phi parameters; S_ed, S_in returned as ones).
+    dtype: gamma's matmul precision (``--matmul_dtype``, as CAMERA's).
   """
 
   gamma: Sequence[int] = (1024, 1024, 512)
@@ -95,9 +96,10 @@ class HistoryPoolingRanker(nn.Module):
   dropout: float = 0.6
   init_scale: float = 0.1
   use_interaction: bool = True
+  dtype: Any = jnp.float32
 
   def setup(self) -> None:
-    self.gamma_mlp = camera_lib.MLP(self.gamma, self.dropout, 2, self.init_scale)
+    self.gamma_mlp = camera_lib.MLP(self.gamma, self.dropout, 2, self.init_scale, self.dtype)
     if self.use_interaction:
       self.phi_ed_post = camera_lib.ScoreMLP(self.d_score, self.init_scale)
       self.phi_ed_brand = camera_lib.ScoreMLP(self.d_score, self.init_scale)
@@ -150,7 +152,8 @@ def make_hp_model(cfg: ranker_lib.RankerConfig) -> HistoryPoolingRanker:
   """The Hp+MR module with the ranker's gamma, phi, dropout and init settings."""
   return HistoryPoolingRanker(gamma=tuple(cfg.gamma_features), d_score=cfg.d_score,
                               dropout=cfg.dropout, init_scale=cfg.init_scale,
-                              use_interaction=cfg.use_interaction)
+                              use_interaction=cfg.use_interaction,
+                              dtype=jnp.dtype(cfg.matmul_dtype))
 
 
 def hp_pair_inputs(tables: Mapping[str, jax.Array], brand: jax.Array, influencer: jax.Array,

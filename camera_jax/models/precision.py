@@ -1,9 +1,11 @@
 """Matmul precision of the ranker: float32, or bfloat16 operands with float32 accumulation.
 
-``RankerConfig.matmul_dtype = "bfloat16"`` (off by default) runs every matmul of psi, rho and
-gamma -- the forward product and both gradients -- on bfloat16 operands with float32
+``RankerConfig.matmul_dtype = "bfloat16"`` (``--matmul_dtype``, off by default) runs every
+matmul of psi, rho and gamma, and the attention logits q = psi rho(U_C)^T where they are one
+product -- the forward product and both gradients -- on bfloat16 operands with float32
 accumulation and float32 results, the mixed precision of GPU tensor cores. Activations,
-biases, attention, scores, the loss and the parameters stay float32. On a CPU with AMX
+biases, the per-slot logits of small batches, attention weights, scores, the loss and the
+parameters stay float32. On a CPU with AMX
 (Intel Sapphire Rapids and later) XLA:CPU sends such dots to its YNNPACK library fusion, which
 runs about 5x faster than float32 there (1,450 against 285 GFLOP/s for 2048^3 on the
 development machine, benchmarks/README.md); on a GPU they run on the tensor cores.
@@ -31,41 +33,52 @@ BF16 = jnp.bfloat16
 
 
 def materialized_transpose(x: jax.Array) -> jax.Array:
-  """x.T of a 2-D array, written to memory (not folded into the consuming dot).
+  """x with its last axis moved to the front ([..., k] -> [k, ...]), written to memory.
 
-  ``x.reshape(m, k // c, c).transpose(1, 2, 0).reshape(k, m)`` equals ``x.T`` element for
-  element; splitting an axis stops XLA from turning the transpose into a layout or into the
-  dot's dimension numbers. The column axis is split in blocks of 4 (or 2) where it divides:
-  inside the ranker's batch-512 bf16 step that ran 74.5 ms against 86.2 ms for splitting the
-  row axis in blocks of 8 (development CPU, side by side). Otherwise the row axis is split;
-  with both sides odd it is a plain transpose.
+  For 2-D x this is ``x.T``. ``x.reshape(..., k // c, c)``, moved and merged back, equals the
+  plain move element for element; splitting the axis stops XLA from turning the transpose into
+  a layout or into the consuming dot's dimension numbers. The last axis is split in blocks of 4
+  (or 2) where it divides: inside the ranker's batch-512 bf16 step that ran 74.5 ms against
+  86.2 ms for splitting the row axis in blocks of 8 (development CPU, side by side). With an odd
+  last axis the first axis is split instead; with both odd it is a plain move. The leading axes
+  are never merged, so a batch axis sharded over devices stays sharded.
   """
-  m, k = x.shape
+  lead, k = x.shape[:-1], x.shape[-1]
+  nd = x.ndim
   for c in (4, 2):
     if k % c == 0:
-      return x.reshape(m, k // c, c).transpose(1, 2, 0).reshape(k, m)
+      y = x.reshape(lead + (k // c, c))
+      return jnp.transpose(y, (nd - 1, nd) + tuple(range(nd - 1))).reshape((k,) + lead)
+  m = x.shape[0] if nd > 1 else 1
   for c in (8, 4, 2):
-    if m % c == 0:
-      return x.reshape(m // c, c, k).transpose(2, 0, 1).reshape(k, m)
-  return x.T
+    if nd > 1 and m % c == 0:
+      y = x.reshape((m // c, c) + x.shape[1:])
+      perm = (nd,) + (0, 1) + tuple(range(2, nd))
+      return jnp.transpose(y, perm).reshape((k,) + lead)
+  return jnp.moveaxis(x, -1, 0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def bf16_matmul(x: jax.Array, w: jax.Array, transpose_w: bool = False) -> jax.Array:
-  """x [m, k] @ w [k, n] (or @ w.T for w [n, k]) on bfloat16 operands, float32 accumulation.
+  """x [..., k] @ w [k, n] (or @ w.T for w [n, k]) on bfloat16 operands, float32 accumulation.
 
   The gradients are the same kind of product: dx = bf16(g) bf16(w)^T and dw = bf16(x)^T bf16(g)
-  (dw^T = bf16(g)^T bf16(x) when ``transpose_w``), accumulated in float32 and returned in the
-  inputs' dtypes. ``transpose_w`` exists so that no transpose follows a dot: XLA folds such a
-  transpose into the dot, and the folded bfloat16 dot then fails on XLA:CPU ("Unsupported
-  element type for DotThunk", jax 0.10.2).
+  summed over x's leading axes (dw^T = bf16(g)^T bf16(x) when ``transpose_w``), accumulated in
+  float32 and returned in the inputs' dtypes. x's leading axes are contracted as they are,
+  never merged by a reshape, so a batch axis sharded over a mesh stays sharded (a merge of a
+  sharded axis with an unsharded one would make XLA gather the batch on every device).
+  ``transpose_w`` exists so that no transpose follows a dot: XLA folds such a transpose into
+  the dot, and the folded bfloat16 dot then fails on XLA:CPU ("Unsupported element type for
+  DotThunk", jax 0.10.2).
   """
   return _bf16_dot(x.astype(BF16), w.astype(BF16), transpose_w)
 
 
 def _bf16_dot(xb: jax.Array, wb: jax.Array, transpose_w: bool) -> jax.Array:
+  """xb [..., k] . wb over xb's last axis and wb's first (second with ``transpose_w``)."""
   rc = 1 if transpose_w else 0
-  return lax.dot_general(xb, wb, (((1,), (rc,)), ((), ())), preferred_element_type=jnp.float32)
+  return lax.dot_general(xb, wb, (((xb.ndim - 1,), (rc,)), ((), ())),
+                         preferred_element_type=jnp.float32)
 
 
 def _bf16_matmul_fwd(x, w, transpose_w):
@@ -74,18 +87,35 @@ def _bf16_matmul_fwd(x, w, transpose_w):
   return _bf16_dot(xb, wb, transpose_w), (xb, wb, dtypes)
 
 
+def _sum_over_leading(at: jax.Array, b: jax.Array) -> jax.Array:
+  """at [p, ...] . b [..., q] over the shared leading axes of b: [p, q] in float32."""
+  lead = tuple(range(1, at.ndim))
+  return lax.dot_general(at, b, ((lead, tuple(range(b.ndim - 1))), ((), ())),
+                         preferred_element_type=jnp.float32)
+
+
 def _bf16_matmul_bwd(transpose_w, res, g):
   xb, wb, (x_like, w_like) = res
   gb = g.astype(BF16)
   dx = _bf16_dot(gb, wb, not transpose_w)                              # g w^T (or g w)
   if transpose_w:                                                      # dw = g^T x, [n, k]
-    dw = jnp.dot(materialized_transpose(gb), xb, preferred_element_type=jnp.float32)
+    dw = _sum_over_leading(materialized_transpose(gb), xb)
   else:                                                                # dw = x^T g, [k, n]
-    dw = jnp.dot(materialized_transpose(xb), gb, preferred_element_type=jnp.float32)
+    dw = _sum_over_leading(materialized_transpose(xb), gb)
   return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
 
 
 bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+MATMUL_DTYPES = ("float32", "bfloat16")
+
+
+def check_dtype(dtype: Any) -> Any:
+  """``dtype`` as a numpy dtype when it is float32 or bfloat16; ValueError otherwise."""
+  d = jnp.dtype(dtype)
+  if d.name not in MATMUL_DTYPES:
+    raise ValueError(f"matmul dtype {d.name}: must be one of {', '.join(MATMUL_DTYPES)}")
+  return d
 
 
 def matmul(x: jax.Array, w: jax.Array, dtype: Any = jnp.float32, *,
@@ -93,13 +123,11 @@ def matmul(x: jax.Array, w: jax.Array, dtype: Any = jnp.float32, *,
   """x [..., k] @ w [k, n] (``transpose_w``: @ w.T for w [n, k]) in the given precision.
 
   ``dtype`` float32 is the plain ``jnp.dot``; bfloat16 is :func:`bf16_matmul` (bfloat16
-  operands, float32 accumulation and result) over x's leading axes flattened.
+  operands, float32 accumulation and result).
   """
-  if jnp.dtype(dtype) != jnp.dtype(BF16):
+  if check_dtype(dtype) != jnp.dtype(BF16):
     return jnp.dot(x, w.T if transpose_w else w)
-  lead = x.shape[:-1]
-  out = bf16_matmul(x.reshape(-1, x.shape[-1]), w, transpose_w)
-  return out.reshape(lead + (w.shape[0] if transpose_w else w.shape[-1],))
+  return bf16_matmul(x, w, transpose_w)
 
 
 def dense_dot_general(dtype: Any = jnp.float32):
@@ -108,7 +136,7 @@ def dense_dot_general(dtype: Any = jnp.float32):
   float32 returns ``lax.dot_general`` itself; bfloat16 returns a function for Dense's product
   (x's last axis against the kernel's first) that calls :func:`matmul`.
   """
-  if jnp.dtype(dtype) != jnp.dtype(BF16):
+  if check_dtype(dtype) != jnp.dtype(BF16):
     return lax.dot_general
 
   def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):

@@ -26,11 +26,12 @@ CPU_IMAGE_STEP = {YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 @functools.lru_cache(maxsize=None)
-def _accepted(items: tuple[tuple[str, str], ...]) -> bool:
-  """True when this jaxlib compiles a tiny function with these options."""
+def _accepted(items: tuple[tuple[str, str], ...], backend: str = "cpu") -> bool:
+  """True when this jaxlib compiles a tiny function with these options on ``backend``."""
   try:
     fn = jax.jit(lambda x: jnp.sum(x * x), compiler_options=dict(items))
-    jax.block_until_ready(fn(jnp.ones((4,), jnp.float32)))
+    x = jax.device_put(jnp.ones((4,), jnp.float32), jax.devices(backend)[0])
+    jax.block_until_ready(fn(x))
     return True
   except Exception:  # noqa: BLE001 -- an unknown option or value: run without it
     return False
@@ -39,6 +40,6 @@ def _accepted(items: tuple[tuple[str, str], ...]) -> bool:
 def image_step_options(backend: str | None = None) -> dict[str, Any] | None:
   """Compiler options of the CNN train and predict steps on ``backend`` (default: JAX's)."""
   backend = backend or jax.default_backend()
-  if backend != "cpu" or not _accepted(tuple(sorted(CPU_IMAGE_STEP.items()))):
+  if backend != "cpu" or not _accepted(tuple(sorted(CPU_IMAGE_STEP.items())), "cpu"):
     return None
   return dict(CPU_IMAGE_STEP)

@@ -334,7 +334,10 @@ AUTO_EVAL_CHUNK_OTHER = 8192
 
 
 def auto_eval_chunk(eval_chunk: int, backend: str | None = None) -> int:
-  """``eval_chunk`` itself when positive; 0 means 2,048 on a CPU and 8,192 elsewhere."""
+  """``eval_chunk`` itself when positive; 0 means 2,048 on a CPU and 8,192 elsewhere.
+
+  ``backend`` is the platform of the devices that score (default: JAX's default backend).
+  """
   if eval_chunk > 0:
     return eval_chunk
   return AUTO_EVAL_CHUNK.get(backend or jax.default_backend(), AUTO_EVAL_CHUNK_OTHER)
@@ -345,9 +348,14 @@ def catalogue_chunk(n: int, eval_chunk: int, n_devices: int = 1) -> int:
 
   Up to ``eval_chunk`` pairs: the next power of two (few distinct compilations for the small
   calls of recommend/search); more: ``ceil(n / eval_chunk)`` equal chunks rounded up to a
-  multiple of 256, so the padded last chunk wastes little (74 x 797 = 58,978 pairs: 8 chunks of
-  7,424, 0.7 % padding, instead of 8 of 8,192, 11 %).
+  multiple of 256, so the padded last chunk wastes little (74 x 797 = 58,978 pairs with
+  ``eval_chunk`` 8,192: 8 chunks of 7,424, 0.7 % padding, instead of 8 of 8,192, 11 %; with
+  2,048, the CPU's default: 29 chunks of 2,048). ``eval_chunk`` must be resolved
+  (:func:`auto_eval_chunk`) and positive.
   """
+  if eval_chunk < 1:
+    raise ValueError(f"catalogue_chunk: eval_chunk must be >= 1, got {eval_chunk} "
+                     "(resolve 0 with auto_eval_chunk)")
   if n <= eval_chunk:
     chunk = min(eval_chunk, 1 << max(0, (n - 1).bit_length()))
   else:
@@ -479,7 +487,7 @@ def score_pairs(cfg: RankerConfig, params: Any, tables: Tables | dict[str, jax.A
   score_fn = score_fn or make_score_fn(cfg)
   params = sharding.replicate(params, mesh)
   n = len(brand)
-  eval_chunk = auto_eval_chunk(cfg.eval_chunk)
+  eval_chunk = auto_eval_chunk(cfg.eval_chunk, mesh.devices.flat[0].platform)
   chunk = sharding.round_up(min(eval_chunk, max(n, 1)), mesh.devices.size)
   if isinstance(score_fn, CatalogueScorer):
     chunk = catalogue_chunk(n, eval_chunk, mesh.devices.size)
