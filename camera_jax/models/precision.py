@@ -5,10 +5,10 @@ matmul of psi, rho and gamma, and the attention logits q = psi rho(U_C)^T where 
 product -- the forward product and both gradients -- on bfloat16 operands with float32
 accumulation and float32 results, the mixed precision of GPU tensor cores. Activations,
 biases, the per-slot logits of small batches, attention weights, scores, the loss and the
-parameters stay float32. On a CPU with AMX
-(Intel Sapphire Rapids and later) XLA:CPU sends such dots to its YNNPACK library fusion, which
-runs about 5x faster than float32 there (1,450 against 285 GFLOP/s for 2048^3 on the
-development machine, benchmarks/README.md); on a GPU they run on the tensor cores.
+parameters stay float32. On a CPU with AMX (Intel Sapphire Rapids and later) XLA:CPU sends such
+dots to its YNNPACK library fusion, which ran about 5x faster than float32 on the development
+machine (1,274 to 1,450 against about 285 GFLOP/s for 2048^3, benchmarks/README.md); on a GPU
+they run on the tensor cores. Without AMX expect no gain.
 
 Two layout details decide whether XLA:CPU takes that path (measured, jax 0.10.2):
 
