@@ -16,6 +16,7 @@ import os
 import pathlib
 import tempfile
 import time
+import typing
 from typing import Any
 
 import jax
@@ -30,6 +31,7 @@ from camera_jax.data import format as format_lib
 from camera_jax.data import input_pipeline
 from camera_jax.data import text as text_lib
 from camera_jax.models import camera as camera_lib
+from camera_jax.models import precision
 from camera_jax.training import concepts as concepts_lib
 from camera_jax.training import ranker as ranker_lib
 from camera_jax.training import sharding
@@ -50,10 +52,10 @@ _CHOICES = {
     "zprime_mode": ("masked", "faithful"),
     "cosmic_logit_scale": ("inner", "mean"),
     "attention_scale": ("inner", "mean"),
-    "history_norm": ("none", "l2"),
+    "history_norm": typing.get_args(camera_lib.HistoryNorm),
     "endorsement": ("mean", "observed"),
     "history": ("all", "unsponsored"),
-    "matmul_dtype": ("float32", "bfloat16"),
+    "matmul_dtype": precision.MATMUL_DTYPES,
 }
 
 

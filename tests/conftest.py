@@ -33,6 +33,28 @@ def tiny_config(data_dir: str, **overrides):
   return cfg.replace(**overrides)
 
 
+def ranker_tables(n_accounts=40, n=30, k=4, d_u=6, seed=0, masked=True) -> "ranker.Tables":
+  """Small random ranker tables (top-k of a Dirichlet w_a, some slots masked)."""
+  import numpy as np
+  from camera_jax.training import ranker
+  rng = np.random.default_rng(seed)
+  w_a = rng.dirichlet(np.full(n, 0.3), size=n_accounts).astype(np.float32)
+  idx = np.argsort(-w_a, 1, kind="stable")[:, :k].astype(np.int32)
+  mask = rng.random((n_accounts, k)) > 0.3 if masked else np.ones((n_accounts, k), bool)
+  mask[:, 0] = True
+  return ranker.Tables(top_idx=idx, top_w=np.take_along_axis(w_a, idx, 1),
+                       engagement=rng.random(n_accounts).astype(np.float32),
+                       followers=rng.random(n_accounts).astype(np.float32),
+                       concepts=rng.standard_normal((n, d_u)).astype(np.float32), top_mask=mask)
+
+
+def ranker_cfg(**kw) -> "ranker.RankerConfig":
+  """A small RankerConfig for fast tests; ``kw`` overrides."""
+  from camera_jax.training import ranker
+  base = dict(psi_features=(16, 8), gamma_features=(16, 16, 8), d_score=4, eval_chunk=64)
+  return ranker.RankerConfig(**{**base, **kw})
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> pathlib.Path:
   """The tiny synthetic preset at 32 px (generated once per session)."""

@@ -28,7 +28,8 @@ from camera_jax.training import ranker, sharding, trainer
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import run as bench  # noqa: E402  (after the sys.path insert)
+from benchmarks import run as bench  # noqa: E402
+from conftest import ranker_cfg as _cfg, ranker_tables as _tables  # noqa: E402
 
 SMALL = dict(d_hidden=(16, 8), gamma=(16, 16, 8), d_score=4)
 RESULT_KEYS = {"path", "variant", "size", "unit", "items_per_call", "median_s", "min_s", "max_s",
@@ -38,23 +39,6 @@ RESULT_KEYS = {"path", "variant", "size", "unit", "items_per_call", "median_s", 
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _tables(n_accounts=40, n=30, k=4, d_u=6, seed=0, masked=True) -> ranker.Tables:
-  rng = np.random.default_rng(seed)
-  w_a = rng.dirichlet(np.full(n, 0.3), size=n_accounts).astype(np.float32)
-  idx = np.argsort(-w_a, 1, kind="stable")[:, :k].astype(np.int32)
-  mask = rng.random((n_accounts, k)) > 0.3 if masked else np.ones((n_accounts, k), bool)
-  mask[:, 0] = True
-  return ranker.Tables(top_idx=idx, top_w=np.take_along_axis(w_a, idx, 1),
-                       engagement=rng.random(n_accounts).astype(np.float32),
-                       followers=rng.random(n_accounts).astype(np.float32),
-                       concepts=rng.standard_normal((n, d_u)).astype(np.float32), top_mask=mask)
-
-
-def _cfg(**kw) -> ranker.RankerConfig:
-  base = dict(psi_features=(16, 8), gamma_features=(16, 16, 8), d_score=4, eval_chunk=64)
-  return ranker.RankerConfig(**{**base, **kw})
 
 
 PAIR_PATH = ranker.RankerModel(make=ranker.make_model, inputs=ranker.pair_inputs)

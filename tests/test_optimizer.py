@@ -9,7 +9,7 @@ import pytest
 from camera_jax.training import checkpoint as ckpt_lib
 from camera_jax.training import ranker
 from camera_jax.training import trainer
-from test_benchmarks import _cfg, _tables
+from conftest import ranker_cfg as _cfg, ranker_tables as _tables
 
 
 def test_first_adam_step_is_lr_times_the_scale_of_each_subtree():

@@ -17,7 +17,7 @@ from camera_jax.training import ranker
 from camera_jax.training import sharding
 from camera_jax.training import trainer
 from conftest import REPO
-from test_benchmarks import _cfg, _tables
+from conftest import ranker_cfg as _cfg, ranker_tables as _tables
 
 
 def _bf16_exact(shape, seed):
@@ -186,7 +186,7 @@ def test_bf16_keeps_the_batch_sharded_on_four_devices():
       import dataclasses, re, sys
       import jax, numpy as np
       sys.path.insert(0, "tests")
-      from test_benchmarks import _cfg, _tables
+      from conftest import ranker_cfg as _cfg, ranker_tables as _tables
       from camera_jax.training import ranker, sharding, trainer
       assert jax.device_count() == 4
       mesh = sharding.make_mesh()

@@ -364,6 +364,12 @@ def catalogue_chunk(n: int, eval_chunk: int, n_devices: int = 1) -> int:
   return sharding.round_up(chunk, n_devices)
 
 
+def pair_chunk(cfg: RankerConfig, n: int, mesh: jax.sharding.Mesh) -> int:
+  """Pairs per call when :func:`score_pairs` scores ``n`` pairs with a :class:`CatalogueScorer`."""
+  eval_chunk = auto_eval_chunk(cfg.eval_chunk, mesh.devices.flat[0].platform)
+  return catalogue_chunk(n, eval_chunk, mesh.devices.size)
+
+
 def make_score_fn(cfg: RankerConfig, model: RankerModel | None = None):
   """Deterministic scoring of (brand, influencer) row pairs: dict(S, S_con, S_ed, S_in, w_b, w_m).
 
@@ -487,11 +493,11 @@ def score_pairs(cfg: RankerConfig, params: Any, tables: Tables | dict[str, jax.A
   score_fn = score_fn or make_score_fn(cfg)
   params = sharding.replicate(params, mesh)
   n = len(brand)
+  if isinstance(score_fn, CatalogueScorer):
+    return score_fn.score(params, dev_tables, brand, influencer, mesh=mesh,
+                          chunk=pair_chunk(cfg, n, mesh), keys=keys)
   eval_chunk = auto_eval_chunk(cfg.eval_chunk, mesh.devices.flat[0].platform)
   chunk = sharding.round_up(min(eval_chunk, max(n, 1)), mesh.devices.size)
-  if isinstance(score_fn, CatalogueScorer):
-    chunk = catalogue_chunk(n, eval_chunk, mesh.devices.size)
-    return score_fn.score(params, dev_tables, brand, influencer, mesh=mesh, chunk=chunk, keys=keys)
   out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
   for s in range(0, n, chunk):
     host = {"brand": np.asarray(brand[s:s + chunk], np.int32),
