@@ -32,6 +32,7 @@ from camera_jax.data import input_pipeline
 from camera_jax.data import text as text_lib
 from camera_jax.models import camera as camera_lib
 from camera_jax.models import precision
+from camera_jax.training import checkpoint as ckpt_lib
 from camera_jax.training import concepts as concepts_lib
 from camera_jax.training import ranker as ranker_lib
 from camera_jax.training import sharding
@@ -444,15 +445,24 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
   workdir.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
   log = trainer.TrainLog(workdir / "train_log.jsonl", enabled=is_main())
+  flags_path = workdir / "flags.txt"
+  earlier_flags = flags_path.read_text() if flags_path.exists() else None
   if is_main():
-    atomic_write_text(workdir / "flags.txt", cfg.to_flags() + f"--workdir={workdir}\n")
+    atomic_write_text(flags_path, cfg.to_flags() + f"--workdir={workdir}\n")
   mesh = sharding.make_mesh()
-  prep = prepare_concepts(cfg, workdir, log, mesh)
-  dataset = prep.dataset
-  inputs = ranker_inputs(cfg, dataset, prep.w_a, prep.u_c, prep.feats)
-  tables = inputs["tables"]
-  params = ranker_lib.train_ranker(cfg=ranker_config(cfg), **inputs,
-                                   ckpt_dir=workdir / "checkpoints" / "ranker", log=log, mesh=mesh)
+  try:
+    prep = prepare_concepts(cfg, workdir, log, mesh)
+    inputs = ranker_inputs(cfg, prep.dataset, prep.w_a, prep.u_c, prep.feats)
+    tables = inputs["tables"]
+    params = ranker_lib.train_ranker(cfg=ranker_config(cfg), **inputs,
+                                     ckpt_dir=workdir / "checkpoints" / "ranker", log=log,
+                                     mesh=mesh)
+  except ckpt_lib.CheckpointMismatchError:
+    # The run's checkpoints keep their settings: put back the flags.txt that describes them,
+    # so that evaluate.py and a rerun with --flagfile=DIR/flags.txt still restore them.
+    if is_main() and earlier_flags is not None:
+      atomic_write_text(flags_path, earlier_flags)
+    raise
   result = evaluate_run(cfg, prep, tables, params, workdir)
   result["seconds"] = time.perf_counter() - t_start
   return result

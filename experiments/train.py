@@ -28,7 +28,7 @@ def main(argv):
   del argv
   from camera_jax import pipeline
   from camera_jax.data import format as format_lib
-  from camera_jax.training import sharding, trainer
+  from camera_jax.training import checkpoint as ckpt_lib, sharding, trainer
 
   cfg = _flags.config_from_flags(FLAGS)
   errors = pipeline.check_config(cfg)  # Stop before any work (or any process group).
@@ -56,7 +56,7 @@ def main(argv):
   except pipeline.ConfigError as e:
     print("\n".join(e.errors), file=sys.stderr)
     return 1
-  except trainer.NonFiniteError as e:
+  except (trainer.NonFiniteError, ckpt_lib.CheckpointMismatchError) as e:
     print(str(e), file=sys.stderr)
     return 1
   if pipeline.is_main():

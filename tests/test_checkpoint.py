@@ -17,7 +17,7 @@ import optax
 import pytest
 from flax.training import train_state
 
-from camera_jax.training.checkpoint import Checkpointer
+from camera_jax.training.checkpoint import CheckpointMismatchError, Checkpointer
 from conftest import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -126,6 +126,32 @@ def test_restore_without_target_gives_raw_arrays(tmp_path: pathlib.Path) -> None
     assert meta == {"epoch": 0}
 
 
+def test_a_checkpoint_of_other_settings_is_refused_in_one_line(tmp_path: pathlib.Path) -> None:
+    """A state saved with one optimiser layout or shape does not restore into another."""
+    from camera_jax.training import trainer
+
+    params = {"psi": {"w": jnp.ones(3)}, "phi": {"w": jnp.ones(2)}}
+
+    def state(p: Any, **kw: Any) -> Any:
+        return trainer.TrainState.create(apply_fn=None, params=p, tx=trainer.make_optimizer(1e-3, 0.9, 10, **kw))
+
+    with Checkpointer(tmp_path / "ranker") as ckpt:
+        ckpt.save(1, state(params), {"epoch": 1})
+        # --representation_lr_scale != 1 makes the optimiser a multi_transform: another tree
+        with pytest.raises(CheckpointMismatchError) as tree:
+            ckpt.restore(target=state(params, lr_scales={"psi": 0.1}))
+        with pytest.raises(CheckpointMismatchError) as shape:
+            ckpt.restore(target=state({"psi": {"w": jnp.ones(4)}, "phi": {"w": jnp.ones(2)}}))
+        restored, _ = ckpt.restore(target=state(params))  # the same settings still restore
+    assert int(restored.step) == 0
+    for err in (tree, shape):
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith(f"{tmp_path / 'ranker' / '1'}: the checkpoint does not fit")
+        assert f"delete {tmp_path / 'ranker'}" in msg
+    assert "tree structures do not match" in str(tree.value)
+    assert "(4,)" in str(shape.value) and "(3,)" in str(shape.value)
+
+
 def test_latest_step_and_max_to_keep(tmp_path: pathlib.Path) -> None:
     with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
         assert ckpt.latest_step() is None
@@ -181,7 +207,7 @@ _CRASH = textwrap.dedent(
     import os, sys
     import jax.numpy as jnp
     from orbax.checkpoint._src.path import atomicity
-    from camera_jax.training.checkpoint import Checkpointer
+    from camera_jax.training.checkpoint import CheckpointMismatchError, Checkpointer
 
     ckpt = Checkpointer(sys.argv[1])
     ckpt.save(1, {"x": jnp.ones(4)}, {"epoch": 1})
@@ -228,7 +254,7 @@ from camera_jax.training import sharding as sh
 port, pid, directory = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sh.initialize_distributed(f"127.0.0.1:{port}", 2, pid)
 import jax, jax.numpy as jnp
-from camera_jax.training.checkpoint import Checkpointer
+from camera_jax.training.checkpoint import CheckpointMismatchError, Checkpointer
 
 mesh = sh.make_mesh()
 assert mesh.size == 4

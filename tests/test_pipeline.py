@@ -233,6 +233,27 @@ def test_rerunning_a_finished_run_resumes_without_training(tiny_run, tiny_data, 
   assert {p.name: p.read_bytes() for p in (workdir / "concepts").iterdir()} == concept_files
 
 
+def test_resuming_with_other_settings_stops_in_one_line_and_keeps_the_flags(tiny_run, tiny_data, tmp_path):
+  """--representation_lr_scale changes the ranker's optimiser tree: its checkpoint cannot resume."""
+  import dataclasses
+
+  from camera_jax import pipeline
+  from camera_jax.training.checkpoint import CheckpointMismatchError
+
+  workdir = tmp_path / "work"
+  shutil.copytree(tiny_run[0], workdir)
+  flags_before = (workdir / "flags.txt").read_text()
+  ckpts = sorted(os.listdir(workdir / "checkpoints" / "ranker"))
+  other = dataclasses.replace(tiny_config(tiny_data), representation_lr_scale=0.5)
+  with pytest.raises(CheckpointMismatchError) as err:
+    pipeline.train_and_evaluate(other, workdir)
+  assert str(err.value).startswith(str(workdir / "checkpoints" / "ranker" / ckpts[-1]))
+  assert "\n" not in str(err.value)
+  # flags.txt still describes the checkpoints, and nothing was written over them
+  assert (workdir / "flags.txt").read_text() == flags_before
+  assert sorted(os.listdir(workdir / "checkpoints" / "ranker")) == ckpts
+
+
 def test_history_option_drops_only_sponsored_posts_from_the_features(tiny_data, tmp_path):
   """--history=unsponsored: w_a and E(m) leave out the posts named by cooperations."""
   from camera_jax import pipeline

@@ -43,16 +43,24 @@ True
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "CheckpointMismatchError"]
 
 _STATE = "state"
 _META = "meta"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose tree, shapes or dtypes differ from the state it is restored into.
+
+    Its message is one line naming the checkpoint's directory and what orbax found first.
+    """
 
 
 def _is_key(x: Any) -> bool:
@@ -149,7 +157,8 @@ class Checkpointer:
         ``TrainState``, made of arrays, ``jax.ShapeDtypeStruct`` or scalars) the state
         comes back with the target's tree structure (namedtuples, dataclasses), dtypes and
         shardings, and typed PRNG keys are re-wrapped. Without it, orbax returns nested
-        dicts/lists of arrays. Raises ``FileNotFoundError`` when there is no checkpoint.
+        dicts/lists of arrays. Raises ``FileNotFoundError`` when there is no checkpoint and
+        :class:`CheckpointMismatchError` when the saved state does not fit ``target``.
         """
         self.wait()
         if step is None:
@@ -160,9 +169,19 @@ class Checkpointer:
             state_args = ocp.args.StandardRestore()
         else:
             state_args = ocp.args.StandardRestore(jax.tree.map(_abstract, _keys_to_data(target)))
-        restored = self._manager.restore(
-            int(step), args=ocp.args.Composite(**{_STATE: state_args, _META: ocp.args.JsonRestore()})
-        )
+        try:
+            restored = self._manager.restore(
+                int(step), args=ocp.args.Composite(**{_STATE: state_args, _META: ocp.args.JsonRestore()})
+            )
+        except ValueError as e:  # orbax: tree structure, shape or dtype differ from the target's
+            if target is None:
+                raise
+            first = re.split(r"\. | If this", " ".join(str(e).split()))[0][:200]
+            raise CheckpointMismatchError(
+                f"{os.path.join(str(self.directory), str(int(step)))}: the checkpoint does not fit "
+                f"this run's state ({first}); it was saved with other settings (model sizes, "
+                "--image_size, --representation_lr_scale, ...): rerun with the settings it was "
+                f"trained with, or delete {self.directory} to train this stage afresh") from e
         state = restored[_STATE]
         if target is not None:
             state = _data_to_keys(state, target)
