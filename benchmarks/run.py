@@ -607,7 +607,7 @@ class Bench:
              "rss_peak_increase_mb": (mem.peak_mb - mem.base_mb)
              if mem.peak_mb is not None else None,
              "device_peak_mb": mem.device_peak_mb,
-             "chunk": ranker.auto_eval_chunk(cfg.eval_chunk),
+             "chunk": ranker.auto_eval_chunk(cfg.eval_chunk, matmul_dtype=cfg.matmul_dtype),
              "output_mb": out["S"].nbytes / 2 ** 20}
     if variant == "ours":
       extra["jit_cache_size"] = {"concept_parts": int(scorer.concept_parts._cache_size()),

@@ -184,13 +184,16 @@ def test_catalogue_scoring_equals_the_pair_path_and_is_the_default():
   np.testing.assert_allclose(bf, want["S"], atol=0.1 * float(np.max(np.abs(want["S"]))))
 
 
-def test_eval_chunk_zero_is_a_per_backend_default():
-  assert ranker.auto_eval_chunk(0, "cpu") == 2048
-  assert ranker.auto_eval_chunk(0, "gpu") == 8192
+def test_eval_chunk_zero_is_a_per_backend_and_dtype_default():
+  assert ranker.auto_eval_chunk(0, "cpu") == 1536
+  assert ranker.auto_eval_chunk(0, "cpu", "float32") == 1536
+  assert ranker.auto_eval_chunk(0, "cpu", "bfloat16") == 2048
+  assert ranker.auto_eval_chunk(0, "gpu") == ranker.auto_eval_chunk(0, "gpu", "bfloat16") == 8192
   assert ranker.auto_eval_chunk(100, "cpu") == 100 and ranker.auto_eval_chunk(100, "gpu") == 100
   assert ranker.RankerConfig().eval_chunk == 0
-  # 74 x 797 on a CPU: 29 balanced calls of 2,048 pairs (0.7 % padding)
-  assert ranker.catalogue_chunk(74 * 797, ranker.auto_eval_chunk(0, "cpu")) == 2048
+  # 74 x 797 = 58,978 pairs on a CPU: 39 balanced calls of 1,536 pairs (float32), 29 of 2,048
+  assert ranker.catalogue_chunk(74 * 797, ranker.auto_eval_chunk(0, "cpu")) == 1536
+  assert ranker.catalogue_chunk(74 * 797, ranker.auto_eval_chunk(0, "cpu", "bfloat16")) == 2048
   from camera_jax import config as config_lib, pipeline
   assert pipeline.check_config(config_lib.Config(eval_chunk=-1)) == [
       "--eval_chunk=-1: must be >= 0"]

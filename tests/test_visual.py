@@ -20,6 +20,22 @@ def test_max_pool_equals_valid_max_pool(side, window):
   got = visual.max_pool(x, window)
   assert got.shape == want.shape
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  np.testing.assert_array_equal(np.asarray(visual.inference_max_pool(x, window)), np.asarray(want))
+
+
+def test_eval_mode_pools_like_training():
+  """The encoder's eval mode (reduce-window pool) equals the training pool with the same stats."""
+  enc = visual.VisualEncoder(channels=(4, 4, 4, 4, 4), fc=8)
+  x = jax.random.uniform(jax.random.key(7), (3, 24, 24, 3))
+  v = enc.init(jax.random.key(0), x, train=False)
+  got = enc.apply(v, x, train=False)
+  real = visual.inference_max_pool
+  try:
+    visual.inference_max_pool = visual.max_pool
+    want = enc.apply(v, x, train=False)
+  finally:
+    visual.inference_max_pool = real
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
 
 
 def test_max_pool_hand_values():

@@ -325,22 +325,28 @@ class CatalogueScorer:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-#: Pairs per scoring call when ``eval_chunk`` is 0, per backend. On the 2-core development CPU
-#: the 74 x 797 catalogue scored in 1.81 s with calls of up to 2,048 pairs against 2.04 s with
-#: 8,192 (float32), and 0.47 s against 0.77 s with bfloat16 matmuls (smaller calls keep gamma's
-#: activations in cache); on a GPU the calls are latency-bound and larger is faster.
-AUTO_EVAL_CHUNK = {"cpu": 2048}
+#: Pairs per scoring call when ``eval_chunk`` is 0, per (backend, matmul dtype). On the CPU
+#: smaller calls are faster, because gamma's [2 x chunk, 1024] activations stay in cache: on the
+#: 2-core development CPU, side by side, the 74 x 797 catalogue scored in 1.43 to 1.47 s with
+#: calls of 1,536 pairs against 1.56 to 1.75 s with 2,048 (float32; 2.04 s with 8,192), and in
+#: 0.42 to 0.43 s with 2,048 against 0.45 s with 1,536 (bfloat16 matmuls; 0.77 s with 8,192).
+#: On a GPU the calls are latency-bound and larger is faster.
+AUTO_EVAL_CHUNK = {("cpu", "float32"): 1536, ("cpu", "bfloat16"): 2048}
 AUTO_EVAL_CHUNK_OTHER = 8192
 
 
-def auto_eval_chunk(eval_chunk: int, backend: str | None = None) -> int:
-  """``eval_chunk`` itself when positive; 0 means 2,048 on a CPU and 8,192 elsewhere.
+def auto_eval_chunk(eval_chunk: int, backend: str | None = None,
+                    matmul_dtype: str = "float32") -> int:
+  """``eval_chunk`` itself when positive; 0 means the measured default of :data:`AUTO_EVAL_CHUNK`.
 
-  ``backend`` is the platform of the devices that score (default: JAX's default backend).
+  That is 1,536 pairs on a CPU with float32 matmuls, 2,048 with bfloat16 ones, and 8,192 on
+  other backends. ``backend`` is the platform of the devices that score (default: JAX's default
+  backend); ``matmul_dtype`` is ``RankerConfig.matmul_dtype``.
   """
   if eval_chunk > 0:
     return eval_chunk
-  return AUTO_EVAL_CHUNK.get(backend or jax.default_backend(), AUTO_EVAL_CHUNK_OTHER)
+  backend = backend or jax.default_backend()
+  return AUTO_EVAL_CHUNK.get((backend, jnp.dtype(matmul_dtype).name), AUTO_EVAL_CHUNK_OTHER)
 
 
 def catalogue_chunk(n: int, eval_chunk: int, n_devices: int = 1) -> int:
@@ -350,7 +356,7 @@ def catalogue_chunk(n: int, eval_chunk: int, n_devices: int = 1) -> int:
   calls of recommend/search); more: ``ceil(n / eval_chunk)`` equal chunks rounded up to a
   multiple of 256, so the padded last chunk wastes little (74 x 797 = 58,978 pairs with
   ``eval_chunk`` 8,192: 8 chunks of 7,424, 0.7 % padding, instead of 8 of 8,192, 11 %; with
-  2,048, the CPU's default: 29 chunks of 2,048). ``eval_chunk`` must be resolved
+  1,536, the CPU's float32 default: 39 chunks of 1,536, 1.6 %). ``eval_chunk`` must be resolved
   (:func:`auto_eval_chunk`) and positive.
   """
   if eval_chunk < 1:
@@ -366,7 +372,7 @@ def catalogue_chunk(n: int, eval_chunk: int, n_devices: int = 1) -> int:
 
 def pair_chunk(cfg: RankerConfig, n: int, mesh: jax.sharding.Mesh) -> int:
   """Pairs per call when :func:`score_pairs` scores ``n`` pairs with a :class:`CatalogueScorer`."""
-  eval_chunk = auto_eval_chunk(cfg.eval_chunk, mesh.devices.flat[0].platform)
+  eval_chunk = auto_eval_chunk(cfg.eval_chunk, mesh.devices.flat[0].platform, cfg.matmul_dtype)
   return catalogue_chunk(n, eval_chunk, mesh.devices.size)
 
 
@@ -496,7 +502,7 @@ def score_pairs(cfg: RankerConfig, params: Any, tables: Tables | dict[str, jax.A
   if isinstance(score_fn, CatalogueScorer):
     return score_fn.score(params, dev_tables, brand, influencer, mesh=mesh,
                           chunk=pair_chunk(cfg, n, mesh), keys=keys)
-  eval_chunk = auto_eval_chunk(cfg.eval_chunk, mesh.devices.flat[0].platform)
+  eval_chunk = auto_eval_chunk(cfg.eval_chunk, mesh.devices.flat[0].platform, cfg.matmul_dtype)
   chunk = sharding.round_up(min(eval_chunk, max(n, 1)), mesh.devices.size)
   out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
   for s in range(0, n, chunk):
