@@ -271,6 +271,32 @@ def test_guarded_update_branch_equals_select_and_skips_non_finite():
       assert int(states[1][0].step) == 0
 
 
+def test_a_guard_without_gradient_check_still_stops_before_the_checkpoint():
+  """check_grads=False: a NaN gradient is applied, Adam makes the parameter NaN, and the
+  epoch's check_finite(params=...) raises, as the skipped step's count would have."""
+  params = {"w": jnp.arange(4.0), "b": jnp.ones(2)}
+  tx = trainer.make_optimizer(0.1, 1.0, 1)
+  update = jax.jit(lambda s, g, l: trainer.guarded_update(s, g, l, branch=True, check_grads=False))
+  grads = {"w": jnp.array([1.0, jnp.nan, 1.0, 1.0]), "b": jnp.ones(2)}
+  for g in (grads, {"w": jnp.array([1.0, jnp.inf, 1.0, 1.0]), "b": jnp.ones(2)}):
+    state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)
+    state, bad = update(state, g, jnp.float32(1.0))
+    assert int(bad) == 0 and int(state.step) == 1                   # applied, not counted
+    w = np.asarray(state.params["w"])
+    assert np.isnan(w[1]) and np.all(np.isfinite(np.delete(w, 1)))  # only that element
+    trainer.check_finite("ranker", 3, {"nonfinite": 0.0})          # the step count alone: silent
+    with pytest.raises(trainer.NonFiniteError,
+                       match=r"^ranker: the parameters became NaN or inf in epoch 3 .*last good"):
+      trainer.check_finite("ranker", 3, {"nonfinite": 0.0}, params=state.params)
+  # a non-finite loss is still skipped and counted
+  state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)
+  state, bad = update(state, {"w": jnp.ones(4), "b": jnp.ones(2)}, jnp.float32(jnp.nan))
+  assert int(bad) == 1 and int(state.step) == 0
+  trainer.check_finite("ranker", 1, {"nonfinite": 0.0}, params=state.params)   # finite: silent
+  with pytest.raises(trainer.NonFiniteError, match=r"^ranker: 1 step\(s\) of epoch 1"):
+    trainer.check_finite("ranker", 1, {"nonfinite": float(bad)}, params=state.params)
+
+
 # --------------------------------------------------------------------------- hash dropout
 
 
@@ -356,8 +382,9 @@ def test_no_recompilation_after_the_first_step():
 
 
 def test_ranker_training_loop_reads_the_device_once_per_epoch(monkeypatch):
-  """No host sync inside the training loop: the only device reads are the per-epoch metric sums
-  and learning rate (the logging interval) and the final parameters.
+  """No host sync inside the training loop: the only device reads are the per-epoch metric sums,
+  learning rate and finiteness check of the parameters (the logging interval) and the final
+  parameters.
 
   Every device-to-host read of a jax.Array (float(), np.asarray, device_get, ...) goes through
   ``ArrayImpl._value``; the test counts those made outside the logging code.
@@ -391,6 +418,10 @@ def test_ranker_training_loop_reads_the_device_once_per_epoch(monkeypatch):
   monkeypatch.setattr(trainer, "learning_rate_schedule", schedule)
   monkeypatch.setattr(trainer, "host_sums", allowed(lambda acc: (epochs_seen.append(1),
                                                                    real_sums(acc))[1]))
+  checks = []
+  real_check = trainer.check_finite
+  monkeypatch.setattr(trainer, "check_finite", allowed(
+      lambda *a, **k: (checks.append(k.get("params") is not None), real_check(*a, **k))[1]))
   cfg = _cfg(epochs=3, batch_size=4)
   t = _tables()
   rng = np.random.default_rng(0)
@@ -403,5 +434,6 @@ def test_ranker_training_loop_reads_the_device_once_per_epoch(monkeypatch):
                                log=trainer.TrainLog(None), mesh=sharding.make_mesh())
   monkeypatch.undo()
   assert len(epochs_seen) == 3 and ctx["logging"] > 0
+  assert checks == [True, True, True]        # the parameters are checked once per epoch
   assert ctx["outside"] == n_leaves, ctx     # only the final jax.device_get(state.params)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))

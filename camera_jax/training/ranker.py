@@ -217,7 +217,9 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
       return total, rank_loss
 
     (total, rank_loss), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    new_state, bad = trainer.guarded_update(state, grads, total, branch=True)
+    # The loss is checked per step, the gradients through the parameters once per epoch
+    # (train_ranker's check_finite): a pass over 3 M gradients is 10 % of a batch-8 step.
+    new_state, bad = trainer.guarded_update(state, grads, total, branch=True, check_grads=False)
     rows = jnp.sum(batch["mask"].astype(jnp.float32))
     return new_state, {"loss": rank_loss * rows, "total": total * rows, "rows": rows,
                        "nonfinite": bad}
@@ -456,7 +458,7 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
                                   dev_tables, step_key)
       acc = trainer.add_metrics(acc, metrics)
     sums = trainer.host_sums(acc)
-    trainer.check_finite(stage, epoch + 1, sums, checkpointer)
+    trainer.check_finite(stage, epoch + 1, sums, checkpointer, params=state.params)
     seconds = time.perf_counter() - t0
     rows = max(sums.get("rows", 1.0), 1.0)
     loss, total = sums.get("loss", 0.0) / rows, sums.get("total", 0.0) / rows
