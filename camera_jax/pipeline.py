@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -447,6 +448,7 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
   log = trainer.TrainLog(workdir / "train_log.jsonl", enabled=is_main())
   flags_path = workdir / "flags.txt"
   earlier_flags = flags_path.read_text() if flags_path.exists() else None
+  outputs_before = _concept_outputs(workdir)
   if is_main():
     atomic_write_text(flags_path, cfg.to_flags() + f"--workdir={workdir}\n")
   mesh = sharding.make_mesh()
@@ -458,14 +460,36 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
                                      ckpt_dir=workdir / "checkpoints" / "ranker", log=log,
                                      mesh=mesh)
   except ckpt_lib.CheckpointMismatchError:
-    # The run's checkpoints keep their settings: put back the flags.txt that describes them,
-    # so that evaluate.py and a rerun with --flagfile=DIR/flags.txt still restore them.
-    if is_main() and earlier_flags is not None:
+    # The run's checkpoints keep their settings: put back the flags.txt that describes them, so
+    # that evaluate.py and a rerun with --flagfile=DIR/flags.txt still restore them -- unless a
+    # stage of this run rewrote the concept layer, which the new flags describe.
+    if is_main() and earlier_flags is not None and _concept_outputs(workdir) == outputs_before:
       atomic_write_text(flags_path, earlier_flags)
     raise
   result = evaluate_run(cfg, prep, tables, params, workdir)
   result["seconds"] = time.perf_counter() - t_start
   return result
+
+
+#: Concept-layer files that every run rewrites (the account stage): compared by content.
+_REWRITTEN_EACH_RUN = ("concepts/w_a.npy", "concepts/accounts.txt")
+
+
+def _concept_outputs(workdir: pathlib.Path) -> dict[str, Any]:
+  """What the concept layer's outputs (word2vec/, concepts/) hold: a content digest of the
+  files every run rewrites, (size, mtime) of the others, which only a retrained stage writes."""
+  out: dict[str, Any] = {}
+  for sub in ("word2vec", "concepts"):
+    for path in sorted((workdir / sub).rglob("*")) if (workdir / sub).is_dir() else []:
+      if not path.is_file():
+        continue
+      name = path.relative_to(workdir).as_posix()
+      if name in _REWRITTEN_EACH_RUN:
+        out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+      else:
+        st = path.stat()
+        out[name] = (st.st_size, st.st_mtime_ns)
+  return out
 
 
 def evaluate_run(cfg: Config, prep: Prepared, tables: ranker_lib.Tables, params: Any,

@@ -152,6 +152,22 @@ def test_a_checkpoint_of_other_settings_is_refused_in_one_line(tmp_path: pathlib
     assert "(4,)" in str(shape.value) and "(3,)" in str(shape.value)
 
 
+def test_other_restore_errors_are_not_called_a_settings_mismatch(tmp_path: pathlib.Path, monkeypatch) -> None:
+    """A missing or corrupt file is not a settings change: orbax's error comes through as it is."""
+    state = {"w": jnp.ones(3)}
+    with Checkpointer(tmp_path / "c") as ckpt:
+        ckpt.save(1, state)
+        ckpt.wait()
+
+        def broken(*a: Any, **k: Any) -> Any:
+            raise ValueError("NOT_FOUND: Error opening \"zarr\" driver: missing chunk")
+
+        monkeypatch.setattr(ckpt._manager, "restore", broken)
+        with pytest.raises(ValueError, match="NOT_FOUND") as err:
+            ckpt.restore(target=state)
+        assert not isinstance(err.value, CheckpointMismatchError)
+
+
 def test_latest_step_and_max_to_keep(tmp_path: pathlib.Path) -> None:
     with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
         assert ckpt.latest_step() is None

@@ -254,6 +254,30 @@ def test_resuming_with_other_settings_stops_in_one_line_and_keeps_the_flags(tiny
   assert sorted(os.listdir(workdir / "checkpoints" / "ranker")) == ckpts
 
 
+def test_a_mismatch_after_a_rewritten_concept_layer_keeps_the_new_flags(tiny_run, tiny_data,
+                                                                         tmp_path, monkeypatch):
+  """When a stage of the failing run rewrote the concept layer, the new flags describe it."""
+  import dataclasses
+
+  from camera_jax import pipeline
+  from camera_jax.training.checkpoint import CheckpointMismatchError
+
+  workdir = tmp_path / "work"
+  shutil.copytree(tiny_run[0], workdir)
+  real_account_stage = pipeline.account_stage
+
+  def other_history(cfg, dataset, z_prime, wd):   # as if --history had changed w_a
+    w_a = real_account_stage(cfg, dataset, z_prime, wd)
+    pipeline.save_npy(wd / "concepts" / "w_a.npy", w_a * 0.5)
+    return w_a
+
+  monkeypatch.setattr(pipeline, "account_stage", other_history)
+  other = dataclasses.replace(tiny_config(tiny_data), representation_lr_scale=0.5)
+  with pytest.raises(CheckpointMismatchError):
+    pipeline.train_and_evaluate(other, workdir)
+  assert "--representation_lr_scale=0.5\n" in (workdir / "flags.txt").read_text()
+
+
 def test_history_option_drops_only_sponsored_posts_from_the_features(tiny_data, tmp_path):
   """--history=unsponsored: w_a and E(m) leave out the posts named by cooperations."""
   from camera_jax import pipeline

@@ -38,6 +38,13 @@ def test_eval_mode_pools_like_training():
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
 
 
+def test_a_window_larger_than_the_map_is_refused_in_both_modes():
+  x = jnp.zeros((1, 2, 5, 1))
+  for pool in (visual.max_pool, visual.inference_max_pool):
+    with pytest.raises(ValueError, match=r"spatial size \(2, 5\) smaller than window 3"):
+      pool(x, 3)
+
+
 def test_max_pool_hand_values():
   x = jnp.arange(16.0).reshape(1, 4, 4, 1)
   # windows 2x2: maxima are the bottom-right element of each block: 5, 7, 13, 15

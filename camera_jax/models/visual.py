@@ -30,8 +30,9 @@ LEAKY_SLOPE = 0.01
 def max_pool(x: jax.Array, window: int) -> jax.Array:
   """Non-overlapping max pool (window = stride) over the two spatial axes of NHWC ``x``.
 
-  Implemented by reshape-and-max, which XLA:CPU runs faster than ``nn.max_pool`` (its
-  gradient avoids select-and-scatter; see ``shared/notes/performance.md``). When a spatial
+  Implemented by reshape-and-max, whose gradient XLA:CPU runs faster than ``nn.max_pool``'s
+  (select-and-scatter; see ``shared/notes/performance.md``): the form for training. Without a
+  gradient, reduce-window is the faster one (:func:`inference_max_pool`). When a spatial
   side is not a multiple of ``window`` the trailing rows/columns are cropped first, which is
   exactly what a VALID max pool with window = stride does, so the forward result is identical
   to ``nn.max_pool(x, (window, window), strides=(window, window), padding='VALID')``.
@@ -47,10 +48,9 @@ def max_pool(x: jax.Array, window: int) -> jax.Array:
   """
   if window == 1:
     return x
+  _check_window(x, window)
   b, h, w, c = x.shape
   ho, wo = h // window, w // window
-  if ho == 0 or wo == 0:
-    raise ValueError(f"max_pool: spatial size {(h, w)} smaller than window {window}")
   x = x[:, : ho * window, : wo * window, :]
   x = x.reshape(b, ho, window, wo, window, c)
   return jnp.max(x, axis=(2, 4))
@@ -68,7 +68,13 @@ def inference_max_pool(x: jax.Array, window: int) -> jax.Array:
   """
   if window == 1:
     return x
+  _check_window(x, window)
   return nn.max_pool(x, (window, window), strides=(window, window), padding="VALID")
+
+
+def _check_window(x: jax.Array, window: int) -> None:
+  if x.shape[1] // window == 0 or x.shape[2] // window == 0:
+    raise ValueError(f"max_pool: spatial size {tuple(x.shape[1:3])} smaller than window {window}")
 
 
 class RowMaskedBatchNorm(nn.Module):

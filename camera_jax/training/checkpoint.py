@@ -56,8 +56,12 @@ _STATE = "state"
 _META = "meta"
 
 
+#: orbax's messages (0.11) for a saved tree or array shape that differs from the target's.
+_MISMATCH = re.compile(r"tree structures do not match|is not compatible with the stored shape")
+
+
 class CheckpointMismatchError(ValueError):
-    """A checkpoint whose tree, shapes or dtypes differ from the state it is restored into.
+    """A checkpoint whose tree structure or array shapes differ from the state it is restored into.
 
     Its message is one line naming the checkpoint's directory and what orbax found first.
     """
@@ -173,9 +177,9 @@ class Checkpointer:
             restored = self._manager.restore(
                 int(step), args=ocp.args.Composite(**{_STATE: state_args, _META: ocp.args.JsonRestore()})
             )
-        except ValueError as e:  # orbax: tree structure, shape or dtype differ from the target's
-            if target is None:
-                raise
+        except ValueError as e:
+            if target is None or not _MISMATCH.search(str(e)):
+                raise  # a missing or corrupt file, or another orbax error: not a settings change
             first = re.split(r"\. | If this", " ".join(str(e).split()))[0][:200]
             raise CheckpointMismatchError(
                 f"{os.path.join(str(self.directory), str(int(step)))}: the checkpoint does not fit "
