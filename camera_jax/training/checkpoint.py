@@ -63,7 +63,9 @@ _MISMATCH = re.compile(r"tree structures do not match|is not compatible with the
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose tree structure or array shapes differ from the state it is restored into.
 
-    Its message is one line naming the checkpoint's directory and what orbax found first.
+    Its message is one line naming the checkpoint's directory and the first array path that is
+    missing on one side or has another shape (read from the checkpoint's metadata before any
+    array), or else the first sentence of orbax's own error.
     """
 
 
@@ -129,7 +131,11 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(_STATE, _META))
+        # Handlers named up front (not only through the save/restore args), so that a fresh
+        # manager can read a step's metadata before restoring it (_first_mismatch).
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={_STATE: ocp.StandardCheckpointHandler(), _META: ocp.JsonCheckpointHandler()})
 
     def save(self, step: int, state: Any, meta: dict[str, Any] | None = None) -> None:
         """Starts saving ``state`` (a pytree) and ``meta`` (a JSON dict) as checkpoint ``step``.
@@ -172,7 +178,11 @@ class Checkpointer:
         if target is None:
             state_args = ocp.args.StandardRestore()
         else:
-            state_args = ocp.args.StandardRestore(jax.tree.map(_abstract, _keys_to_data(target)))
+            abstract = jax.tree.map(_abstract, _keys_to_data(target))
+            problem = self._first_mismatch(int(step), abstract)
+            if problem:
+                raise self._mismatch(int(step), problem)
+            state_args = ocp.args.StandardRestore(abstract)
         try:
             restored = self._manager.restore(
                 int(step), args=ocp.args.Composite(**{_STATE: state_args, _META: ocp.args.JsonRestore()})
@@ -181,15 +191,42 @@ class Checkpointer:
             if target is None or not _MISMATCH.search(str(e)):
                 raise  # a missing or corrupt file, or another orbax error: not a settings change
             first = re.split(r"\. | If this", " ".join(str(e).split()))[0][:200]
-            raise CheckpointMismatchError(
-                f"{os.path.join(str(self.directory), str(int(step)))}: the checkpoint does not fit "
-                f"this run's state ({first}); it was saved with other settings (model sizes, "
-                "--image_size, --representation_lr_scale, ...): rerun with the settings it was "
-                f"trained with, or delete {self.directory} to train this stage afresh") from e
+            raise self._mismatch(int(step), first) from e
         state = restored[_STATE]
         if target is not None:
             state = _data_to_keys(state, target)
         return state, dict(restored[_META] or {})
+
+    def _first_mismatch(self, step: int, abstract: Any) -> str | None:
+        """The first array path whose presence or shape differs between the saved state and
+        ``abstract``, from the checkpoint's metadata (no array is read); None when they agree or
+        the metadata cannot be read (orbax's restore then finds any mismatch itself)."""
+        def flat(tree: Any) -> dict[str, Any]:  # paths tell a list index from a dict key
+            leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+            return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
+
+        try:
+            saved = flat(self._manager.item_metadata(step)[_STATE].tree)
+        except Exception:  # noqa: BLE001 -- no usable metadata: leave the check to the restore
+            return None
+        wanted = flat(ocp.tree.serialize_tree(abstract, keep_empty_nodes=True))
+        for key in sorted(set(saved) | set(wanted)):
+            name = key
+            if key not in saved:
+                return f"{name}: in this run's state, not in the checkpoint"
+            if key not in wanted:
+                return f"{name}: in the checkpoint, not in this run's state"
+            have, want = tuple(getattr(saved[key], "shape", ())), tuple(np.shape(wanted[key]))
+            if have != want:
+                return f"{name}: saved with shape {have}, this run's is {want}"
+        return None
+
+    def _mismatch(self, step: int, problem: str) -> CheckpointMismatchError:
+        return CheckpointMismatchError(
+            f"{os.path.join(str(self.directory), str(step))}: the checkpoint does not fit this "
+            f"run's state ({problem}); it was saved with other settings (model sizes, "
+            "--image_size, --representation_lr_scale, ...): rerun with the settings it was "
+            f"trained with, or delete {self.directory} to train this stage afresh")
 
     def wait(self) -> None:
         """Blocks until every started save is complete on disk."""
