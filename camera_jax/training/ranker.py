@@ -372,10 +372,14 @@ def catalogue_chunk(n: int, eval_chunk: int, n_devices: int = 1) -> int:
   return sharding.round_up(chunk, n_devices)
 
 
+def mesh_eval_chunk(cfg: RankerConfig, mesh: jax.sharding.Mesh) -> int:
+  """``cfg.eval_chunk`` resolved (:func:`auto_eval_chunk`) for the devices of ``mesh``."""
+  return auto_eval_chunk(cfg.eval_chunk, mesh.devices.flat[0].platform, cfg.matmul_dtype)
+
+
 def pair_chunk(cfg: RankerConfig, n: int, mesh: jax.sharding.Mesh) -> int:
   """Pairs per call when :func:`score_pairs` scores ``n`` pairs with a :class:`CatalogueScorer`."""
-  eval_chunk = auto_eval_chunk(cfg.eval_chunk, mesh.devices.flat[0].platform, cfg.matmul_dtype)
-  return catalogue_chunk(n, eval_chunk, mesh.devices.size)
+  return catalogue_chunk(n, mesh_eval_chunk(cfg, mesh), mesh.devices.size)
 
 
 def make_score_fn(cfg: RankerConfig, model: RankerModel | None = None):
@@ -504,8 +508,7 @@ def score_pairs(cfg: RankerConfig, params: Any, tables: Tables | dict[str, jax.A
   if isinstance(score_fn, CatalogueScorer):
     return score_fn.score(params, dev_tables, brand, influencer, mesh=mesh,
                           chunk=pair_chunk(cfg, n, mesh), keys=keys)
-  eval_chunk = auto_eval_chunk(cfg.eval_chunk, mesh.devices.flat[0].platform, cfg.matmul_dtype)
-  chunk = sharding.round_up(min(eval_chunk, max(n, 1)), mesh.devices.size)
+  chunk = sharding.round_up(min(mesh_eval_chunk(cfg, mesh), max(n, 1)), mesh.devices.size)
   out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
   for s in range(0, n, chunk):
     host = {"brand": np.asarray(brand[s:s + chunk], np.int32),
