@@ -272,6 +272,12 @@ class PeakMemory:
       self.device_peak_mb = stats["peak_bytes_in_use"] / 2 ** 20
 
 
+def epoch_steps(batch: int) -> int:
+  """Steps per call of the epoch-form ranker rows: about 4,096 triplets a call, 1 to 64 steps
+  (the steps cycle through 4 distinct batches, the last one padded)."""
+  return max(1, min(64, 4096 // batch))
+
+
 def timed(run: Callable[[int], Any], sync: Callable[[Any], Any], reps: int,
           rep_seconds: float, max_iters: int = 1000) -> dict[str, Any]:
   """Times ``run(i)`` (one item: a step, a call) after compilation.
@@ -436,15 +442,15 @@ class Bench:
       cfg = dataclasses.replace(cfg, matmul_dtype="bfloat16")
     elif variant == "op by op":
       use_jit = False
+    per_step = variant in ("op by op", "one call per step")
     tables = self.tables(N_ACCOUNTS)
     params = self.params(cfg, tables)
     dev = tables.device(self.mesh)
     tx = trainer.make_optimizer(cfg.learning_rate, cfg.lr_decay, 1000)
     state = sharding.replicate(trainer.TrainState.create(apply_fn=None, params=params, tx=tx),
                                self.mesh)
-    step = ranker.make_train_step(cfg, grouped=grouped, jit=use_jit)
     rng = np.random.default_rng(1)
-    batches = []
+    hosts = []
     for j in range(4):
       real = batch if j < 3 else max(1, batch - batch // 3)   # the last one padded
       host = {"brand": rng.integers(0, N_BRANDS, real).astype(np.int32),
@@ -453,14 +459,29 @@ class Bench:
               "ed_obs": np.zeros(real, np.float32)}
       host, mask = sharding.pad_batch(host, sharding.round_up(batch, self.mesh.devices.size))
       host["mask"] = mask
-      batches.append(sharding.shard_batch(host, self.mesh))
+      hosts.append(host)
     key = sharding.replicate(jax.random.PRNGKey(2), self.mesh)
     box = {"state": state, "acc": None}
+    if per_step:   # one jitted call (or op-by-op run) per step, metrics added between steps
+      steps = 1
+      step = ranker.make_train_step(cfg, grouped=grouped, jit=use_jit)
+      batches = [sharding.shard_batch(h, self.mesh) for h in hosts]
 
-    def run(i: int):
-      box["state"], metrics = step(box["state"], batches[i % len(batches)], dev, key)
-      box["acc"] = trainer.add_metrics(box["acc"], metrics)
-      return box["state"].params
+      def run(i: int):
+        box["state"], metrics = step(box["state"], batches[i % len(batches)], dev, key)
+        box["acc"] = trainer.add_metrics(box["acc"], metrics)
+        return box["state"].params
+    else:          # as train_ranker runs: the steps of an epoch in one call (lax.scan)
+      steps = epoch_steps(batch)
+      step = ranker.make_train_epoch(cfg, grouped=grouped)
+      epoch = sharding.shard_batch(
+          {k: np.stack([hosts[j % len(hosts)][k] for j in range(steps)], axis=1) for k in hosts[0]},
+          self.mesh)
+
+      def run(i: int):
+        box["state"], sums = step(box["state"], epoch, dev, key)
+        box["acc"] = trainer.add_metrics(box["acc"], sums)
+        return box["state"].params
 
     reps = self.sizes.op_by_op_reps if variant == "op by op" else self.sizes.reps
     t = timed(run, jax.block_until_ready, reps, self.sizes.rep_seconds,
@@ -470,16 +491,17 @@ class Bench:
                               grouped=grouped)
     extra = {"rho_path": flops["rho_path"], "flops_ours_parts": {
         k: v for k, v in flops.items() if k not in ("total", "rho_path")},
-        "nonfinite_steps": int(sums.get("nonfinite", 0))}
+        "nonfinite_steps": int(sums.get("nonfinite", 0)), "steps_per_call": steps}
     if use_jit:
       extra["jit_cache_size"] = int(step._cache_size())
     authors = AUTHORS["ranker_train_step"].get(batch)
     if authors:
       extra["authors_throughput"] = authors
     path = "ranker_train_step" + ("_op_by_op" if variant == "op by op" else "")
-    r = row(path, variant, f"batch {batch}", "triplets/s", batch, t,
-            ranker_flops_authors(batch, cfg.num_negatives, cfg.psi_features, cfg.gamma_features),
-            flops["total"], self.peak_for(variant), **extra)
+    r = row(path, variant, f"batch {batch}", "triplets/s", batch * steps, t,
+            steps * ranker_flops_authors(batch, cfg.num_negatives, cfg.psi_features,
+                                         cfg.gamma_features),
+            steps * flops["total"], self.peak_for(variant), **extra)
     if authors:
       r["vs_authors"] = r["throughput"] / authors
     self.add(r)
@@ -706,7 +728,8 @@ def format_row(r: dict[str, Any]) -> str:
   vs = r.get("vs_authors")
   return (f"{r['path']:<34} {r['variant']:<28} {r['size']:<32} "
           f"{r['throughput']:>11,.1f} {r['unit']:<11} ±{spread:<5} "
-          f"med {r['median_s'] * 1e3:>9.2f} ms  compile {_fmt(compile_s, '6.1f')} s  "
+          f"med {r['median_s'] * 1e3 / r.get('steps_per_call', 1):>9.2f} ms"
+          f"{'/step' if r.get('steps_per_call', 1) > 1 else '     '}  compile {_fmt(compile_s, '6.1f')} s  "
           f"eff {_fmt(r['gflops_effective'], '6.0f')}  ach {_fmt(r['gflops_achieved'], '5.0f')} "
           f"GFLOP/s  peak {_fmt(None if r['peak_share'] is None else 100 * r['peak_share'], '3.0f')}%"
           + (f"  x{vs:.2f} authors" if vs else ""))
@@ -810,6 +833,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     for b in sizes.ranker_batches:
       bench.ranker_step(b, "ours")
       if b in sizes.ranker_variant_batches:
+        bench.ranker_step(b, "one call per step")
         bench.ranker_step(b, "threefry dropout")
         bench.ranker_step(b, "pairs path (CAMERA.__call__)")
         if args.bf16:

@@ -333,6 +333,49 @@ def test_hash_dropout_scales_and_is_off_when_deterministic():
 # --------------------------------------------------------------------------- no recompilation
 
 
+@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
+def test_an_epoch_in_one_call_equals_one_call_per_step(matmul_dtype):
+  """make_train_epoch (lax.scan over the epoch's steps) gives the parameters, optimiser state and
+  metric sums of calling make_train_step once per batch, bit for bit, the padded last step
+  included; and one program serves every epoch."""
+  cfg = _cfg(l1=1e-3, num_negatives=2, matmul_dtype=matmul_dtype)
+  t = _tables()
+  mesh = sharding.make_mesh()
+  params = ranker.init_params(cfg, t, jax.random.PRNGKey(0))
+  tx = trainer.make_optimizer(1e-2, 0.9, 3)
+  dev = t.device(mesh)
+  key = sharding.replicate(jax.random.PRNGKey(1), mesh)
+  rng = np.random.default_rng(0)
+  n, bs = 11, 4                                           # 3 steps, the last with 3 of 4 rows
+  steps = -(-n // bs)
+  trips = [{"brand": rng.integers(0, 10, n).astype(np.int32),
+            "pos": rng.integers(10, 40, n).astype(np.int32),
+            "neg": rng.integers(10, 40, (n, 2)).astype(np.int32)} for _ in range(2)]
+  ed = np.zeros(n, np.float32)
+  new = lambda: sharding.replicate(trainer.TrainState.create(
+      apply_fn=None, params=jax.tree.map(jnp.array, params), tx=tx), mesh)
+  step, epoch = ranker.make_train_step(cfg), ranker.make_train_epoch(cfg)
+  a, b = new(), new()
+  for trip in trips:                                      # two epochs
+    acc = None
+    for s in range(0, n, bs):
+      host = {k: v[s:s + bs] for k, v in trip.items()}
+      host["ed_obs"] = ed[s:s + bs]
+      host, mask = sharding.pad_batch(host, bs)
+      host["mask"] = mask
+      a, m = step(a, sharding.shard_batch(host, mesh), dev, key)
+      acc = trainer.add_metrics(acc, m)
+    batches = ranker.epoch_batches(trip, ed, bs, steps)
+    assert batches["brand"].shape == (bs, steps) and batches["neg"].shape == (bs, steps, 2)
+    assert batches["mask"].sum() == n and not batches["mask"][3, 2]
+    b, sums = epoch(b, sharding.shard_batch(batches, mesh), dev, key)
+    assert trainer.host_sums(sums) == trainer.host_sums(acc)
+  assert int(a.step) == int(b.step) == 2 * steps
+  for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
+    np.testing.assert_array_equal(x, y)
+  assert epoch._cache_size() == 1
+
+
 def test_no_recompilation_after_the_first_step():
   from camera_jax.models import cosmic as cosmic_lib
   from camera_jax.training import concepts as concepts_lib

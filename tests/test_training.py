@@ -183,18 +183,18 @@ def test_ranker_resumed_after_epoch_1_matches_and_compiles_once(tiny_run, tiny_d
   ranker.train_ranker(cfg=pipeline.ranker_config(cfg.replace(epochs=1)), **inputs, ckpt_dir=ckpt,
                       log=log, mesh=mesh)
 
-  steps = []
-  real = ranker.make_train_step
+  epochs = []
+  real = ranker.make_train_epoch
 
   def capture(*args, **kwargs):
-    steps.append(real(*args, **kwargs))
-    return steps[-1]
+    epochs.append(real(*args, **kwargs))
+    return epochs[-1]
 
-  monkeypatch.setattr(ranker, "make_train_step", capture)
+  monkeypatch.setattr(ranker, "make_train_epoch", capture)
   params = ranker.train_ranker(cfg=pipeline.ranker_config(cfg), **inputs, ckpt_dir=ckpt, log=log,
                                mesh=mesh)
-  assert len(steps) == 1
-  assert steps[0]._cache_size() == 1  # every step, the padded last batch included, one program
+  assert len(epochs) == 1
+  assert epochs[0]._cache_size() == 1  # every epoch (its padded last step included), one program
 
   reference = ranker.restore_params(pipeline.ranker_config(cfg), inputs["tables"],
                                     workdir / "checkpoints" / "ranker")

@@ -227,6 +227,53 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
   return jax.jit(train_step, donate_argnums=0) if jit else train_step
 
 
+def make_train_epoch(cfg: RankerConfig, model: RankerModel | None = None, *,
+                     grouped: bool | None = None):
+  """The jitted, donated epoch: ``state, sums = run(state, batches, tables, key)``.
+
+  Runs :func:`make_train_step`'s step over every batch of an epoch in one call (``lax.scan``
+  on the device), so no step waits for Python: no dispatch, no host batch, no metric add
+  between steps. ``batches`` holds the step batches stacked on axis 1, the batch axis staying
+  first so that it shards over ``'data'`` as a step's batch does (:func:`epoch_batches`):
+  brand, pos, mask, ed_obs [B, S]; neg [B, S, N]. ``sums`` are the step metrics summed in
+  step order (the same floats as adding them after each step). The parameters equal those of
+  calling the step once per batch (tested bit for bit); one compiled program serves every
+  epoch (same S).
+  """
+  step = make_train_step(cfg, model, grouped=grouped, jit=False)
+
+  def run(state: trainer.TrainState, batches: dict[str, jax.Array],
+          tables: dict[str, jax.Array], key: jax.Array):
+    xs = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), batches)       # [S, B, ...]
+    first = jax.tree.map(lambda a: a[0], xs)
+    zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
+                         jax.eval_shape(lambda: step(state, first, tables, key)[1]))
+
+    def body(carry, batch):
+      st, acc = carry
+      st, metrics = step(st, batch, tables, key)
+      return (st, jax.tree.map(jnp.add, acc, metrics)), None
+
+    (state, sums), _ = jax.lax.scan(body, (state, zeros), xs)
+    return state, sums
+
+  return jax.jit(run, donate_argnums=0)
+
+
+def epoch_batches(trip: dict[str, np.ndarray], ed_obs: np.ndarray, batch_size: int,
+                  steps: int) -> dict[str, np.ndarray]:
+  """An epoch's host batches for :func:`make_train_epoch`: [B, S] arrays (neg [B, S, N]).
+
+  Step ``s`` takes triplets ``s * B`` to ``(s + 1) * B``; the last step's missing rows are
+  zero padding with ``mask`` False (nothing is dropped).
+  """
+  host = {"brand": trip["brand"], "pos": trip["pos"], "neg": trip["neg"], "ed_obs": ed_obs}
+  host, mask = sharding.pad_batch(host, steps * batch_size)
+  host["mask"] = mask
+  return {k: np.ascontiguousarray(np.swapaxes(v.reshape((steps, batch_size) + v.shape[1:]), 0, 1))
+          for k, v in host.items()}
+
+
 class CatalogueScorer:
   """Deterministic CAMERA scoring of (brand, influencer) row pairs, per-account work done once.
 
@@ -446,21 +493,17 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
   state = sharding.replicate(state, mesh)
   dev_tables = tables.device(mesh)
   step_key = sharding.replicate(step_key, mesh)
-  train_step = make_train_step(cfg, model)
+  train_epoch = make_train_epoch(cfg, model)
   lr_fn = trainer.learning_rate_schedule(cfg.learning_rate, cfg.lr_decay, steps_per_epoch)
   for epoch in range(start_epoch, cfg.epochs):
     t0 = time.perf_counter()
     trip = sample_triplets(positives, positive_sets, candidates, cfg.num_negatives, cfg.seed, epoch)
     ed_obs = ed_observed[trip["order"]].astype(np.float32)
     acc = None
-    for s in range(0, len(trip["brand"]), batch_size):
-      host = {"brand": trip["brand"][s:s + batch_size], "pos": trip["pos"][s:s + batch_size],
-              "neg": trip["neg"][s:s + batch_size], "ed_obs": ed_obs[s:s + batch_size]}
-      host, mask = sharding.pad_batch(host, batch_size)
-      host["mask"] = mask
-      state, metrics = train_step(state, sharding.shard_batch(sharding.process_local(host), mesh),
-                                  dev_tables, step_key)
-      acc = trainer.add_metrics(acc, metrics)
+    if len(trip["brand"]):
+      host = epoch_batches(trip, ed_obs, batch_size, steps_per_epoch)
+      state, acc = train_epoch(state, sharding.shard_batch(sharding.process_local(host), mesh),
+                               dev_tables, step_key)
     sums = trainer.host_sums(acc)
     trainer.check_finite(stage, epoch + 1, sums, checkpointer, params=state.params)
     seconds = time.perf_counter() - t0
