@@ -5,7 +5,8 @@ concepts and their w_a weights, its scaled engagement and follower features).  T
 replicated on every device; a training batch is only integer rows (brand, positive influencer,
 sampled negatives) plus a validity mask, sharded over the ``data`` axis.  The jitted step gathers
 what it needs from the tables, so nothing is recompiled per step and the host sends a few bytes
-per triplet.
+per triplet: once per epoch, since an epoch's steps run in one jitted call (``lax.scan``,
+:func:`make_train_epoch`).
 
 Leak-free features: the endorsement input E(p~) (eq. 11) exists only for pairs that cooperated.
 By default (``endorsement="mean"``) every pair, positive or negative, training or test, gets the
