@@ -629,7 +629,7 @@ class Bench:
              "rss_peak_increase_mb": (mem.peak_mb - mem.base_mb)
              if mem.peak_mb is not None else None,
              "device_peak_mb": mem.device_peak_mb,
-             "chunk": ranker.auto_eval_chunk(cfg.eval_chunk, matmul_dtype=cfg.matmul_dtype),
+             "chunk": ranker.mesh_eval_chunk(cfg, self.mesh),
              "output_mb": out["S"].nbytes / 2 ** 20}
     if variant == "ours":
       extra["jit_cache_size"] = {"concept_parts": int(scorer.concept_parts._cache_size()),
@@ -892,7 +892,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                 "n_concepts": N_CONCEPTS, "n_accounts": N_ACCOUNTS, "n_brands": N_BRANDS,
                 "negatives": bench.cfg.num_negatives, "dropout": bench.cfg.dropout,
                 "dropout_rng": bench.cfg.dropout_rng,
-                "eval_chunk": bench.ranker.auto_eval_chunk(bench.cfg.eval_chunk)},
+                "eval_chunk": bench.ranker.mesh_eval_chunk(bench.cfg, bench.mesh)},
       "peak": {"gflops": bench.peak_gflops, "gflops_bf16": bench.peak_gflops_bf16 or None,
                "runs": bench.extra.get("matmul_peak_runs", [])},
       "authors": {k: {str(s): v for s, v in d.items()} for k, d in AUTHORS.items()},

@@ -253,7 +253,7 @@ def make_train_epoch(cfg: RankerConfig, model: RankerModel | None = None, *,
     def body(carry, batch):
       st, acc = carry
       st, metrics = step(st, batch, tables, key)
-      return (st, jax.tree.map(jnp.add, acc, metrics)), None
+      return (st, trainer.add_metrics(acc, metrics)), None
 
     (state, sums), _ = jax.lax.scan(body, (state, zeros), xs)
     return state, sums
