@@ -20,59 +20,60 @@ class Config:
   preset: str = "tiny"               # synthetic preset when data_dir is empty: tiny|small|paper
   image_size: int = 64               # side of the images fed to both CNNs (paper: 224)
   seed: int = 0                      # one seed for everything (split, init, data order, negatives)
-  check_images: bool = True          # the validator decodes every image
+  check_images: bool = True          # the validator decodes every image (false: only paths are checked, and a bad image stops the TFDS build with a traceback)
 
   # Word2Vec (gensim).
-  w2v_dim: int = 100
-  w2v_epochs: int = 10
+  w2v_dim: int = 100                 # Word2Vec vector size (caption and concept-name embeddings)
+  w2v_epochs: int = 10               # Word2Vec training epochs
 
   # CNN layout shared by the concept generator and COSMIC (the authors' 5-layer CNN).
-  cnn_channels: tuple[int, ...] = (32, 64, 64, 128, 128)
-  cnn_pools: tuple[int, ...] = (3, 1, 2, 1, 2)
-  cnn_fc: int = 1024
+  cnn_channels: tuple[int, ...] = (32, 64, 64, 128, 128)  # output channels of the five 3x3 convolutions
+  cnn_pools: tuple[int, ...] = (3, 1, 2, 1, 2)  # max-pool window (= stride) after each convolution; 1: none
+  cnn_fc: int = 1024                 # width of the CNN's fully connected layer (d_v1)
 
   # Concept generator (paper IV-D; authors: Adam 1e-3, 60 epochs, batch 32, 80/20 split).
   use_gt_concepts: bool = False      # use posts' ground-truth `concepts` as h instead of predicting
-  cg_epochs: int = 60
-  cg_batch_size: int = 32
-  cg_learning_rate: float = 1e-3
-  cg_lr_decay: float = 1.0
-  cg_held_out: float = 0.2
+  cg_epochs: int = 60                # concept generator training epochs
+  cg_batch_size: int = 32            # concept generator images per step
+  cg_learning_rate: float = 1e-3     # concept generator Adam learning rate
+  cg_lr_decay: float = 1.0           # concept generator learning-rate decay per epoch
+  cg_held_out: float = 0.2           # share of labeled posts held out to measure the generator
   cg_threshold: float = 0.5          # h_i = 1 when sigmoid(logit_i) >= threshold ...
   cg_min_k: int = 1                  # ... and at least the top cg_min_k concepts ...
   cg_max_k: int = 10                 # ... and at most the top cg_max_k concepts (paper: ~10 per post)
-  augment: bool = True
+  augment: bool = True               # light image augmentation in the CNN training stages
 
   # COSMIC (paper III-B; authors: batch 32, 25 epochs, Adam 1e-3, L1 0.001).
-  d_u: int = 100
-  cosmic_epochs: int = 25
-  cosmic_batch_size: int = 32
-  cosmic_learning_rate: float = 1e-3
-  cosmic_lr_decay: float = 1.0
-  cosmic_l1: float = 0.0
+  d_u: int = 100                     # length of a concept representation u_i (COSMIC's U_C columns)
+  cosmic_epochs: int = 25            # COSMIC training epochs
+  cosmic_batch_size: int = 32        # COSMIC images per step
+  cosmic_learning_rate: float = 1e-3  # COSMIC Adam learning rate
+  cosmic_lr_decay: float = 1.0       # COSMIC learning-rate decay per epoch
+  cosmic_l1: float = 0.0             # COSMIC L1 penalty weight on the parameters
   zprime_mode: str = "masked"        # masked | faithful (see docs/deviations.md)
   semantic: bool = True              # False: the C-w/o-SI ablation (z' = normalised h)
   cosmic_logit_scale: str = "inner"  # inner (paper eq. 3) | mean (authors)
 
   # Ranker (paper III-C, III-D, IV-B).
-  epochs: int = 40
-  batch_size: int = 8
-  learning_rate: float = 1e-3
+  epochs: int = 40                   # ranker training epochs
+  batch_size: int = 8                # ranker triplets per step (paper: 8)
+  learning_rate: float = 1e-3        # ranker Adam learning rate
   representation_lr_scale: float = 1.0  # x learning_rate for psi, rho, gamma (the phi keep it)
-  lr_decay: float = 0.95
+  lr_decay: float = 0.95             # ranker learning-rate decay per epoch
   dropout: float = 0.6               # drop rate (paper IV-B); the authors keep 0.6 (docs/deviations.md)
-  margin: float = 7.0
-  temperature: float = 1.0
-  init_scale: float = 0.1
-  l1: float = 1e-3
-  top_k: int = 10
-  psi_features: tuple[int, ...] = (1024, 512)
-  gamma_features: tuple[int, ...] = (1024, 1024, 512)
-  d_score: int = 64
+  margin: float | None = None        # the loss's margin; unset: the loss's own default (triplet 7.0, hinge 1.0)
+  temperature: float | None = None   # the loss's temperature (infonce, approx_ndcg); unset: its own default
+  init_scale: float = 0.1            # uniform(-s, s) init of every ranker weight (paper 0.1)
+  l1: float = 1e-3                   # ranker L1 penalty weight on the parameters (paper 0.001)
+  top_k: int = 10                    # concepts per account in the BCAM attention (paper 10)
+  psi_features: tuple[int, ...] = (1024, 512)  # psi and rho layer widths (paper 1024,512)
+  gamma_features: tuple[int, ...] = (1024, 1024, 512)  # gamma layer widths (paper 1024,1024,512)
+  d_score: int = 64                  # hidden width of the endorsement and influence MLPs (phi)
   attention_scale: str = "inner"     # inner (paper eq. 7) | mean (authors)
   history_norm: str = "none"         # none (paper eq. 6) | l2: e_h rescaled to norm sqrt(d_u)
   num_negatives: int = 1             # sampled negatives per positive (paper: 1)
   loss: str = "triplet"              # a name of camera_jax.losses.REGISTRY
+  loss_hparams: str = ""             # more of the loss's keyword settings: "name=value,..." (losses.parse_hparams)
   endorsement: str = "mean"          # mean: leak-free E(p~) estimate | observed: paper form (training only)
   history: str = "all"               # all: every post is history | unsponsored: drop posts named by cooperations
   use_interaction: bool = True       # False: the C-w/o-MR ablation (S = S_con)
@@ -80,13 +81,13 @@ class Config:
   matmul_dtype: str = "float32"      # float32 | bfloat16: psi/rho/gamma on bf16 operands, f32 accumulation
 
   # Evaluation.
-  baselines: tuple[str, ...] = ("RAND", "POP", "ENG", "MIV", "CONTENT")
-  report: bool = True
+  baselines: tuple[str, ...] = ("RAND", "POP", "ENG", "MIV", "CONTENT")  # baselines scored beside CAMERA: RAND, POP, ENG, MIV, CONTENT
+  report: bool = True                # write the HTML report (radar charts, figures) after the run
 
   # Multi-process (jax.distributed).
-  coordinator_address: str = ""
-  num_processes: int = 1
-  process_id: int = 0
+  coordinator_address: str = ""      # jax.distributed coordinator host:port; empty: one process
+  num_processes: int = 1             # processes of a multi-process run
+  process_id: int = 0                # this process's index in a multi-process run
 
   def replace(self, **changes: Any) -> "Config":
     return dataclasses.replace(self, **changes)
@@ -95,6 +96,8 @@ class Config:
     """The config as a flags file (``--name=value`` per line), readable by --flagfile."""
     lines = []
     for k, v in dataclasses.asdict(self).items():
+      if v is None:  # unset (e.g. --margin): omitted, so that reading the file back leaves it unset
+        continue
       if isinstance(v, tuple):
         v = ",".join(str(x) for x in v)
       elif isinstance(v, bool):

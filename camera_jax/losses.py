@@ -138,15 +138,60 @@ def get_loss(name: str, **hparams: Any) -> LossFn:
     2.0
     >>> float(get_loss("hinge", margin=None)(pos, neg, where))      # None: hinge's own 1.0
     1.0
-    >>> get_loss("nope")
+    >>> get_loss("nope")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: unknown loss 'nope'; available: approx_ndcg, bpr, hinge, infonce, triplet, triplet_authors
+    ValueError: unknown loss 'nope'; available: approx_ndcg, bpr, hinge, ...
     """
     fn = _lookup(name)
     accepted = hparams_of(name)
     bound = {k: v for k, v in hparams.items() if k in accepted and v is not None}
     return functools.partial(fn, **bound)
+
+
+def parse_hparams(name: str, spec: str) -> dict[str, Any]:
+    """The keyword settings ``spec`` = ``"key=value,..."`` for the loss ``name``, typed.
+
+    Each key must be a hyper-parameter of the loss (:func:`hparams_of`); its value is read as
+    the type of the loss's default (bool: true/false, int, float, else str). Raises
+    ``ValueError`` with one line naming the offending item. The main job's ``--loss_hparams``.
+
+    >>> parse_hparams("hinge", "margin=0.5,squared=true")
+    {'margin': 0.5, 'squared': True}
+    >>> parse_hparams("triplet", "")
+    {}
+    >>> parse_hparams("triplet", "gamma=2")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'gamma=2': loss 'triplet' has no hyper-parameter 'gamma' (it has: margin)
+    """
+    accepted = hparams_of(name)
+    out: dict[str, Any] = {}
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        key, sep, text = (part.strip() for part in item.partition("="))
+        if not sep or not key:
+            raise ValueError(f"{item!r}: expected key=value")
+        if key not in accepted:
+            raise ValueError(f"{item!r}: loss {name!r} has no hyper-parameter {key!r} "
+                             f"(it has: {', '.join(sorted(accepted)) or 'none'})")
+        default = accepted[key]
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false"):
+                    raise ValueError
+                out[key] = text.lower() == "true"
+            elif isinstance(default, int):
+                out[key] = int(text)
+            elif isinstance(default, float):
+                out[key] = float(text)
+            else:
+                out[key] = text
+        except ValueError:
+            raise ValueError(f"{item!r}: {key} must be {type(default).__name__}, "
+                             f"like its default {default!r}") from None
+    return out
 
 
 def _lookup(name: str) -> Callable[..., jax.Array]:

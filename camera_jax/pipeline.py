@@ -67,6 +67,11 @@ def check_config(cfg: Config) -> list[str]:
   errors = []
   if cfg.loss not in losses_lib.REGISTRY:
     errors.append(f"--loss={cfg.loss}: unknown loss; available: {', '.join(sorted(losses_lib.REGISTRY))}")
+  else:
+    try:
+      losses_lib.parse_hparams(cfg.loss, cfg.loss_hparams)
+    except ValueError as e:
+      errors.append(f"--loss_hparams={cfg.loss_hparams}: {e}")
   for name, choices in _CHOICES.items():
     if getattr(cfg, name) not in choices:
       errors.append(f"--{name}={getattr(cfg, name)}: must be one of {', '.join(choices)}")
@@ -152,8 +157,77 @@ def open_sources(data_dir: pathlib.Path, tfds_dir: pathlib.Path) -> dict[str, An
 
 
 def load_dataset(cfg: Config, data_dir: pathlib.Path) -> format_lib.Dataset:
-  """Validates then loads the dataset; raises DatasetError with FILE:LINE lines when invalid."""
-  return format_lib.load(data_dir, seed=cfg.seed, check_images=cfg.check_images)
+  """Validates then loads the dataset; raises DatasetError with FILE:LINE lines when invalid.
+
+  Also raises DatasetError when no cooperation involves a training brand: the ranker would
+  have nothing to learn from.
+  """
+  dataset = format_lib.load(data_dir, seed=cfg.seed, check_images=cfg.check_images)
+  train = set(dataset.split.train)
+  if not any(c.brand in train for c in dataset.cooperations):
+    where = "split.json's \"train\"" if (data_dir / format_lib.SPLIT_FILE).exists() else (
+        "the default split")
+    raise format_lib.DatasetError([
+        f"{data_dir / format_lib.COOPERATIONS_FILE}:0: no cooperation of a training brand "
+        f"({len(train)} in {where}): the ranker has no positive to learn from"])
+  return dataset
+
+
+#: The work directory's record of the dataset its stages were built from.
+DATA_RECORD = "data_digests.json"
+#: Work-directory entries that hold stages built from the dataset.
+_DATA_STAGES = ("word2vec", "concepts", "checkpoints")
+
+
+def data_digests(data_dir: pathlib.Path) -> dict[str, str]:
+  """A digest per dataset file (sha256 of its bytes, or "missing"), plus "image files": the
+  TFDS fingerprint of posts.jsonl, labeled_posts.jsonl and every image's path, size and mtime."""
+  from camera_jax.data import tfds_builder  # Imported lazily, like input_pipeline does.
+  out = {}
+  for name in (format_lib.CONCEPTS_FILE, format_lib.ACCOUNTS_FILE, format_lib.POSTS_FILE,
+               format_lib.COOPERATIONS_FILE, format_lib.LABELED_POSTS_FILE,
+               format_lib.SPLIT_FILE):
+    path = data_dir / name
+    if not path.exists():
+      out[name] = "missing"
+      continue
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    out[name] = h.hexdigest()
+  out["image files"] = tfds_builder.fingerprint(data_dir)
+  return out
+
+
+def check_data_record(data_dir: pathlib.Path, workdir: pathlib.Path) -> None:
+  """Refuses a work directory whose stages were built from another version of the dataset.
+
+  The stages (Word2Vec, the concept layer, the checkpoints) are cached in the work directory
+  and reused by the next run; a dataset edited in place since would silently get stale ones.
+  The digests of the dataset's files (:func:`data_digests`) are kept in ``DATA_RECORD``; when
+  they differ and a stage exists, raises ConfigError with one line naming the changed file.
+  Otherwise (re)writes the record (process 0).
+  """
+  now = data_digests(data_dir)
+  path = workdir / DATA_RECORD
+  if path.exists():
+    try:
+      before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+      before = {}
+    changed = [k for k in now if before.get(k) != now[k]]
+    built = [d for d in _DATA_STAGES if (workdir / d).exists()]
+    if changed and built:
+      first = changed[0]
+      head = (f"{data_dir}: the image files of the posts" if first == "image files"
+              else str(data_dir / first))
+      also = f" (and {', '.join(changed[1:])})" if len(changed) > 1 else ""
+      raise ConfigError([
+          f"{head}{also}: changed since the stages in {workdir} ({', '.join(built)}) were built "
+          f"from it; use a new --workdir, or delete those to rebuild them"])
+  if is_main():
+    atomic_write_text(path, json.dumps(now, indent=2, sort_keys=True))
 
 
 def word2vec_stage(cfg: Config, dataset: format_lib.Dataset, workdir: pathlib.Path) -> text_lib.TextEmbedder:
@@ -296,6 +370,16 @@ def build_tables(cfg: Config, w_a: np.ndarray, u_c: np.ndarray,
                            concepts=np.asarray(u_c, np.float32))
 
 
+def loss_hparams(cfg: Config) -> tuple[tuple[str, Any], ...]:
+  """The settings the run hands to ``losses.get_loss``: --margin and --temperature when set (the
+  loss takes those it accepts; unset, it keeps its own defaults), then --loss_hparams."""
+  from camera_jax import losses as losses_lib
+  out = {k: v for k, v in (("margin", cfg.margin), ("temperature", cfg.temperature))
+         if v is not None}
+  out.update(losses_lib.parse_hparams(cfg.loss, cfg.loss_hparams))
+  return tuple(sorted(out.items()))
+
+
 def ranker_config(cfg: Config) -> ranker_lib.RankerConfig:
   return ranker_lib.RankerConfig(
       epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
@@ -304,7 +388,7 @@ def ranker_config(cfg: Config) -> ranker_lib.RankerConfig:
       psi_features=tuple(cfg.psi_features), gamma_features=tuple(cfg.gamma_features),
       d_score=cfg.d_score, attention_scale=cfg.attention_scale, history_norm=cfg.history_norm,
       use_interaction=cfg.use_interaction, num_negatives=cfg.num_negatives, loss=cfg.loss,
-      loss_hparams=(("margin", cfg.margin), ("temperature", cfg.temperature)),
+      loss_hparams=loss_hparams(cfg),
       endorsement=cfg.endorsement, eval_chunk=cfg.eval_chunk, seed=cfg.seed,
       matmul_dtype=cfg.matmul_dtype)
 
@@ -422,6 +506,8 @@ def prepare_concepts(cfg: Config, workdir: pathlib.Path, log: trainer.TrainLog, 
   t0 = time.perf_counter()
   data_dir = resolve_data(cfg, workdir)
   dataset = load_dataset(cfg, data_dir)
+  check_data_record(data_dir, workdir)
+  sharding.sync("data-record")
   logging.info("dataset: %s", format_lib.summary(dataset))
   embedder = word2vec_stage(cfg, dataset, workdir)
   sources = open_sources(data_dir, workdir / "tfds")
@@ -524,8 +610,21 @@ def evaluate_tables(cfg: Config, dataset: format_lib.Dataset, tables: ranker_lib
   if is_main():
     out_dir = pathlib.Path(out_dir)
     write_scores(out_dir / "scores.csv", dataset, pairs, scored["S"])
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2, sort_keys=True))
+    atomic_write_text(out_dir / "metrics.json",
+                      json.dumps(json_safe(result), indent=2, sort_keys=True, allow_nan=False))
   return result
+
+
+def json_safe(x: Any) -> Any:
+  """``x`` with every NaN or infinite float replaced by None (JSON null): a metric is NaN when
+  no test pair is positive, and JSON has no NaN."""
+  if isinstance(x, dict):
+    return {k: json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [json_safe(v) for v in x]
+  if isinstance(x, (float, np.floating)):
+    return float(x) if np.isfinite(x) else None
+  return x
 
 
 def saved_concept_metrics(workdir: pathlib.Path) -> dict[str, Any]:

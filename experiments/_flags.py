@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import typing
 
 from absl import flags
@@ -12,22 +14,37 @@ from camera_jax import config as config_lib
 _HELP = "see camera_jax/config.py"
 
 
+def field_help() -> dict[str, str]:
+  """Each Config field's comment in camera_jax/config.py (the text after ``#`` on its line)."""
+  source = inspect.getsource(config_lib.Config)
+  out = {}
+  for m in re.finditer(r"^\s+(\w+): [^\n#]*#\s*(.+)$", source, flags=re.M):
+    out[m.group(1)] = m.group(2).strip()
+  return out
+
+
 def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """One flag per Config field; tuples become comma-separated lists."""
+  """One flag per Config field; tuples become comma-separated lists.
+
+  Each flag's help is the field's comment in camera_jax/config.py (or a pointer to it). An
+  entry point calls ``flags.adopt_module_key_flags(_flags)`` so that its ``--help`` lists them.
+  """
   fv = {"flag_values": flag_values}
   hints = typing.get_type_hints(config_lib.Config)
+  helps = field_help()
   for field in dataclasses.fields(config_lib.Config):
     hint, default = hints[field.name], field.default
+    text = helps.get(field.name, _HELP)
     if hint is bool:
-      flags.DEFINE_bool(field.name, default, _HELP, **fv)
+      flags.DEFINE_bool(field.name, default, text, **fv)
     elif hint is int:
-      flags.DEFINE_integer(field.name, default, _HELP, **fv)
-    elif hint is float:
-      flags.DEFINE_float(field.name, default, _HELP, **fv)
+      flags.DEFINE_integer(field.name, default, text, **fv)
+    elif hint is float or hint == (float | None):
+      flags.DEFINE_float(field.name, default, text, **fv)
     elif hint is str:
-      flags.DEFINE_string(field.name, default, _HELP, **fv)
+      flags.DEFINE_string(field.name, default, text, **fv)
     else:  # tuple[int, ...] or tuple[str, ...]
-      flags.DEFINE_list(field.name, [str(v) for v in default], _HELP, **fv)
+      flags.DEFINE_list(field.name, [str(v) for v in default], text, **fv)
 
 
 def config_from_flags(values: flags.FlagValues) -> config_lib.Config:

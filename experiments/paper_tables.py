@@ -25,6 +25,7 @@ from absl import app, flags, logging  # noqa: E402
 import _flags  # noqa: E402
 
 _flags.define_config_flags()
+flags.adopt_module_key_flags(_flags)  # --help lists the config flags
 _WORKDIR = flags.DEFINE_string("workdir", "runs/paper_tables", "paper_tables work directory")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (each: data, split, init, order)")
 _METHODS = flags.DEFINE_list("methods", [], "methods to run (default all): CAMERA, Hp+MR, "

@@ -20,6 +20,7 @@ from absl import app, flags, logging  # noqa: E402
 import _flags  # noqa: E402
 
 _flags.define_config_flags()
+flags.adopt_module_key_flags(_flags)  # --help lists the config flags
 _WORKDIR = flags.DEFINE_string("workdir", "", "work directory (default: a fresh one under runs/)")
 FLAGS = flags.FLAGS
 

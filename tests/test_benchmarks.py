@@ -68,6 +68,17 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
   ref = next(r for r in report["results"] if r["path"] == "catalogue_scoring_op_by_op")
   assert ref["max_abs_diff_vs_ours"] < 1e-3
   assert report["targets"]["no_recompilation"]["met"] is True
+  # a target is met exactly when the matmuls run at the rate it requires (same FLOPs per item)
+  target = report["targets"]["catalogue_scoring@74x797"]
+  assert target["required_gflops"] == pytest.approx(
+      cat["flops_ours"] / bench.TARGETS["catalogue_scoring@74x797_seconds"] / 1e9)
+  assert target["required_peak_share"] == pytest.approx(
+      target["required_gflops"] / report["peak"]["gflops"])
+  cosmic = report["targets"]["cosmic_train_step@64"]
+  row = next(r for r in report["results"] if r["path"] == "cosmic_train_step")
+  assert cosmic["required_gflops"] == pytest.approx(
+      row["flops_ours"] / row["items_per_call"] * bench.AUTHORS["cosmic_train_step"][64] / 1e9)
+  assert cosmic["met"] == (row["gflops_achieved"] >= cosmic["required_gflops"])
   # the table went to stdout
   assert "ranker_train_step" in proc.stdout and "catalogue_scoring" in proc.stdout
 
@@ -85,8 +96,11 @@ def test_quick_bf16_benchmark_reports_the_bf16_peak_rows_and_targets(tmp_path):
   assert {r["path"] for r in bf} == {"catalogue_scoring"}   # quick: no ranker variant batches
   assert bf[0]["peak_share"] == pytest.approx(
       bf[0]["gflops_achieved"] / report["peak"]["gflops_bf16"])
-  assert set(report["targets"]["catalogue_scoring@74x797"]["bf16"]) == {
-      "median_s", "peak_share", "met"}
+  bf_target = report["targets"]["catalogue_scoring@74x797"]["bf16"]
+  assert set(bf_target) == {"median_s", "peak_share", "met", "required_gflops",
+                            "required_peak_share"}
+  assert bf_target["required_peak_share"] == pytest.approx(
+      bf_target["required_gflops"] / report["peak"]["gflops_bf16"])
   assert report["bf16"]["rank_correlation"] > 0.99
 
 

@@ -58,11 +58,50 @@ def test_ranker_config_carries_every_shared_field():
   rc = pipeline.ranker_config(cfg)
   shared = set(ranker.RankerConfig.__dataclass_fields__) & set(config_lib.Config.__dataclass_fields__)
   assert {"history_norm", "representation_lr_scale", "learning_rate", "matmul_dtype"} <= shared
-  for name in shared:
+  for name in shared - {"loss_hparams"}:   # the flag's "k=v,..." text becomes typed pairs
     assert getattr(rc, name) == getattr(cfg, name), name
+  assert rc.loss_hparams == pipeline.loss_hparams(cfg)
 
 
 def test_matmul_dtype_is_checked():
   assert pipeline.check_config(config_lib.Config(matmul_dtype="bfloat16")) == []
   assert pipeline.check_config(config_lib.Config(matmul_dtype="fp8")) == [
       "--matmul_dtype=fp8: must be one of float32, bfloat16"]
+
+
+def test_unset_loss_flags_keep_each_losss_own_defaults_and_loss_hparams_reach_the_loss(
+    monkeypatch):
+  """--margin/--temperature left unset do not override a loss's defaults; --loss_hparams sets
+  any other keyword of the chosen loss; flags.txt (to_flags) reads back to the same config."""
+  import jax.numpy as jnp
+
+  from camera_jax import losses
+
+  def value(cfg):
+    fn = losses.get_loss(cfg.loss, **dict(pipeline.ranker_config(cfg).loss_hparams))
+    return float(fn(jnp.array([0.0]), jnp.array([[0.0]]), jnp.array([[True]])))
+
+  # equal scores: hinge gives its margin (squared: margin^2), triplet its margin
+  assert value(config_lib.Config(loss="hinge")) == 1.0                 # hinge's own 1.0
+  assert value(config_lib.Config(loss="triplet")) == 7.0               # triplet's own 7.0
+  assert value(config_lib.Config(loss="hinge", margin=3.0)) == 3.0
+  sq = config_lib.Config(loss="hinge", margin=3.0, loss_hparams="squared=true")
+  assert pipeline.ranker_config(sq).loss_hparams == (("margin", 3.0), ("squared", True))
+  assert value(sq) == 9.0
+  assert pipeline.check_config(config_lib.Config(loss="triplet", loss_hparams="squared=true")) == [
+      "--loss_hparams=squared=true: 'squared=true': loss 'triplet' has no hyper-parameter "
+      "'squared' (it has: margin)"]
+  assert pipeline.check_config(config_lib.Config(loss="hinge", loss_hparams="margin=x")) == [
+      "--loss_hparams=margin=x: 'margin=x': margin must be float, like its default 1.0"]
+
+  # the flags file round trip: an unset margin stays unset, loss_hparams comes back verbatim
+  import tempfile
+  with tempfile.TemporaryDirectory() as d:
+    path = f"{d}/flags.txt"
+    open(path, "w").write(sq.to_flags())
+    assert "--temperature" not in sq.to_flags()
+    assert _parse(path, monkeypatch) == sq
+    unset = config_lib.Config(loss="hinge")
+    open(path, "w").write(unset.to_flags())
+    back = _parse(path, monkeypatch)
+    assert back == unset and back.margin is None and back.temperature is None

@@ -123,3 +123,14 @@ def test_export_concept_matrix_standardises_the_param():
   np.testing.assert_array_equal(cosmic.export_concept_matrix({"params": params}), out)
   with pytest.raises(KeyError):   # e.g. an optimizer state: no concept_matrix param
     cosmic.export_concept_matrix({"mu": params})
+
+
+def test_topk_agreement_by_hand_and_with_fewer_concepts_than_k():
+  from camera_jax.training import concepts as concepts_lib
+  # 3 concepts (fewer than k = 5): row 0's z' supports concepts 0 and 2, z ranks 2 > 1 > 0:
+  # top-2 by z = {2, 1}, by z' = {0, 2}: 1 of 2. Row 1 supports concept 1 only, z's top-1 is 1.
+  z_prime = np.array([[0.6, 0.0, 0.4], [0.0, 1.0, 0.0]], np.float32)
+  logits = np.array([[0.0, 1.0, 2.0], [0.0, 3.0, 1.0]], np.float32)
+  out = concepts_lib.topk_agreement(logits, z_prime, k=5)
+  assert out["top5_agreement"] == pytest.approx((0.5 + 1.0) / 2)
+  assert out["n_held_out"] == 2 and 0.0 <= out["top5_chance"] <= 1.0

@@ -312,3 +312,69 @@ def test_history_option_drops_only_sponsored_posts_from_the_features(tiny_data, 
   np.testing.assert_allclose(w_uns, camera_lib.historical_distribution(sums), rtol=1e-6)
   np.testing.assert_allclose(w_all[untouched], w_uns[untouched], rtol=1e-6)
   assert not np.allclose(w_all[sorted(touched)], w_uns[sorted(touched)])
+
+
+def test_a_dataset_edited_in_place_is_refused_before_any_work(tiny_run, tiny_data, tmp_path,
+                                                             monkeypatch):
+  """Stages cached in the work directory are tied to the data: an edited file stops the rerun."""
+  import dataclasses
+
+  from camera_jax import pipeline
+  from camera_jax.data import text as text_lib
+
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)   # copy2 keeps the images' mtimes: the same digests
+  workdir = tmp_path / "work"
+  shutil.copytree(tiny_run[0], workdir)
+  record = (workdir / pipeline.DATA_RECORD).read_text()
+  assert json.loads(record) == pipeline.data_digests(data)
+  coops = (data / "cooperations.jsonl").read_text().splitlines(keepends=True)
+  (data / "cooperations.jsonl").write_text("".join(coops[:-1]))   # still a valid dataset
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("a stage ran on the edited dataset")
+
+  monkeypatch.setattr(text_lib, "train_word2vec", refuse)
+  monkeypatch.setattr(pipeline, "cosmic_stage", refuse)
+  cfg = dataclasses.replace(tiny_config(tiny_data), data_dir=str(data))
+  with pytest.raises(pipeline.ConfigError) as err:
+    pipeline.train_and_evaluate(cfg, workdir)
+  assert err.value.errors == [
+      f"{data / 'cooperations.jsonl'}: changed since the stages in {workdir} (word2vec, "
+      f"concepts, checkpoints) were built from it; use a new --workdir, or delete those to "
+      f"rebuild them"]
+  assert (workdir / pipeline.DATA_RECORD).read_text() == record   # not taken over
+  # Without the cached stages the edited dataset is accepted and recorded.
+  for name in ("word2vec", "concepts", "checkpoints"):
+    shutil.rmtree(workdir / name)
+  pipeline.check_data_record(data, workdir)
+  assert json.loads((workdir / pipeline.DATA_RECORD).read_text())["cooperations.jsonl"] != (
+      json.loads(record)["cooperations.jsonl"])
+
+
+def test_a_dataset_without_training_positives_is_refused_in_one_line(tiny_data, tmp_path):
+  from camera_jax import pipeline
+  from camera_jax.data import format as format_lib
+
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  (data / "cooperations.jsonl").write_text("")
+  assert format_lib.validate(data, check_images=False) == []   # valid, but nothing to learn
+  with pytest.raises(format_lib.DatasetError) as err:
+    pipeline.load_dataset(tiny_config(data), data)
+  n_train = len(json.loads((data / "split.json").read_text())["train"]) if (
+      data / "split.json").exists() else None
+  assert len(err.value.errors) == 1
+  assert err.value.errors[0].startswith(f"{data / 'cooperations.jsonl'}:0: no cooperation of a "
+                                        f"training brand (")
+  if n_train is not None:
+    assert f"({n_train} in split.json's \"train\")" in err.value.errors[0]
+
+
+def test_undefined_metrics_are_written_as_json_null():
+  from camera_jax import pipeline
+
+  out = pipeline.json_safe({"a": float("nan"), "b": [1.5, np.float32("inf"), 2], "c": {"d": -np.inf},
+                            "e": "x", "f": np.float64(0.25)})
+  assert out == {"a": None, "b": [1.5, None, 2], "c": {"d": None}, "e": "x", "f": 0.25}
+  json.dumps(out, allow_nan=False)

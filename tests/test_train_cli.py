@@ -95,3 +95,14 @@ def test_flags_txt_round_trips_through_flagfile(tiny_run, tmp_path):
   metrics = json.loads((copy / "metrics.json").read_text())
   assert metrics["methods"] == result["methods"]
   assert (copy / "train_log.jsonl").read_text() == (workdir / "train_log.jsonl").read_text()
+
+
+def test_help_lists_every_config_flag_with_its_comment():
+  from camera_jax import config as config_lib
+  proc = subprocess.run([sys.executable, "experiments/train.py", "--help"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  text = proc.stdout + proc.stderr   # (absl's --help exits with status 1)
+  for field in config_lib.fields():
+    assert re.search(rf"--(\[no\])?{field.name}:", text), field.name
+  assert "see camera_jax/config.py" not in text   # every field has its own help line
+  assert re.search(r"--loss_hparams: more of the loss's keyword settings", text)

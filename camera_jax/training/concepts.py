@@ -283,8 +283,10 @@ def topk_agreement(z_logits: np.ndarray, z_prime: np.ndarray, k: int = 5,
                    seed: int = 0) -> dict[str, float]:
   """Mean overlap of the top-k concepts by z and by z' (k_i = min(k, support of z'_i)).
 
-  Reported with the same statistic for random scores (chance).
+  Reported with the same statistic for random scores (chance). A vocabulary of fewer than k
+  concepts uses them all (k_i <= the support anyway).
   """
+  k = min(k, z_prime.shape[1])
   support = (z_prime > 0).sum(1)
   keep = support > 0
   z_logits, z_prime, support = z_logits[keep], z_prime[keep], support[keep]
