@@ -146,13 +146,17 @@ def resolve_data(cfg: Config, workdir: pathlib.Path) -> pathlib.Path:
   return out
 
 
-def open_sources(data_dir: pathlib.Path, tfds_dir: pathlib.Path) -> dict[str, Any]:
-  """The TFDS data sources, built (once) by process 0 alone, then opened by every process."""
+def open_sources(data_dir: pathlib.Path, tfds_dir: pathlib.Path,
+                 key: str | None = None) -> dict[str, Any]:
+  """The TFDS data sources, built (once) by process 0 alone, then opened by every process.
+
+  ``key``: the data's TFDS fingerprint when already known (:func:`data_digests`).
+  """
   if is_main():
-    sources = input_pipeline.prepare(data_dir, tfds_dir)
+    sources = input_pipeline.prepare(data_dir, tfds_dir, key)
   sharding.sync("tfds-build")
   if not is_main():
-    sources = input_pipeline.prepare(data_dir, tfds_dir)
+    sources = input_pipeline.prepare(data_dir, tfds_dir, key)
   return sources
 
 
@@ -183,31 +187,31 @@ def data_digests(data_dir: pathlib.Path) -> dict[str, str]:
   """A digest per dataset file (sha256 of its bytes, or "missing"), plus "image files": the
   TFDS fingerprint of posts.jsonl, labeled_posts.jsonl and every image's path, size and mtime."""
   from camera_jax.data import tfds_builder  # Imported lazily, like input_pipeline does.
-  out = {}
-  for name in (format_lib.CONCEPTS_FILE, format_lib.ACCOUNTS_FILE, format_lib.POSTS_FILE,
-               format_lib.COOPERATIONS_FILE, format_lib.LABELED_POSTS_FILE,
-               format_lib.SPLIT_FILE):
-    path = data_dir / name
-    if not path.exists():
-      out[name] = "missing"
-      continue
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-      for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-    out[name] = h.hexdigest()
+  out = {name: file_sha256(data_dir / name) if (data_dir / name).exists() else "missing"
+         for name in (format_lib.CONCEPTS_FILE, format_lib.ACCOUNTS_FILE, format_lib.POSTS_FILE,
+                      format_lib.COOPERATIONS_FILE, format_lib.LABELED_POSTS_FILE,
+                      format_lib.SPLIT_FILE)}
   out["image files"] = tfds_builder.fingerprint(data_dir)
   return out
 
 
-def check_data_record(data_dir: pathlib.Path, workdir: pathlib.Path) -> None:
+def file_sha256(path: pathlib.Path) -> str:
+  """The hex sha256 of a file's bytes, read in 1 MiB chunks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def check_data_record(data_dir: pathlib.Path, workdir: pathlib.Path) -> dict[str, str]:
   """Refuses a work directory whose stages were built from another version of the dataset.
 
   The stages (Word2Vec, the concept layer, the checkpoints) are cached in the work directory
   and reused by the next run; a dataset edited in place since would silently get stale ones.
   The digests of the dataset's files (:func:`data_digests`) are kept in ``DATA_RECORD``; when
   they differ and a stage exists, raises ConfigError with one line naming the changed file.
-  Otherwise (re)writes the record (process 0).
+  Otherwise (re)writes the record (process 0) and returns the digests.
   """
   now = data_digests(data_dir)
   path = workdir / DATA_RECORD
@@ -228,6 +232,7 @@ def check_data_record(data_dir: pathlib.Path, workdir: pathlib.Path) -> None:
           f"from it; use a new --workdir, or delete those to rebuild them"])
   if is_main():
     atomic_write_text(path, json.dumps(now, indent=2, sort_keys=True))
+  return now
 
 
 def word2vec_stage(cfg: Config, dataset: format_lib.Dataset, workdir: pathlib.Path) -> text_lib.TextEmbedder:
@@ -506,11 +511,11 @@ def prepare_concepts(cfg: Config, workdir: pathlib.Path, log: trainer.TrainLog, 
   t0 = time.perf_counter()
   data_dir = resolve_data(cfg, workdir)
   dataset = load_dataset(cfg, data_dir)
-  check_data_record(data_dir, workdir)
+  digests = check_data_record(data_dir, workdir)
   sharding.sync("data-record")
   logging.info("dataset: %s", format_lib.summary(dataset))
   embedder = word2vec_stage(cfg, dataset, workdir)
-  sources = open_sources(data_dir, workdir / "tfds")
+  sources = open_sources(data_dir, workdir / "tfds", digests["image files"])
   h, cg_meta = concept_stage(cfg, dataset, sources, workdir, log, mesh)
   z_prime, u_c, cosmic_meta = cosmic_stage(cfg, dataset, sources, embedder, h, workdir, log, mesh)
   w_a = account_stage(cfg, dataset, z_prime, workdir)
@@ -571,7 +576,7 @@ def _concept_outputs(workdir: pathlib.Path) -> dict[str, Any]:
         continue
       name = path.relative_to(workdir).as_posix()
       if name in _REWRITTEN_EACH_RUN:
-        out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        out[name] = file_sha256(path)
       else:
         st = path.stat()
         out[name] = (st.st_size, st.st_mtime_ns)

@@ -328,6 +328,7 @@ def test_a_dataset_edited_in_place_is_refused_before_any_work(tiny_run, tiny_dat
   shutil.copytree(tiny_run[0], workdir)
   record = (workdir / pipeline.DATA_RECORD).read_text()
   assert json.loads(record) == pipeline.data_digests(data)
+  assert (workdir / "tfds" / json.loads(record)["image files"]).is_dir()   # the same key
   coops = (data / "cooperations.jsonl").read_text().splitlines(keepends=True)
   (data / "cooperations.jsonl").write_text("".join(coops[:-1]))   # still a valid dataset
 

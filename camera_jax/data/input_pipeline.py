@@ -50,7 +50,8 @@ __all__ = [
 MAX_SHIFT_FRACTION = 0.1  # augment(): largest shift, as a fraction of the image side
 
 
-def prepare(data_dir: str | os.PathLike, tfds_dir: str | os.PathLike) -> dict[str, Any]:
+def prepare(data_dir: str | os.PathLike, tfds_dir: str | os.PathLike,
+            key: str | None = None) -> dict[str, Any]:
     """Builds (once) and opens the array_record data sources of a format-v1 directory.
 
     See :func:`camera_jax.data.tfds_builder.prepare`; returns ``{"posts": source, "labeled":
@@ -58,7 +59,7 @@ def prepare(data_dir: str | os.PathLike, tfds_dir: str | os.PathLike) -> dict[st
     """
     from camera_jax.data import tfds_builder  # imports tensorflow_datasets: only when needed
 
-    return tfds_builder.prepare(data_dir, tfds_dir)
+    return tfds_builder.prepare(data_dir, tfds_dir, key)
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:

@@ -240,7 +240,7 @@ def _quiet_tfds() -> Iterator[None]:
 
 
 def prepare(
-    data_dir: str | os.PathLike, tfds_dir: str | os.PathLike
+    data_dir: str | os.PathLike, tfds_dir: str | os.PathLike, key: str | None = None
 ) -> dict[str, Sequence[dict[str, Any]] | None]:
     """Builds (once) the ``camera_posts/manual`` array_record files for ``data_dir``; opens them.
 
@@ -253,6 +253,7 @@ def prepare(
     Args:
       data_dir: a format-v1 directory (validated by ``camera_jax.data.format.load`` while building).
       tfds_dir: where the TFDS files live (e.g. ``workdir/tfds``).
+      key: ``fingerprint(data_dir)`` when the caller has just computed it (computed otherwise).
 
     Returns:
       ``{"posts": source, "labeled": source or None}``: random-access data sources
@@ -262,7 +263,7 @@ def prepare(
     """
     data_dir = pathlib.Path(data_dir).resolve()
     tfds_dir = pathlib.Path(tfds_dir).resolve()
-    key = fingerprint(data_dir)
+    key = key or fingerprint(data_dir)
     build_dir = tfds_dir / key
     with _quiet_tfds():
         builder = CameraPosts(config="manual", data_dir=str(build_dir), file_format="array_record")
