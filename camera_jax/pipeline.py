@@ -254,6 +254,33 @@ def cnn_kwargs(cfg: Config) -> dict[str, Any]:
   return {"channels": tuple(cfg.cnn_channels), "pools": tuple(cfg.cnn_pools), "fc": cfg.cnn_fc}
 
 
+def _no_labeled_posts(root: pathlib.Path) -> str:
+  return (f"{root / format_lib.LABELED_POSTS_FILE}: no labeled post; the file is needed to train "
+          f"the concept generator (or pass --use_gt_concepts when posts carry `concepts`)")
+
+
+def concept_source_problem(cfg: Config, dataset: format_lib.Dataset,
+                           workdir: pathlib.Path) -> str | None:
+  """Why the concept stage cannot get the posts' concepts h, or None.
+
+  Checked right after the dataset is loaded, before Word2Vec and the TFDS build, so that a
+  dataset without ``labeled_posts.jsonl`` (or, with ``--use_gt_concepts``, a post without
+  ``concepts``) stops in one line before any work. None when h was computed by an earlier run.
+  """
+  if (workdir / "concepts" / "h.npy").exists():
+    return None
+  if cfg.use_gt_concepts:
+    missing = next((p for p in dataset.posts if p.concepts is None), None)
+    if missing is None:
+      return None
+    line = format_lib.record_line(dataset.root / format_lib.POSTS_FILE, missing.id)
+    return (f'{dataset.root / format_lib.POSTS_FILE}:{line}: field "concepts": missing, which '
+            f"--use_gt_concepts needs for every post (post {missing.id!r})")
+  if not dataset.labeled_posts:
+    return _no_labeled_posts(dataset.root)
+  return None
+
+
 def concept_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, Any],
                   workdir: pathlib.Path, log: trainer.TrainLog, mesh) -> tuple[np.ndarray, dict]:
   """The multi-hot h of every post: ground truth (``use_gt_concepts``) or the trained generator."""
@@ -263,15 +290,15 @@ def concept_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, A
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return np.load(path), meta
   vocab = dataset.concept_index()
+  problem = concept_source_problem(cfg, dataset, workdir)
+  if problem is None and not cfg.use_gt_concepts and sources.get("labeled") is None:
+    problem = _no_labeled_posts(dataset.root)
+  if problem is not None:
+    raise ConfigError([problem])
   if cfg.use_gt_concepts:
-    if any(p.concepts is None for p in dataset.posts):
-      raise ConfigError(["--use_gt_concepts: some posts of posts.jsonl have no `concepts` field"])
     h = concepts_lib.multi_hot([p.concepts for p in dataset.posts], vocab)
     meta = {"source": "ground truth"}
   else:
-    if not dataset.labeled_posts or sources.get("labeled") is None:
-      raise ConfigError(["labeled_posts.jsonl is needed to train the concept generator "
-                         "(or pass --use_gt_concepts when posts carry `concepts`)"])
     labels = concepts_lib.multi_hot([p.concepts for p in dataset.labeled_posts], vocab)
     stage_cfg = concepts_lib.ImageStageConfig(
         epochs=cfg.cg_epochs, batch_size=cfg.cg_batch_size, learning_rate=cfg.cg_learning_rate,
@@ -511,13 +538,23 @@ def prepare_concepts(cfg: Config, workdir: pathlib.Path, log: trainer.TrainLog, 
   t0 = time.perf_counter()
   data_dir = resolve_data(cfg, workdir)
   dataset = load_dataset(cfg, data_dir)
+  problem = concept_source_problem(cfg, dataset, workdir)
+  if problem is not None:
+    raise ConfigError([problem])
   digests = check_data_record(data_dir, workdir)
   sharding.sync("data-record")
   logging.info("dataset: %s", format_lib.summary(dataset))
   embedder = word2vec_stage(cfg, dataset, workdir)
   sources = open_sources(data_dir, workdir / "tfds", digests["image files"])
-  h, cg_meta = concept_stage(cfg, dataset, sources, workdir, log, mesh)
-  z_prime, u_c, cosmic_meta = cosmic_stage(cfg, dataset, sources, embedder, h, workdir, log, mesh)
+  try:
+    h, cg_meta = concept_stage(cfg, dataset, sources, workdir, log, mesh)
+    z_prime, u_c, cosmic_meta = cosmic_stage(cfg, dataset, sources, embedder, h, workdir, log,
+                                             mesh)
+  except input_pipeline.ImageDecodeError as e:  # Possible with --check_images=false.
+    image = next((p.image for p in (*dataset.posts, *dataset.labeled_posts)
+                  if p.id == e.post_id), None)
+    raise format_lib.DatasetError(
+        [format_lib.image_error(data_dir, e.post_id, image, e.reason)]) from None
   w_a = account_stage(cfg, dataset, z_prime, workdir)
   feats = account_features(dataset, cfg)
   logging.info("concept layer ready in %.1f s", time.perf_counter() - t0)

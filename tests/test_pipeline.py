@@ -379,3 +379,66 @@ def test_undefined_metrics_are_written_as_json_null():
                             "e": "x", "f": np.float64(0.25)})
   assert out == {"a": None, "b": [1.5, None, 2], "c": {"d": None}, "e": "x", "f": 0.25}
   json.dumps(out, allow_nan=False)
+
+
+def test_a_missing_concept_source_stops_before_any_work(tiny_data, tmp_path, monkeypatch):
+  """No labeled_posts.jsonl (or, with --use_gt_concepts, a post without concepts) is one line,
+  raised before Word2Vec and the TFDS build."""
+  from camera_jax import pipeline
+  from camera_jax.data import text as text_lib
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("a stage ran although the concept stage cannot")
+
+  monkeypatch.setattr(text_lib, "train_word2vec", refuse)
+  monkeypatch.setattr(pipeline, "open_sources", refuse)
+  data = pathlib.Path(shutil.copytree(tiny_data, tmp_path / "data"))
+  (data / "labeled_posts.jsonl").unlink()
+  with pytest.raises(pipeline.ConfigError) as err:
+    pipeline.train_and_evaluate(tiny_config(data), tmp_path / "work")
+  assert err.value.errors == [
+      f"{data / 'labeled_posts.jsonl'}: no labeled post; the file is needed to train the concept "
+      f"generator (or pass --use_gt_concepts when posts carry `concepts`)"]
+  assert not (tmp_path / "work" / "word2vec").exists()
+  posts = (data / "posts.jsonl").read_text().splitlines()
+  third = json.loads(posts[2])
+  del third["concepts"]
+  posts[2] = json.dumps(third)
+  (data / "posts.jsonl").write_text("\n".join(posts) + "\n")
+  with pytest.raises(pipeline.ConfigError) as err:
+    pipeline.train_and_evaluate(tiny_config(data, use_gt_concepts=True), tmp_path / "work2")
+  assert err.value.errors == [
+      f'{data / "posts.jsonl"}:3: field "concepts": missing, which --use_gt_concepts needs for '
+      f"every post (post {third['id']!r})"]
+
+
+def test_unreadable_images_unchecked_by_the_validator_stop_in_one_line(tiny_data, tmp_path):
+  """With check_images=False the validator reads no image: a missing file stops the TFDS build,
+  an undecodable one the first batch that holds it, each with one FILE:LINE line, and no
+  finished TFDS build of the broken data is left behind."""
+  from camera_jax import pipeline
+  from camera_jax.data import format as format_lib
+
+  data = pathlib.Path(shutil.copytree(tiny_data, tmp_path / "data"))
+  post = json.loads((data / "posts.jsonl").read_text().splitlines()[1])
+  (data / post["image"]).unlink()
+  cfg = tiny_config(data, check_images=False)
+  with pytest.raises(format_lib.DatasetError) as err:
+    pipeline.train_and_evaluate(cfg, tmp_path / "work")
+  assert err.value.errors == [f'{data / "posts.jsonl"}:2: field "image": cannot read '
+                              f"{post['image']!r} (No such file or directory)"]
+  built = list((tmp_path / "work" / "tfds").glob("*/camera_posts/*/*.array_record*"))
+  assert built == []   # TFDS removed its incomplete directory
+  (data / post["image"]).write_bytes(b"not an image")
+  labeled = json.loads((data / "labeled_posts.jsonl").read_text().splitlines()[4])
+  (data / labeled["image"]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+  with pytest.raises(format_lib.DatasetError) as err:
+    pipeline.train_and_evaluate(cfg, tmp_path / "work2")
+  assert len(err.value.errors) == 1
+  line = err.value.errors[0]
+  # The first batch to decode it names it: a labeled post (concept generator) or the post.
+  assert line in (
+      f'{data / "labeled_posts.jsonl"}:5: field "image": cannot decode {labeled["image"]!r} '
+      f"(UnidentifiedImageError: cannot identify image file)",
+      f'{data / "posts.jsonl"}:2: field "image": cannot decode {post["image"]!r} '
+      f"(UnidentifiedImageError: cannot identify image file)"), line

@@ -205,6 +205,17 @@ def test_new_brand_id_from_posts_and_errors(run, tmp_path):
         rec.read_brand_dir(tmp_path / "nope")
 
 
+@pytest.mark.parametrize("followers, why", [(0, " (engagement rate is undefined)"), (-3, ""),
+                                            (2.5, ""), (True, "")])
+def test_new_brand_followers_are_checked_as_in_accounts_jsonl(tmp_path, followers, why):
+    d = _brand_dir(tmp_path)
+    (d / "account.json").write_text(json.dumps({"id": "acme", "followers": followers}))
+    with pytest.raises(fmt.DatasetError) as e:
+        rec.read_brand_dir(d)
+    assert e.value.errors == [f'account.json:1: field "followers" must be an int > 0, '
+                              f"got {followers!r}{why}"]
+
+
 def test_cli_errors_are_one_line(tmp_path):
     script = REPO / "experiments" / "recommend.py"
     proc = subprocess.run(

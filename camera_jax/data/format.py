@@ -397,6 +397,42 @@ class _Record:
         return True, (tuple(value) if good else None)
 
 
+def record_line(path: str | os.PathLike[str], record_id: str) -> int:
+    """The 1-based line of the JSONL file ``path`` whose record has ``"id": record_id`` (0: none).
+
+    Used to name the line of a record found bad after loading (an image that cannot be read or
+    decoded when the dataset was loaded with ``check_images=False``).
+    """
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                if json.loads(line).get("id") == record_id:
+                    return number
+            except (ValueError, AttributeError):
+                continue
+    return 0
+
+
+def image_error(root: str | os.PathLike[str], post_id: str, image: str | None, reason: str) -> str:
+    """``ROOT/FILE:LINE: field "image": cannot decode ...`` for the post ``post_id``.
+
+    The post is looked up in posts.jsonl, then labeled_posts.jsonl (line 0 when in neither).
+    """
+    root = pathlib.Path(root)
+    for name in (POSTS_FILE, LABELED_POSTS_FILE):
+        if (root / name).is_file():
+            line = record_line(root / name, post_id)
+            if line:
+                break
+    else:
+        name, line = POSTS_FILE, 0
+    what = f"{image!r}" if image else f"the image of post {post_id!r}"
+    return f'{root / name}:{line}: field "image": cannot decode {what} ({reason})'
+
+
 def _image_problem(rel: str, root: pathlib.Path, check_images: bool) -> str | None:
     """Why the image at ``rel`` (relative to ``root``) is unusable, or None if it is fine.
 

@@ -30,6 +30,7 @@ import concurrent.futures
 import io
 import os
 import queue
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -39,6 +40,7 @@ from PIL import Image
 
 __all__ = [
     "decode_image",
+    "ImageDecodeError",
     "augment",
     "ImageBatches",
     "split_indices",
@@ -60,6 +62,20 @@ def prepare(data_dir: str | os.PathLike, tfds_dir: str | os.PathLike,
     from camera_jax.data import tfds_builder  # imports tensorflow_datasets: only when needed
 
     return tfds_builder.prepare(data_dir, tfds_dir, key)
+
+
+class ImageDecodeError(ValueError):
+    """A record's image bytes do not decode (possible when the dataset was validated without
+    decoding its images, ``check_images=False``).
+
+    Attributes:
+      post_id: the record's post id.
+      reason: the decoder's message.
+    """
+
+    def __init__(self, post_id: str, reason: str):
+        self.post_id, self.reason = post_id, reason
+        super().__init__(f"post {post_id!r}: cannot decode its image ({reason})")
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:
@@ -226,7 +242,14 @@ class ImageBatches:
         mask = np.zeros((b,), dtype=bool)
 
         def fill(j: int) -> None:
-            image[j] = decode_image(records[j]["image"], s)
+            try:
+                image[j] = decode_image(records[j]["image"], s)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                post = records[j]["id"]
+                post = post.decode("utf-8") if isinstance(post, bytes) else str(post)
+                reason = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))
+                raise ImageDecodeError(post, f"{type(e).__name__}: {reason}" if reason
+                                       else type(e).__name__) from None
 
         if pool is None:
             for j in range(len(records)):

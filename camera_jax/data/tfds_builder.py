@@ -155,22 +155,39 @@ class CameraPosts(tfds.core.GeneratorBasedBuilder):
 
         root = self._data_root(dl_manager)
         dataset = fmt.load(root, check_images=False)
-        splits = {"posts": self._generate_examples(root, dataset.posts)}
+        splits = {"posts": self._generate_examples(root, dataset.posts, fmt.POSTS_FILE)}
         if dataset.labeled_posts:
-            splits["labeled"] = self._generate_examples(root, dataset.labeled_posts)
+            splits["labeled"] = self._generate_examples(
+                root, dataset.labeled_posts, fmt.LABELED_POSTS_FILE)
         return splits
 
     def _generate_examples(
-        self, root: pathlib.Path, records: Sequence[Any]
+        self, root: pathlib.Path, records: Sequence[Any], file_name: str
     ) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Yields one record at a time, reading each image file as it goes."""
+        """Yields one record at a time, reading each image file as it goes.
+
+        An image that cannot be read (possible when the dataset was loaded with
+        ``check_images=False``) raises ``DatasetError`` with one ``FILE:LINE:`` line; TFDS then
+        removes its incomplete directory, so nothing half-written remains. (``root`` is the
+        dataset directory itself: the line names the user's file.)
+        """
         for row, record in enumerate(records):
+            try:
+                image = (root / record.image).read_bytes()
+            except OSError as e:
+                from camera_jax.data import format as fmt
+
+                line = fmt.record_line(root / file_name, record.id)
+                raise fmt.DatasetError([
+                    f'{root / file_name}:{line}: field "image": cannot read {record.image!r} '
+                    f"({e.strerror or type(e).__name__})"]) from None
             yield row, {
                 "row": row,
                 "id": record.id,
-                "image": (root / record.image).read_bytes(),
+                "image": image,
                 "caption": record.caption or "",
             }
+
 
 
 def _generate_synthetic(root: pathlib.Path, config: CameraPostsConfig) -> None:

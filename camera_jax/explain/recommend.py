@@ -237,7 +237,13 @@ def read_brand_dir(brand_dir: str | pathlib.Path) -> tuple[dict[str, Any], list[
             else:
                 account["id"] = obj["id"].strip()
         if "followers" in obj:
-            account["followers"] = _nonneg_int(obj, "followers", "account.json:1", errors)
+            v = obj["followers"]
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+                account["followers"] = v
+            else:  # As accounts.jsonl: an engagement rate needs at least one follower.
+                why = " (engagement rate is undefined)" if v == 0 and not isinstance(v, bool) else ""
+                errors.append(f'account.json:1: field "followers" must be an int > 0, '
+                              f"got {v!r}{why}")
         if "category" in obj:
             account["category"] = str(obj["category"])
     raw_posts: list[tuple[int, dict[str, Any]]] = []
