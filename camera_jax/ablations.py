@@ -207,8 +207,11 @@ def hp_account_features(cfg: Config, dataset: format_lib.Dataset, data_dir: path
   embedder = text_lib.TextEmbedder.load(camera_dir / "word2vec")
   t, has_text = embedder.embed_captions([p.caption for p in dataset.posts])
   sources = input_pipeline.prepare(data_dir, camera_dir / "tfds")
-  v2 = cosmic_post_embeddings(cfg, camera_dir, sources["posts"], len(dataset.posts),
-                              len(dataset.concepts), mesh)
+  try:
+    v2 = cosmic_post_embeddings(cfg, camera_dir, sources["posts"], len(dataset.posts),
+                                len(dataset.concepts), mesh)
+  except input_pipeline.ImageDecodeError as e:
+    raise pipeline.image_decode_error(dataset, e) from None
   acc = dataset.account_index()
   post_account = np.array([acc[p.account] for p in dataset.posts], np.int64)
   keep = pipeline.history_mask(cfg, dataset)  # the posts of CAMERA's w_a

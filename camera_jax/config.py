@@ -20,7 +20,7 @@ class Config:
   preset: str = "tiny"               # synthetic preset when data_dir is empty: tiny|small|paper
   image_size: int = 64               # side of the images fed to both CNNs (paper: 224)
   seed: int = 0                      # one seed for everything (split, init, data order, negatives)
-  check_images: bool = True          # the validator decodes every image (false: only paths are checked; a missing or undecodable image then stops the run in one FILE:LINE line when it is first read)
+  check_images: bool = True          # the validator decodes every image (false: images are only stat'ed; a missing one stops the run before any work, an undecodable one when first read, each in one FILE:LINE line)
 
   # Word2Vec (gensim).
   w2v_dim: int = 100                 # Word2Vec vector size (caption and concept-name embeddings)

@@ -185,13 +185,19 @@ _DATA_STAGES = ("word2vec", "concepts", "checkpoints")
 
 def data_digests(data_dir: pathlib.Path) -> dict[str, str]:
   """A digest per dataset file (sha256 of its bytes, or "missing"), plus "image files": the
-  TFDS fingerprint of posts.jsonl, labeled_posts.jsonl and every image's path, size and mtime."""
+  TFDS fingerprint of posts.jsonl, labeled_posts.jsonl and every image's path, size and mtime.
+
+  Raises DatasetError (one ``FILE:LINE`` line per image) when an image file cannot be stat'ed.
+  """
   from camera_jax.data import tfds_builder  # Imported lazily, like input_pipeline does.
   out = {name: file_sha256(data_dir / name) if (data_dir / name).exists() else "missing"
          for name in (format_lib.CONCEPTS_FILE, format_lib.ACCOUNTS_FILE, format_lib.POSTS_FILE,
                       format_lib.COOPERATIONS_FILE, format_lib.LABELED_POSTS_FILE,
                       format_lib.SPLIT_FILE)}
-  out["image files"] = tfds_builder.fingerprint(data_dir)
+  missing: list[str] = []
+  out["image files"] = tfds_builder.fingerprint(data_dir, missing)
+  if missing:  # Possible with --check_images=false: stop before the record or any stage.
+    raise format_lib.DatasetError(missing)
   return out
 
 
@@ -252,6 +258,13 @@ def word2vec_stage(cfg: Config, dataset: format_lib.Dataset, workdir: pathlib.Pa
 
 def cnn_kwargs(cfg: Config) -> dict[str, Any]:
   return {"channels": tuple(cfg.cnn_channels), "pools": tuple(cfg.cnn_pools), "fc": cfg.cnn_fc}
+
+
+def image_decode_error(dataset: format_lib.Dataset,
+                       e: input_pipeline.ImageDecodeError) -> format_lib.DatasetError:
+  """The DatasetError (one ``FILE:LINE`` line) for an image a batch could not decode."""
+  return format_lib.DatasetError(
+      [format_lib.image_error(dataset, dataset.root, e.post_id, e.row, e.reason)])
 
 
 def _no_labeled_posts(root: pathlib.Path) -> str:
@@ -551,10 +564,7 @@ def prepare_concepts(cfg: Config, workdir: pathlib.Path, log: trainer.TrainLog, 
     z_prime, u_c, cosmic_meta = cosmic_stage(cfg, dataset, sources, embedder, h, workdir, log,
                                              mesh)
   except input_pipeline.ImageDecodeError as e:  # Possible with --check_images=false.
-    image = next((p.image for p in (*dataset.posts, *dataset.labeled_posts)
-                  if p.id == e.post_id), None)
-    raise format_lib.DatasetError(
-        [format_lib.image_error(data_dir, e.post_id, image, e.reason)]) from None
+    raise image_decode_error(dataset, e) from None
   w_a = account_stage(cfg, dataset, z_prime, workdir)
   feats = account_features(dataset, cfg)
   logging.info("concept layer ready in %.1f s", time.perf_counter() - t0)
@@ -587,12 +597,17 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
     params = ranker_lib.train_ranker(cfg=ranker_config(cfg), **inputs,
                                      ckpt_dir=workdir / "checkpoints" / "ranker", log=log,
                                      mesh=mesh)
-  except ckpt_lib.CheckpointMismatchError:
+  except (ckpt_lib.CheckpointMismatchError, ConfigError, format_lib.DatasetError):
     # The run's checkpoints keep their settings: put back the flags.txt that describes them, so
     # that evaluate.py and a rerun with --flagfile=DIR/flags.txt still restore them -- unless a
-    # stage of this run rewrote the concept layer, which the new flags describe.
-    if is_main() and earlier_flags is not None and _concept_outputs(workdir) == outputs_before:
-      atomic_write_text(flags_path, earlier_flags)
+    # stage of this run rewrote the concept layer, which the new flags describe. A run stopped
+    # by bad input before any stage wrote its output leaves no flags.txt of its own behind
+    # (paper_tables.py would hold it against the corrected rerun).
+    if is_main() and _concept_outputs(workdir) == outputs_before:
+      if earlier_flags is not None:
+        atomic_write_text(flags_path, earlier_flags)
+      elif not outputs_before:
+        flags_path.unlink(missing_ok=True)
     raise
   result = evaluate_run(cfg, prep, tables, params, workdir)
   result["seconds"] = time.perf_counter() - t_start

@@ -413,9 +413,9 @@ def test_a_missing_concept_source_stops_before_any_work(tiny_data, tmp_path, mon
 
 
 def test_unreadable_images_unchecked_by_the_validator_stop_in_one_line(tiny_data, tmp_path):
-  """With check_images=False the validator reads no image: a missing file stops the TFDS build,
-  an undecodable one the first batch that holds it, each with one FILE:LINE line, and no
-  finished TFDS build of the broken data is left behind."""
+  """With check_images=False the validator reads no image: a missing file stops the run before
+  any work, an undecodable one the first batch that holds it, each with one FILE:LINE line
+  naming the file that holds the record (a post id may be in both files)."""
   from camera_jax import pipeline
   from camera_jax.data import format as format_lib
 
@@ -423,22 +423,38 @@ def test_unreadable_images_unchecked_by_the_validator_stop_in_one_line(tiny_data
   post = json.loads((data / "posts.jsonl").read_text().splitlines()[1])
   (data / post["image"]).unlink()
   cfg = tiny_config(data, check_images=False)
+  work = tmp_path / "work"
   with pytest.raises(format_lib.DatasetError) as err:
-    pipeline.train_and_evaluate(cfg, tmp_path / "work")
+    pipeline.train_and_evaluate(cfg, work)
   assert err.value.errors == [f'{data / "posts.jsonl"}:2: field "image": cannot read '
                               f"{post['image']!r} (No such file or directory)"]
-  built = list((tmp_path / "work" / "tfds").glob("*/camera_posts/*/*.array_record*"))
-  assert built == []   # TFDS removed its incomplete directory
+  assert sorted(p.name for p in work.iterdir()) == []   # no record, stage or flags.txt left
   (data / post["image"]).write_bytes(b"not an image")
-  labeled = json.loads((data / "labeled_posts.jsonl").read_text().splitlines()[4])
-  (data / labeled["image"]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+  # The labeled post on line 5 takes the id of that post: the error must still name its file.
+  labeled = (data / "labeled_posts.jsonl").read_text().splitlines()
+  fifth = json.loads(labeled[4])
+  fifth["id"] = post["id"]
+  labeled[4] = json.dumps(fifth)
+  (data / "labeled_posts.jsonl").write_text("\n".join(labeled) + "\n")
+  (data / fifth["image"]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+  unknown = "(UnidentifiedImageError: cannot identify image file)"
   with pytest.raises(format_lib.DatasetError) as err:
     pipeline.train_and_evaluate(cfg, tmp_path / "work2")
-  assert len(err.value.errors) == 1
-  line = err.value.errors[0]
-  # The first batch to decode it names it: a labeled post (concept generator) or the post.
-  assert line in (
-      f'{data / "labeled_posts.jsonl"}:5: field "image": cannot decode {labeled["image"]!r} '
-      f"(UnidentifiedImageError: cannot identify image file)",
-      f'{data / "posts.jsonl"}:2: field "image": cannot decode {post["image"]!r} '
-      f"(UnidentifiedImageError: cannot identify image file)"), line
+  # The concept generator decodes the labeled posts first.
+  assert err.value.errors == [f'{data / "labeled_posts.jsonl"}:5: field "image": cannot decode '
+                              f"{fifth['image']!r} {unknown}"]
+  # With ground-truth concepts no labeled image is read: COSMIC meets the post's.
+  with pytest.raises(format_lib.DatasetError) as err:
+    pipeline.train_and_evaluate(cfg.replace(use_gt_concepts=True), tmp_path / "work3")
+  assert err.value.errors == [f'{data / "posts.jsonl"}:2: field "image": cannot decode '
+                              f"{post['image']!r} {unknown}"]
+
+
+def test_record_line_and_image_error():
+  from camera_jax.data import format as format_lib
+  import tempfile
+
+  with tempfile.TemporaryDirectory() as d:
+    path = pathlib.Path(d, "posts.jsonl")
+    path.write_text('\ufeff{"id": "a"}\n\n{"id": "b"}\nnot json\n{"id": "c"}\n', encoding="utf-8")
+    assert [format_lib.record_line(path, x) for x in ("a", "b", "c", "z")] == [1, 3, 5, 0]

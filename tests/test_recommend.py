@@ -205,15 +205,25 @@ def test_new_brand_id_from_posts_and_errors(run, tmp_path):
         rec.read_brand_dir(tmp_path / "nope")
 
 
+def test_new_brand_images_are_decoded_before_any_prediction(tmp_path):
+    d = _brand_dir(tmp_path)
+    (d / "img" / "1.jpg").write_bytes(b"not an image")
+    with pytest.raises(fmt.DatasetError) as e:
+        rec.read_brand_dir(d)
+    assert e.value.errors == ['posts.jsonl:2: field "image": cannot decode \'img/1.jpg\' '
+                              '(UnidentifiedImageError: cannot identify image file)']
+
+
 @pytest.mark.parametrize("followers, why", [(0, " (engagement rate is undefined)"), (-3, ""),
-                                            (2.5, ""), (True, "")])
+                                            (2.5, " (a float, not an int)"), (0.0, " (a float, not an int)"),
+                                            (True, " (a boolean, not an int)"), (None, "")])
 def test_new_brand_followers_are_checked_as_in_accounts_jsonl(tmp_path, followers, why):
     d = _brand_dir(tmp_path)
     (d / "account.json").write_text(json.dumps({"id": "acme", "followers": followers}))
     with pytest.raises(fmt.DatasetError) as e:
         rec.read_brand_dir(d)
     assert e.value.errors == [f'account.json:1: field "followers" must be an int > 0, '
-                              f"got {followers!r}{why}"]
+                              f"got {json.dumps(followers)}{why}"]
 
 
 def test_cli_errors_are_one_line(tmp_path):

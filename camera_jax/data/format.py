@@ -403,7 +403,7 @@ def record_line(path: str | os.PathLike[str], record_id: str) -> int:
     Used to name the line of a record found bad after loading (an image that cannot be read or
     decoded when the dataset was loaded with ``check_images=False``).
     """
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             line = line.strip()
             if not line:
@@ -416,19 +416,29 @@ def record_line(path: str | os.PathLike[str], record_id: str) -> int:
     return 0
 
 
-def image_error(root: str | os.PathLike[str], post_id: str, image: str | None, reason: str) -> str:
-    """``ROOT/FILE:LINE: field "image": cannot decode ...`` for the post ``post_id``.
+def image_error(dataset: "Dataset", root: str | os.PathLike[str], post_id: str, row: int,
+                reason: str) -> str:
+    """``ROOT/FILE:LINE: field "image": cannot decode IMAGE (REASON)`` for a record found bad.
 
-    The post is looked up in posts.jsonl, then labeled_posts.jsonl (line 0 when in neither).
+    The record is the one with id ``post_id`` at ``row`` of ``dataset.posts`` or of
+    ``dataset.labeled_posts`` (a post id may appear in both files); without a matching row, the
+    first record with that id (posts first). The line is looked up in that file (0: not found).
     """
     root = pathlib.Path(root)
-    for name in (POSTS_FILE, LABELED_POSTS_FILE):
-        if (root / name).is_file():
-            line = record_line(root / name, post_id)
-            if line:
+    found = None
+    for name, records in ((POSTS_FILE, dataset.posts), (LABELED_POSTS_FILE, dataset.labeled_posts)):
+        if 0 <= row < len(records) and records[row].id == post_id:
+            found = (name, records[row].image)
+            break
+    if found is None:
+        for name, records in ((POSTS_FILE, dataset.posts),
+                              (LABELED_POSTS_FILE, dataset.labeled_posts)):
+            match = next((r for r in records if r.id == post_id), None)
+            if match is not None:
+                found = (name, match.image)
                 break
-    else:
-        name, line = POSTS_FILE, 0
+    name, image = found if found is not None else (POSTS_FILE, None)
+    line = record_line(root / name, post_id) if (root / name).is_file() else 0
     what = f"{image!r}" if image else f"the image of post {post_id!r}"
     return f'{root / name}:{line}: field "image": cannot decode {what} ({reason})'
 
@@ -451,13 +461,13 @@ def _image_problem(rel: str, root: pathlib.Path, check_images: bool) -> str | No
     path = root / rel
     if not path.is_file():
         return f'field "image": file {rel!r} does not exist'
-    reason = _decode_problem(path)
+    reason = decode_problem(path)
     if reason is not None:
         return f'field "image": cannot decode {rel!r} ({reason})'
     return None
 
 
-def _decode_problem(path: pathlib.Path) -> str | None:
+def decode_problem(path: pathlib.Path) -> str | None:
     """Opens and fully decodes one image (JPEG at 1/8 scale); returns why it failed, or None."""
     from PIL import Image  # pylint: disable=g-import-not-at-top
 

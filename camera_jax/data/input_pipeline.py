@@ -71,10 +71,12 @@ class ImageDecodeError(ValueError):
     Attributes:
       post_id: the record's post id.
       reason: the decoder's message.
+      row: the record's row in its file (``Dataset.posts`` or ``Dataset.labeled_posts`` order),
+        or -1 when unknown.
     """
 
-    def __init__(self, post_id: str, reason: str):
-        self.post_id, self.reason = post_id, reason
+    def __init__(self, post_id: str, reason: str, row: int = -1):
+        self.post_id, self.reason, self.row = post_id, reason, row
         super().__init__(f"post {post_id!r}: cannot decode its image ({reason})")
 
 
@@ -244,12 +246,12 @@ class ImageBatches:
         def fill(j: int) -> None:
             try:
                 image[j] = decode_image(records[j]["image"], s)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            except Exception as e:  # pylint: disable=broad-except  # As the validator's decode.
                 post = records[j]["id"]
                 post = post.decode("utf-8") if isinstance(post, bytes) else str(post)
                 reason = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))
                 raise ImageDecodeError(post, f"{type(e).__name__}: {reason}" if reason
-                                       else type(e).__name__) from None
+                                       else type(e).__name__, int(records[j]["row"])) from None
 
         if pool is None:
             for j in range(len(records)):

@@ -205,23 +205,30 @@ def _generate_synthetic(root: pathlib.Path, config: CameraPostsConfig) -> None:
         raise
 
 
-def _jsonl_images(path: pathlib.Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+def _jsonl_images(path: pathlib.Path) -> Iterator[tuple[int, str]]:
+    """(line number, image path) of every record of a JSONL file that names an image."""
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, 1):
             line = line.strip()
             if line:
-                image = json.loads(line).get("image")
+                try:
+                    image = json.loads(line).get("image")
+                except (ValueError, AttributeError):
+                    continue
                 if isinstance(image, str):
-                    yield image
+                    yield number, image
 
 
-def fingerprint(data_dir: str | os.PathLike) -> str:
+def fingerprint(data_dir: str | os.PathLike, missing: list[str] | None = None) -> str:
     """A 16-hex-digit fingerprint of what ``CameraPosts`` would store for ``data_dir``.
 
     Covers the builder version, the bytes of ``posts.jsonl`` and ``labeled_posts.jsonl``, and the
     path, size and modification time of every image they name (images are not read). Any change of
     posts, captions or image files changes it; changes to other files (accounts, cooperations) do
     not, since they are not part of the TFDS records.
+
+    ``missing``, when given, receives one ``DIR/FILE:LINE: field "image": ...`` line per image
+    that cannot be stat'ed (the check a dataset validated with ``check_images=False`` skipped).
     """
     root = pathlib.Path(data_dir)
     h = hashlib.sha256(f"{NAME}:{CameraPosts.VERSION}".encode())
@@ -234,12 +241,15 @@ def fingerprint(data_dir: str | os.PathLike) -> str:
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-        for image in _jsonl_images(path):
+        for line, image in _jsonl_images(path):
             try:
                 st = (root / image).stat()
                 h.update(f"\0{image}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-            except OSError:
+            except OSError as e:
                 h.update(f"\0{image}\0<missing>".encode())
+                if missing is not None:
+                    missing.append(f'{path}:{line}: field "image": cannot read {image!r} '
+                                   f"({e.strerror or type(e).__name__})")
     return h.hexdigest()[:16]
 
 

@@ -210,7 +210,7 @@ def read_brand_dir(brand_dir: str | pathlib.Path) -> tuple[dict[str, Any], list[
       FileNotFoundError: the folder or its ``posts.jsonl`` is missing.
       DatasetError: malformed files (lines ``FILE:LINE: message``) or no posts.
     """
-    from camera_jax.data.format import Post
+    from camera_jax.data.format import Post, decode_problem
 
     root = pathlib.Path(brand_dir)
     if not root.is_dir():
@@ -241,9 +241,15 @@ def read_brand_dir(brand_dir: str | pathlib.Path) -> tuple[dict[str, Any], list[
             if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
                 account["followers"] = v
             else:  # As accounts.jsonl: an engagement rate needs at least one follower.
-                why = " (engagement rate is undefined)" if v == 0 and not isinstance(v, bool) else ""
+                why = ""
+                if isinstance(v, bool):
+                    why = " (a boolean, not an int)"
+                elif isinstance(v, float):
+                    why = " (not a finite number)" if not math.isfinite(v) else " (a float, not an int)"
+                elif v == 0:
+                    why = " (engagement rate is undefined)"
                 errors.append(f'account.json:1: field "followers" must be an int > 0, '
-                              f"got {v!r}{why}")
+                              f"got {json.dumps(v)}{why}")
         if "category" in obj:
             account["category"] = str(obj["category"])
     raw_posts: list[tuple[int, dict[str, Any]]] = []
@@ -285,6 +291,12 @@ def read_brand_dir(brand_dir: str | pathlib.Path) -> tuple[dict[str, Any], list[
             continue
         if not (root / image).is_file():
             errors.append(f'{where}: field "image": file {image!r} does not exist')
+            continue
+        # A brand's folder is small: decode every image now, as the dataset validator does,
+        # rather than fail in the middle of the concept prediction.
+        reason = decode_problem(root / image)
+        if reason is not None:
+            errors.append(f'{where}: field "image": cannot decode {image!r} ({reason})')
             continue
         caption = obj.get("caption", "")
         if not isinstance(caption, str):
