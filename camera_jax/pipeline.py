@@ -264,12 +264,7 @@ def image_decode_error(dataset: format_lib.Dataset,
                        e: input_pipeline.ImageDecodeError) -> format_lib.DatasetError:
   """The DatasetError (one ``FILE:LINE`` line) for an image a batch could not decode."""
   return format_lib.DatasetError(
-      [format_lib.image_error(dataset, dataset.root, e.post_id, e.row, e.reason)])
-
-
-def _no_labeled_posts(root: pathlib.Path) -> str:
-  return (f"{root / format_lib.LABELED_POSTS_FILE}: no labeled post; the file is needed to train "
-          f"the concept generator (or pass --use_gt_concepts when posts carry `concepts`)")
+      [format_lib.image_error(dataset, e.post_id, e.row, e.reason)])
 
 
 def concept_source_problem(cfg: Config, dataset: format_lib.Dataset,
@@ -290,24 +285,25 @@ def concept_source_problem(cfg: Config, dataset: format_lib.Dataset,
     return (f'{dataset.root / format_lib.POSTS_FILE}:{line}: field "concepts": missing, which '
             f"--use_gt_concepts needs for every post (post {missing.id!r})")
   if not dataset.labeled_posts:
-    return _no_labeled_posts(dataset.root)
+    return (f"{dataset.root / format_lib.LABELED_POSTS_FILE}: no labeled post; the file is needed "
+            f"to train the concept generator (or pass --use_gt_concepts when posts carry "
+            f"`concepts`)")
   return None
 
 
 def concept_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, Any],
                   workdir: pathlib.Path, log: trainer.TrainLog, mesh) -> tuple[np.ndarray, dict]:
-  """The multi-hot h of every post: ground truth (``use_gt_concepts``) or the trained generator."""
+  """The multi-hot h of every post: ground truth (``use_gt_concepts``) or the trained generator.
+
+  The caller has checked :func:`concept_source_problem` (``prepare_concepts`` does, before any
+  work): the posts carry concepts, or there are labeled posts (and so a ``labeled`` source).
+  """
   path = workdir / "concepts" / "h.npy"
   meta_path = workdir / "concepts" / "concept_generator.json"
   if path.exists():
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return np.load(path), meta
   vocab = dataset.concept_index()
-  problem = concept_source_problem(cfg, dataset, workdir)
-  if problem is None and not cfg.use_gt_concepts and sources.get("labeled") is None:
-    problem = _no_labeled_posts(dataset.root)
-  if problem is not None:
-    raise ConfigError([problem])
   if cfg.use_gt_concepts:
     h = concepts_lib.multi_hot([p.concepts for p in dataset.posts], vocab)
     meta = {"source": "ground truth"}

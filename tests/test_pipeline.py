@@ -450,7 +450,7 @@ def test_unreadable_images_unchecked_by_the_validator_stop_in_one_line(tiny_data
                               f"{post['image']!r} {unknown}"]
 
 
-def test_record_line_and_image_error():
+def test_record_line():
   from camera_jax.data import format as format_lib
   import tempfile
 

@@ -416,31 +416,23 @@ def record_line(path: str | os.PathLike[str], record_id: str) -> int:
     return 0
 
 
-def image_error(dataset: "Dataset", root: str | os.PathLike[str], post_id: str, row: int,
-                reason: str) -> str:
+def image_error(dataset: "Dataset", post_id: str, row: int, reason: str) -> str:
     """``ROOT/FILE:LINE: field "image": cannot decode IMAGE (REASON)`` for a record found bad.
 
-    The record is the one with id ``post_id`` at ``row`` of ``dataset.posts`` or of
-    ``dataset.labeled_posts`` (a post id may appear in both files); without a matching row, the
-    first record with that id (posts first). The line is looked up in that file (0: not found).
+    The record is the one with id ``post_id`` at ``row`` of ``dataset.posts``, else of
+    ``dataset.labeled_posts`` (a post id may appear in both files, so the row decides); the
+    line is looked up in that file.
     """
-    root = pathlib.Path(root)
-    found = None
     for name, records in ((POSTS_FILE, dataset.posts), (LABELED_POSTS_FILE, dataset.labeled_posts)):
         if 0 <= row < len(records) and records[row].id == post_id:
-            found = (name, records[row].image)
+            image = records[row].image
             break
-    if found is None:
-        for name, records in ((POSTS_FILE, dataset.posts),
-                              (LABELED_POSTS_FILE, dataset.labeled_posts)):
-            match = next((r for r in records if r.id == post_id), None)
-            if match is not None:
-                found = (name, match.image)
-                break
-    name, image = found if found is not None else (POSTS_FILE, None)
-    line = record_line(root / name, post_id) if (root / name).is_file() else 0
+    else:
+        name, image = POSTS_FILE, None
+    path = dataset.root / name
+    line = record_line(path, post_id) if path.is_file() else 0
     what = f"{image!r}" if image else f"the image of post {post_id!r}"
-    return f'{root / name}:{line}: field "image": cannot decode {what} ({reason})'
+    return f'{path}:{line}: field "image": cannot decode {what} ({reason})'
 
 
 def _image_problem(rel: str, root: pathlib.Path, check_images: bool) -> str | None:

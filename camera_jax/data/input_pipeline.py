@@ -71,11 +71,10 @@ class ImageDecodeError(ValueError):
     Attributes:
       post_id: the record's post id.
       reason: the decoder's message.
-      row: the record's row in its file (``Dataset.posts`` or ``Dataset.labeled_posts`` order),
-        or -1 when unknown.
+      row: the record's row in its file (``Dataset.posts`` or ``Dataset.labeled_posts`` order).
     """
 
-    def __init__(self, post_id: str, reason: str, row: int = -1):
+    def __init__(self, post_id: str, reason: str, row: int):
         self.post_id, self.reason, self.row = post_id, reason, row
         super().__init__(f"post {post_id!r}: cannot decode its image ({reason})")
 

@@ -177,10 +177,10 @@ class CameraPosts(tfds.core.GeneratorBasedBuilder):
             except OSError as e:
                 from camera_jax.data import format as fmt
 
-                line = fmt.record_line(root / file_name, record.id)
-                raise fmt.DatasetError([
-                    f'{root / file_name}:{line}: field "image": cannot read {record.image!r} '
-                    f"({e.strerror or type(e).__name__})"]) from None
+                path = root / file_name
+                raise fmt.DatasetError(
+                    [_unreadable(path, fmt.record_line(path, record.id), record.image, e)]
+                ) from None
             yield row, {
                 "row": row,
                 "id": record.id,
@@ -188,6 +188,10 @@ class CameraPosts(tfds.core.GeneratorBasedBuilder):
                 "caption": record.caption or "",
             }
 
+
+def _unreadable(path: pathlib.Path, line: int, image: str, e: OSError) -> str:
+    """The ``FILE:LINE`` error line for an image file that cannot be stat'ed or read."""
+    return f'{path}:{line}: field "image": cannot read {image!r} ({e.strerror or type(e).__name__})'
 
 
 def _generate_synthetic(root: pathlib.Path, config: CameraPostsConfig) -> None:
@@ -248,8 +252,7 @@ def fingerprint(data_dir: str | os.PathLike, missing: list[str] | None = None) -
             except OSError as e:
                 h.update(f"\0{image}\0<missing>".encode())
                 if missing is not None:
-                    missing.append(f'{path}:{line}: field "image": cannot read {image!r} '
-                                   f"({e.strerror or type(e).__name__})")
+                    missing.append(_unreadable(path, line, image, e))
     return h.hexdigest()[:16]
 
 
