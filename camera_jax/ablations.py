@@ -49,9 +49,9 @@ import numpy as np
 import optax
 
 from camera_jax import baselines as baselines_lib
+from camera_jax import config as config_lib
 from camera_jax import metrics as metrics_lib
 from camera_jax import pipeline
-from camera_jax import run as run_lib
 from camera_jax import tables as tables_lib
 from camera_jax.config import Config
 from camera_jax.data import format as format_lib
@@ -79,8 +79,6 @@ TRAINED_METHODS = tuple(VARIANT_DIRS)
 #: The metrics kept per brand in results.json (those of the significance tests, and more).
 PER_BRAND_KEYS = ("mrr", "recall@10", "recall@50", "map", "auc", "rank_first")
 #: Config fields that do not change a run's results (ignored when checking a cached run).
-_NEUTRAL_FIELDS = frozenset({"report", "check_images", "eval_chunk", "baselines",
-                             "coordinator_address", "num_processes", "process_id"})
 #: The concept-layer files a variant takes over from the CAMERA run.
 _SHARED_CONCEPTS = {
     "C-w/o-SI": ("h.npy", "concept_generator.json"),
@@ -130,16 +128,10 @@ def variant_config(cfg: Config, method: str, data_dir: str | os.PathLike) -> Con
   return out
 
 
-def config_differences(a: Config, b: Config) -> list[str]:
-  """Names of the result-changing fields where two configs differ."""
-  da, db = a.to_dict(), b.to_dict()
-  return sorted(k for k in da if k not in _NEUTRAL_FIELDS and da[k] != db.get(k))
-
-
 def _check_flags(workdir: pathlib.Path, cfg: Config) -> None:
   path = workdir / "flags.txt"
   if path.exists():
-    diff = config_differences(run_lib.read_flags(path), cfg)
+    diff = config_lib.differences(config_lib.read_flags(path), cfg)
     if diff:
       raise ConfigMismatchError(
           f"{workdir} was made with other settings ({', '.join(diff)}); use another --workdir")
@@ -202,11 +194,16 @@ def cosmic_post_embeddings(cfg: Config, camera_dir: pathlib.Path, posts_source: 
 
 
 def hp_account_features(cfg: Config, dataset: format_lib.Dataset, data_dir: pathlib.Path,
-                        camera_dir: pathlib.Path, mesh: jax.sharding.Mesh) -> np.ndarray:
-  """Hp+MR's x_a of every account from the CAMERA run's Word2Vec and COSMIC: [A, d_t + d_u]."""
+                        camera_dir: pathlib.Path, mesh: jax.sharding.Mesh,
+                        image_key: str | None = None) -> np.ndarray:
+  """Hp+MR's x_a of every account from the CAMERA run's Word2Vec and COSMIC: [A, d_t + d_u].
+
+  ``image_key``: the data's TFDS fingerprint when already known (the "image files" entry of
+  :func:`pipeline.data_digests`); None computes it.
+  """
   embedder = text_lib.TextEmbedder.load(camera_dir / "word2vec")
   t, has_text = embedder.embed_captions([p.caption for p in dataset.posts])
-  sources = input_pipeline.prepare(data_dir, camera_dir / "tfds")
+  sources = input_pipeline.prepare(data_dir, camera_dir / "tfds", image_key)
   try:
     v2 = cosmic_post_embeddings(cfg, camera_dir, sources["posts"], len(dataset.posts),
                                 len(dataset.concepts), mesh)
@@ -219,8 +216,12 @@ def hp_account_features(cfg: Config, dataset: format_lib.Dataset, data_dir: path
                                  len(dataset.accounts))
 
 
-def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path) -> dict[str, Any]:
-  """Trains and evaluates Hp+MR; writes flags.txt, features.npy, scores.csv and metrics.json."""
+def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path,
+              image_key: str | None = None) -> dict[str, Any]:
+  """Trains and evaluates Hp+MR; writes flags.txt, features.npy, scores.csv and metrics.json.
+
+  ``image_key``: as for :func:`hp_account_features`.
+  """
   t0 = time.perf_counter()
   out_dir.mkdir(parents=True, exist_ok=True)
   _write_flags(out_dir, cfg)
@@ -231,7 +232,7 @@ def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path) -> d
   if feat_path.exists():
     x_a = np.load(feat_path)
   else:
-    x_a = hp_account_features(cfg, dataset, data_dir, camera_dir, mesh)
+    x_a = hp_account_features(cfg, dataset, data_dir, camera_dir, mesh, image_key)
     pipeline.save_npy(feat_path, x_a)
   feats = pipeline.account_features(dataset, cfg)
   tables = hp_lib.HpTables(features=x_a.astype(np.float32), engagement=feats["engagement_scaled"],
@@ -271,7 +272,8 @@ def run_seed(cfg: Config, seed_dir: str | os.PathLike, methods: Sequence[str] = 
   seed_dir = pathlib.Path(seed_dir)
   camera_dir = seed_dir / VARIANT_DIRS["CAMERA"]
   seconds: dict[str, float] = {}
-  for method in TRAINED_METHODS:
+  image_key = None
+  for method in TRAINED_METHODS:  # CAMERA first: the others reuse its stages.
     if method not in methods and method != "CAMERA":
       continue
     out_dir = seed_dir / VARIANT_DIRS[method]
@@ -279,18 +281,24 @@ def run_seed(cfg: Config, seed_dir: str | os.PathLike, methods: Sequence[str] = 
     _check_flags(out_dir, vcfg)
     if _done(out_dir):
       seconds[method] = 0.0
-      continue
-    progress(f"seed {cfg.seed}: training {method} in {out_dir}")
-    t0 = time.perf_counter()
-    if method == "CAMERA":
-      pipeline.train_and_evaluate(vcfg, out_dir)
-    elif method == "Hp+MR":
-      run_hp_mr(vcfg, camera_dir, out_dir)
     else:
-      _share_with_camera(method, camera_dir, out_dir)
-      pipeline.train_and_evaluate(vcfg, out_dir)
-    seconds[method] = time.perf_counter() - t0
-    progress(f"seed {cfg.seed}: {method} done in {seconds[method]:.0f} s")
+      progress(f"seed {cfg.seed}: training {method} in {out_dir}")
+      t0 = time.perf_counter()
+      if method == "CAMERA":
+        pipeline.train_and_evaluate(vcfg, out_dir)
+      elif method == "Hp+MR":
+        run_hp_mr(vcfg, camera_dir, out_dir, image_key)
+      else:
+        _share_with_camera(method, camera_dir, out_dir)
+        pipeline.train_and_evaluate(vcfg, out_dir)
+      seconds[method] = time.perf_counter() - t0
+      progress(f"seed {cfg.seed}: {method} done in {seconds[method]:.0f} s")
+    if method == "CAMERA":
+      # A CAMERA run cached by an earlier call must come from the dataset as it is now, as
+      # train_and_evaluate requires of its own stages: its results, Word2Vec, TFDS build and
+      # concepts feed every other method and baseline of the seed.
+      image_key = pipeline.check_data_record(camera_data_dir(cfg, camera_dir),
+                                             camera_dir)["image files"]
   return seconds
 
 
@@ -381,7 +389,7 @@ def init_workdir(workdir: str | os.PathLike, cfg: Config) -> pathlib.Path:
     saved = Config(**{k: (tuple(v) if isinstance(v, list) else v)
                       for k, v in json.loads(marker.read_text())["config"].items()
                       if k in Config.__dataclass_fields__})
-    diff = [k for k in config_differences(saved, cfg) if k != "seed"]
+    diff = [k for k in config_lib.differences(saved, cfg) if k != "seed"]
     if diff:
       raise ConfigMismatchError(
           f"{workdir} holds tables made with other settings ({', '.join(diff)}); "

@@ -8,6 +8,10 @@ Defaults are the paper's (IV-B) where the paper gives a value, the authors' code
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
+import types
+import typing
 from typing import Any
 
 
@@ -107,6 +111,51 @@ class Config:
 
   def to_dict(self) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+#: Fields that change no result (how a run is reported, checked, chunked or distributed).
+NEUTRAL_FIELDS = frozenset({"report", "check_images", "eval_chunk", "baselines",
+                            "coordinator_address", "num_processes", "process_id"})
+
+
+def differences(a: Config, b: Config) -> list[str]:
+  """Names of the result-changing fields (all but :data:`NEUTRAL_FIELDS`) where two configs differ.
+
+  >>> differences(Config(), Config(seed=1, report=False, margin=7.0))
+  ['margin', 'seed']
+  """
+  da, db = a.to_dict(), b.to_dict()
+  return sorted(k for k in da if k not in NEUTRAL_FIELDS and da[k] != db.get(k))
+
+
+def read_flags(path: str | os.PathLike) -> Config:
+  """Parses a flags file (``--name=value`` per line, as :meth:`Config.to_flags` writes) into a
+  Config; unknown flags are ignored, and a field absent from the file keeps its default.
+
+  ``read_flags`` of a file written by ``to_flags`` gives the same Config back (tested).
+  """
+  hints = typing.get_type_hints(Config)
+  kwargs: dict[str, Any] = {}
+  for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
+    line = line.strip()
+    if not line.startswith("--"):
+      continue
+    name, eq, value = line[2:].partition("=")
+    if name.startswith("no") and name[2:] in hints and not eq:
+      name, value = name[2:], "false"
+    if name not in hints:
+      continue
+    hint = hints[name]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+      hint = next(a for a in args if a is not type(None))  # "T | None": set, so a T
+    if hint is bool:
+      kwargs[name] = value.lower() in ("", "true", "1")
+    elif hint in (int, float, str):
+      kwargs[name] = hint(value)
+    else:  # tuple[T, ...]
+      kwargs[name] = tuple(typing.get_args(hint)[0](v) for v in value.split(",") if v)
+  return Config(**kwargs)
 
 
 def fields() -> list[dataclasses.Field]:

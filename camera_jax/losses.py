@@ -26,8 +26,8 @@ name                per-triplet term / reduction                              de
                     mean over valid triplets
 ``triplet_authors`` same term; sum / (#triplets with positive loss + 1e-16)   margin=7.0
                     (the authors' released code)
-``hinge``           ``max(s_neg - s_pos + margin, 0)`` (optionally squared),  margin=1.0
-                    summed over a positive's negatives, mean over positives
+``hinge``           ``max(s_neg - s_pos + margin, 0)`` (optionally squared),  margin=1.0,
+                    summed over a positive's negatives, mean over positives   squared=False
 ``bpr``             ``-log sigmoid(s_pos - s_neg)``, mean over valid triplets
 ``infonce``         ``-log softmax([s_pos, s_neg...] / T)[0]``, mean over     T=1.0
                     positives
@@ -67,6 +67,7 @@ __all__ = [
     "hparams_of",
     "infonce",
     "masked_mean",
+    "parse_hparams",
     "register",
     "sanitize",
     "triplet",
@@ -84,24 +85,46 @@ def register(name: str, *, overwrite: bool = False) -> Callable[[Callable[..., j
     """Decorator that adds a loss to :data:`REGISTRY` under ``name`` and returns it unchanged.
 
     The function must take ``(pos, neg, where)`` positionally and its hyper-parameters as
-    keyword arguments with defaults. Registering an existing name raises ``ValueError``
-    unless ``overwrite=True``.
+    keyword arguments with defaults; a function that does not, or an existing name (unless
+    ``overwrite=True``), raises ``ValueError`` when it is registered, not at the first step.
 
-    >>> @register("doc_example_zero")
-    ... def zero(pos, neg, where, *, scale=1.0):
-    ...     return scale * 0.0 * jnp.sum(jnp.where(where, neg, 0.0))
-    >>> "doc_example_zero" in REGISTRY
-    True
-    >>> del REGISTRY["doc_example_zero"]
+    >>> @register("triplet")
+    ... def my_triplet(pos, neg, where, *, margin=1.0):
+    ...     return jnp.sum(neg)
+    Traceback (most recent call last):
+    ...
+    ValueError: loss 'triplet' is already registered; pass overwrite=True to replace it
+    >>> @register("doc_example")
+    ... def no_default(pos, neg, where, *, gamma):
+    ...     return gamma * jnp.sum(neg)
+    Traceback (most recent call last):
+    ...
+    ValueError: loss 'doc_example': hyper-parameter 'gamma' needs a default
+    >>> "doc_example" in REGISTRY
+    False
     """
 
     def decorator(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
         if name in REGISTRY and not overwrite:
             raise ValueError(f"loss {name!r} is already registered; pass overwrite=True to replace it")
+        _check_signature(name, fn)
         REGISTRY[name] = fn
         return fn
 
     return decorator
+
+
+def _check_signature(name: str, fn: Callable[..., jax.Array]) -> None:
+    """Raises ValueError unless ``fn`` takes (pos, neg, where) then keywords with defaults."""
+    params = list(inspect.signature(fn).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(params) < 3 or any(p.kind not in positional for p in params[:3]):
+        raise ValueError(f"loss {name!r}: must take (pos, neg, where) positionally first")
+    for p in params[3:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise ValueError(f"loss {name!r}: name its hyper-parameters (no *{p.name})")
+        if p.default is p.empty:
+            raise ValueError(f"loss {name!r}: hyper-parameter {p.name!r} needs a default")
 
 
 def hparams_of(name: str) -> dict[str, Any]:
@@ -141,7 +164,7 @@ def get_loss(name: str, **hparams: Any) -> LossFn:
     >>> get_loss("nope")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: unknown loss 'nope'; available: approx_ndcg, bpr, hinge, ...
+    ValueError: unknown loss 'nope'; available: ...
     """
     fn = _lookup(name)
     accepted = hparams_of(name)
@@ -279,7 +302,7 @@ def triplet_authors(pos: jax.Array, neg: jax.Array, where: jax.Array, *, margin:
     trainer, not part of this function.)
 
     Hand-computed: margin 1, pos 2, negatives 1.5 and 0 give terms 0.5 and 0; one active
-    triplet, so 0.5 / (1 + 1e-16) = 0.5 (vs 0.25 for :func:`triplet`).
+    triplet, so 0.5 / 1 = 0.5 (vs 0.25 for :func:`triplet`).
 
     >>> import jax.numpy as jnp
     >>> float(triplet_authors(jnp.array([2.0]), jnp.array([[1.5, 0.0]]), jnp.array([[True, True]]), margin=1.0))
@@ -288,7 +311,10 @@ def triplet_authors(pos: jax.Array, neg: jax.Array, where: jax.Array, *, margin:
     pos, neg, where, _ = sanitize(pos, neg, where)
     terms = jnp.where(where, _hinge_terms(pos, neg, margin), 0.0)
     active = jnp.sum(where & (terms > 0)).astype(terms.dtype)
-    return jnp.sum(terms) / (active + 1e-16)
+    # The authors divide by (active + 1e-16): the same value in float32 (active is a whole
+    # number, and the sum is 0 when it is 0), but a 1e16 gradient factor when no triplet is
+    # active, which only the zero gradient of the inactive terms keeps finite.
+    return jnp.sum(terms) / jnp.maximum(active, 1.0)
 
 
 @register("hinge")
@@ -303,7 +329,8 @@ def hinge(
     (eq. 19): the default margin is 1.0 (suited to scores of order 1, e.g. logits, where
     the paper's 7.0 would keep every triplet active) and the reduction is *per positive*:
     a positive's violations add up, so a positive with more valid negatives weighs more
-    and with ``N`` negatives the value is ``N`` times triplet's when nothing is padded.
+    and with ``N`` negatives the value is ``N`` times triplet's at the same margin when
+    nothing is padded.
 
     Hand-computed: pos 2, negatives 1.5 and 2.5, margin 1 give terms 0.5 and 1.5; their
     sum is 2.0 (squared: 0.25 + 2.25 = 2.5).

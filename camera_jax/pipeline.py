@@ -15,7 +15,7 @@ import io
 import json
 import os
 import pathlib
-import tempfile
+import secrets
 import time
 import typing
 from typing import Any
@@ -26,6 +26,7 @@ from absl import logging
 
 from camera_jax import baselines as baselines_lib
 from camera_jax import metrics as metrics_lib
+from camera_jax import config as config_lib
 from camera_jax.config import Config
 from camera_jax.data import engagement as engagement_lib
 from camera_jax.data import format as format_lib
@@ -104,9 +105,13 @@ def check_config(cfg: Config) -> list[str]:
 
 
 def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-  """Writes ``data`` to ``path`` through a temporary file and an atomic rename."""
+  """Writes ``data`` to ``path`` through a temporary file and an atomic rename.
+
+  The file gets the permissions of ``open()`` (0666 less the umask), not ``mkstemp``'s 0600.
+  """
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
@@ -141,7 +146,10 @@ def resolve_data(cfg: Config, workdir: pathlib.Path) -> pathlib.Path:
   from camera_jax.data import synthetic  # Imported lazily: only needed without --data_dir.
   out = workdir / "data"
   if is_main():
-    synthetic.generate(out, preset=cfg.preset, seed=cfg.seed, image_size=cfg.image_size)
+    try:
+      synthetic.generate(out, preset=cfg.preset, seed=cfg.seed, image_size=cfg.image_size)
+    except FileExistsError as e:  # another preset, seed or image size: a one-line refusal
+      raise ConfigError([str(e)]) from None
   sharding.sync("synthetic-data")
   return out
 
@@ -167,14 +175,44 @@ def load_dataset(cfg: Config, data_dir: pathlib.Path) -> format_lib.Dataset:
   have nothing to learn from.
   """
   dataset = format_lib.load(data_dir, seed=cfg.seed, check_images=cfg.check_images)
-  train = set(dataset.split.train)
-  if not any(c.brand in train for c in dataset.cooperations):
-    where = "split.json's \"train\"" if (data_dir / format_lib.SPLIT_FILE).exists() else (
-        "the default split")
-    raise format_lib.DatasetError([
-        f"{data_dir / format_lib.COOPERATIONS_FILE}:0: no cooperation of a training brand "
-        f"({len(train)} in {where}): the ranker has no positive to learn from"])
+  problems = training_problems(cfg, dataset, data_dir)
+  if problems:
+    raise format_lib.DatasetError(problems)
   return dataset
+
+
+def training_problems(cfg: Config, dataset: format_lib.Dataset, data_dir: pathlib.Path
+                      ) -> list[str]:
+  """``FILE:LINE`` lines for a valid dataset the method cannot train on: no cooperation of a
+  training brand, no candidate (the ranker's negatives are drawn from the candidates), a
+  training brand that cooperated with every candidate (no negative to draw), or fewer concepts
+  than ``--top_k``."""
+  split_file = data_dir / format_lib.SPLIT_FILE
+  where = "split.json's" if split_file.exists() else "the default split's"
+  train = set(dataset.split.train)
+  out = []
+  if len(dataset.concepts) < cfg.top_k:
+    out.append(f"{data_dir / format_lib.CONCEPTS_FILE}:0: {len(dataset.concepts)} concept(s), "
+               f"fewer than --top_k={cfg.top_k} (the concepts that represent each account)")
+  if not any(c.brand in train for c in dataset.cooperations):
+    out.append(f"{data_dir / format_lib.COOPERATIONS_FILE}:0: no cooperation of a training brand "
+               f"({len(train)} in {where} \"train\"): the ranker has no positive to learn from")
+  candidates = set(dataset.split.candidates)
+  source = split_file if split_file.exists() else data_dir / format_lib.ACCOUNTS_FILE
+  if not candidates:
+    out.append(f"{source}:0: no candidate influencer in {where} \"candidates\": the ranker "
+               "draws its negatives from them")
+  else:
+    partners: dict[str, set[str]] = {}
+    for c in dataset.cooperations:
+      if c.brand in train:
+        partners.setdefault(c.brand, set()).add(c.influencer)
+    for brand in dataset.split.train:
+      if candidates <= partners.get(brand, set()):
+        out.append(f"{source}:0: training brand {brand!r} cooperated with every candidate "
+                   f"({len(candidates)}): no negative to draw for it")
+        break
+  return out
 
 
 #: The work directory's record of the dataset its stages were built from.
@@ -234,8 +272,9 @@ def check_data_record(data_dir: pathlib.Path, workdir: pathlib.Path) -> dict[str
               else str(data_dir / first))
       also = f" (and {', '.join(changed[1:])})" if len(changed) > 1 else ""
       raise ConfigError([
-          f"{head}{also}: changed since the stages in {workdir} ({', '.join(built)}) were built "
-          f"from it; use a new --workdir, or delete those to rebuild them"])
+          f"{head}{also}: not as when the stages in {workdir} ({', '.join(built)}) were built "
+          f"(edited since, or another dataset); use a new --workdir, or delete those to rebuild "
+          f"them"])
   if is_main():
     atomic_write_text(path, json.dumps(now, indent=2, sort_keys=True))
   return now
@@ -477,7 +516,7 @@ def evaluate_methods(cfg: Config, dataset: format_lib.Dataset, pairs: dict[str, 
   for name, scores in method_scores.items():
     res = metrics_lib.evaluate(ids[pairs["brand"]], ids[pairs["influencer"]], scores,
                                pairs["label"], influencer_category=cats[pairs["influencer"]])
-    out["methods"][name] = {k: float(v) for k, v in res.items()}
+    out["methods"][name] = _metric_values(res)
   if "CAMERA" in method_scores:
     brand_cat = cats[pairs["brand"]]
     for cat in sorted(set(brand_cat)):
@@ -485,8 +524,13 @@ def evaluate_methods(cfg: Config, dataset: format_lib.Dataset, pairs: dict[str, 
       res = metrics_lib.evaluate(ids[pairs["brand"][sel]], ids[pairs["influencer"][sel]],
                                  method_scores["CAMERA"][sel], pairs["label"][sel],
                                  influencer_category=cats[pairs["influencer"][sel]])
-      out["per_category"][str(cat)] = {k: float(v) for k, v in res.items()}
+      out["per_category"][str(cat)] = _metric_values(res)
   return out
+
+
+def _metric_values(res: dict[str, Any]) -> dict[str, float | int]:
+  """Plain Python numbers for metrics.json: the counts (``n_brands``, ...) as ints."""
+  return {k: int(v) if k.startswith("n_") else float(v) for k, v in res.items()}
 
 
 def baseline_features(feats: dict[str, np.ndarray], w_a: np.ndarray) -> dict[str, np.ndarray]:
@@ -568,16 +612,73 @@ def prepare_concepts(cfg: Config, workdir: pathlib.Path, log: trainer.TrainLog, 
                   {"concept_generator": cg_meta, "cosmic": cosmic_meta})
 
 
+#: Result-changing settings used only by the ranker (and the account stage, recomputed by every
+#: run). Every other result-changing setting shapes the concept layer (or the synthetic data).
+RANKER_FIELDS = frozenset({
+    "epochs", "batch_size", "learning_rate", "representation_lr_scale", "lr_decay", "dropout",
+    "margin", "temperature", "init_scale", "l1", "top_k", "psi_features", "gamma_features",
+    "d_score", "attention_scale", "history_norm", "num_negatives", "loss", "loss_hparams",
+    "endorsement", "history", "use_interaction", "matmul_dtype"})
+_CONCEPT_STAGES = ("data", "word2vec", "concepts", "checkpoints/concept_generator",
+                   "checkpoints/cosmic")
+_RANKER_STAGE = "checkpoints/ranker"
+
+
+def check_settings(cfg: Config, workdir: pathlib.Path) -> None:
+  """Refuses a rerun whose settings differ from those the work directory's stages were built with.
+
+  Each stage reuses (or resumes) its output, so without this a rerun with, say, another --loss
+  would restore the finished ranker and report its metrics under the new flags. The settings are
+  those of ``workdir/flags.txt``. A ranker setting (:data:`RANKER_FIELDS`) may not change while
+  ``checkpoints/ranker`` exists, except ``epochs`` upwards (the ranker trains on); any other
+  result-changing setting may not change while a stage of the concept layer or the ranker exists.
+  ``data_dir`` is not compared (the dataset's content is, by :func:`check_data_record`), nor
+  ``preset`` where either run reads a dataset directory. Raises ConfigError in one line.
+  """
+  path = workdir / "flags.txt"
+  if not path.exists():
+    return
+  before = config_lib.read_flags(path)
+  changed = [k for k in config_lib.differences(before, cfg) if k != "data_dir"
+             and not (k == "preset" and (cfg.data_dir or before.data_dir))
+             and not (k == "epochs" and cfg.epochs > before.epochs)]
+  if not changed:
+    return
+  concept_stages = [d for d in _CONCEPT_STAGES if (workdir / d).exists()
+                    and not (d == "data" and cfg.data_dir)]
+  ranker_stage = [_RANKER_STAGE] if (workdir / _RANKER_STAGE).exists() else []
+  stages = (concept_stages + ranker_stage if any(k not in RANKER_FIELDS for k in changed)
+            else ranker_stage)
+  if not stages:
+    return
+  what = ", ".join(f"{k} {_flag_value(getattr(before, k))} -> {_flag_value(getattr(cfg, k))}"
+                   for k in changed)
+  raise ConfigError([
+      f"{path}: the stages in {workdir} ({', '.join(stages)}) were built with other settings "
+      f"({what}); use a new --workdir, or delete those to rebuild them"])
+
+
+def _flag_value(v: Any) -> str:
+  if v is None:
+    return "unset"
+  if isinstance(v, tuple):
+    return ",".join(map(str, v)) or "(empty)"
+  return str(v).lower() if isinstance(v, bool) else (str(v) or "(empty)")
+
+
 def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
   """Runs the whole method and returns the content of metrics.json.
 
-  Raises ConfigError (before any work) when ``check_config(cfg)`` finds problems.
+  Raises ConfigError (before any work) when ``check_config(cfg)`` finds problems, or when the
+  work directory's stages were built with other settings (:func:`check_settings`).
   """
   errors = check_config(cfg)
   if errors:
     raise ConfigError(errors)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  check_settings(cfg, workdir)
+  sharding.sync("settings")  # every process read the earlier flags.txt before it is rewritten
   t_start = time.perf_counter()
   log = trainer.TrainLog(workdir / "train_log.jsonl", enabled=is_main())
   flags_path = workdir / "flags.txt"

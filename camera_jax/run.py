@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import typing
 from typing import Any, Sequence
 
 import jax
@@ -28,30 +27,6 @@ from camera_jax.training import checkpoint as ckpt_lib
 from camera_jax.training import concepts as concepts_lib
 from camera_jax.training import ranker as ranker_lib
 from camera_jax.training import trainer
-
-
-def read_flags(path: pathlib.Path) -> config_lib.Config:
-  """Parses a flags file (``--name=value`` per line) into a Config; unknown flags are ignored."""
-  hints = typing.get_type_hints(config_lib.Config)
-  kwargs: dict[str, Any] = {}
-  for line in path.read_text(encoding="utf-8").splitlines():
-    line = line.strip()
-    if not line.startswith("--"):
-      continue
-    name, _, value = line[2:].partition("=")
-    if name.startswith("no") and name[2:] in hints and not _:
-      name, value = name[2:], "false"
-    if name not in hints:
-      continue
-    hint = hints[name]
-    if hint is bool:
-      kwargs[name] = value.lower() in ("", "true", "1")
-    elif hint in (int, float, str):
-      kwargs[name] = hint(value)
-    else:
-      (elem, _e) = typing.get_args(hint)
-      kwargs[name] = tuple(elem(v) for v in value.split(",") if v)
-  return config_lib.Config(**kwargs)
 
 
 @dataclasses.dataclass
@@ -164,7 +139,7 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
   workdir = pathlib.Path(workdir)
   if not (workdir / "flags.txt").exists():
     raise FileNotFoundError(f"{workdir}: not a run directory (no flags.txt)")
-  cfg = read_flags(workdir / "flags.txt")
+  cfg = config_lib.read_flags(workdir / "flags.txt")
   if data_dir:
     cfg = cfg.replace(data_dir=str(data_dir))
   ddir = pathlib.Path(cfg.data_dir) if cfg.data_dir else workdir / "data"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from camera_jax import ablations
+from camera_jax import config as config_lib
 from camera_jax.config import Config
 from camera_jax.models import history_pooling as hp
 from camera_jax.training import ranker as ranker_lib
@@ -41,8 +42,8 @@ def test_variant_configs_change_only_the_ablated_switch():
   assert (hp_mr.semantic, hp_mr.use_interaction) == (True, True)
   for v in (wo_si, wo_mr, hp_mr):
     assert v.data_dir == data and v.seed == 3 and v.baselines == ()
-  assert ablations.config_differences(cfg, wo_si) == ["data_dir", "semantic"]
-  assert ablations.config_differences(cfg, cfg.replace(report=False, eval_chunk=7)) == []
+  assert config_lib.differences(cfg, wo_si) == ["data_dir", "semantic"]
+  assert config_lib.differences(cfg, cfg.replace(report=False, eval_chunk=7)) == []
   with pytest.raises(ValueError):
     ablations.variant_config(cfg, "RAND", data)
 

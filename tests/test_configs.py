@@ -6,6 +6,7 @@ import pytest
 from absl import flags
 
 from camera_jax import config as config_lib
+from camera_jax import losses
 from camera_jax import pipeline
 
 from conftest import REPO as ROOT
@@ -47,6 +48,13 @@ def test_paper_flags_keep_the_papers_ranker(monkeypatch):
   cfg = _parse("experiments/configs/paper.flags", monkeypatch)
   assert (cfg.history_norm, cfg.attention_scale, cfg.dropout, cfg.learning_rate, cfg.l1,
           cfg.num_negatives, cfg.epochs) == ("none", "inner", 0.6, 1e-3, 1e-3, 1, 40)
+  # The paper's margin 7.0 is the triplet loss's own; left unset, so that another --loss keeps
+  # its own margin (hinge: 1.0) instead of inheriting 7.0.
+  for flagfile in ("camera.flags", "experiments/configs/paper.flags"):
+    cfg = _parse(flagfile, monkeypatch)
+    assert cfg.margin is None and dict(pipeline.ranker_config(cfg).loss_hparams) == {}
+    assert losses.hparams_of(cfg.loss) == {"margin": 7.0}
+    assert dict(pipeline.ranker_config(cfg.replace(loss="hinge")).loss_hparams) == {}
 
 
 def test_ranker_config_carries_every_shared_field():
@@ -105,3 +113,28 @@ def test_unset_loss_flags_keep_each_losss_own_defaults_and_loss_hparams_reach_th
     open(path, "w").write(unset.to_flags())
     back = _parse(path, monkeypatch)
     assert back == unset and back.margin is None and back.temperature is None
+
+
+@pytest.mark.parametrize("flagfile", ["camera.flags", "experiments/configs/paper.flags"])
+def test_flags_txt_reads_back_as_the_config_it_was_written_from(flagfile, monkeypatch, tmp_path):
+  """flags.txt round trip: a set --margin or --temperature ("float | None" fields) once came
+  back as a 1-tuple, which made every cached directory look changed."""
+  cfg = _parse(flagfile, monkeypatch)
+  others = cfg.replace(margin=7.0, temperature=0.25, cnn_channels=(3, 5), baselines=(),
+                       check_images=not cfg.check_images, loss_hparams="gamma=2.0,squared=true")
+  for c in (cfg, others, config_lib.Config()):
+    path = tmp_path / "flags.txt"
+    path.write_text(c.to_flags() + "--workdir=somewhere\n")
+    back = config_lib.read_flags(path)
+    assert back == c and config_lib.differences(back, c) == []
+
+
+def test_differences_ignore_only_the_neutral_fields():
+  cfg = config_lib.Config()
+  assert config_lib.differences(cfg, cfg.replace(report=False, eval_chunk=7, baselines=())) == []
+  assert config_lib.differences(cfg, cfg.replace(margin=7.0, seed=2)) == ["margin", "seed"]
+
+
+def test_doctests():
+  import doctest
+  assert doctest.testmod(config_lib).failed == 0

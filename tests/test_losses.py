@@ -66,6 +66,35 @@ def test_registry_has_the_builtin_losses() -> None:
     assert set(BUILTIN) <= set(losses.REGISTRY)
 
 
+def test_every_registered_loss_has_a_hand_computed_value() -> None:
+    """A new loss needs an EXPECTED entry (docs/adding-a-loss.md, "Testing it")."""
+    missing = sorted(set(losses.REGISTRY) - {name for name, _ in EXPECTED})
+    assert not missing, f"add a hand-computed value to EXPECTED for: {', '.join(missing)}"
+
+
+def test_register_checks_the_signature_when_registering(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(losses, "REGISTRY", dict(losses.REGISTRY))
+    for fn, message in [
+        (lambda pos, neg: jnp.sum(neg), "must take (pos, neg, where) positionally first"),
+        (lambda pos, neg, *, where: jnp.sum(neg), "must take (pos, neg, where) positionally first"),
+        (lambda pos, neg, where, *, gamma: jnp.sum(neg), "hyper-parameter 'gamma' needs a default"),
+        (lambda pos, neg, where, **kw: jnp.sum(neg), "name its hyper-parameters (no *kw)"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(f"loss 'bad': {message}")):
+            losses.register("bad")(fn)
+    assert "bad" not in losses.REGISTRY
+    losses.register("good")(lambda pos, neg, where, gamma=1.0: gamma * jnp.sum(neg))
+    assert losses.hparams_of("good") == {"gamma": 1.0}
+
+
+def test_triplet_authors_with_no_active_triplet_is_zero_with_a_zero_gradient() -> None:
+    """The authors' 1e-16 denominator, replaced by max(count, 1): equal values, no 1e16 factor."""
+    pos, neg, where = jnp.array([10.0]), jnp.array([[0.0]]), jnp.array([[True]])
+    value, grad = jax.value_and_grad(
+        lambda p: losses.triplet_authors(p, neg, where, margin=1.0))(pos)
+    assert float(value) == 0.0 and float(grad[0]) == 0.0
+
+
 @pytest.mark.parametrize("name, hparams", list(EXPECTED), ids=lambda v: str(v))
 def test_hand_computed_values(name: str, hparams: tuple) -> None:
     fn = losses.get_loss(name, **dict(hparams))
@@ -218,9 +247,12 @@ def _doc_example() -> str:
 
 @pytest.fixture
 def doc_loss(monkeypatch: pytest.MonkeyPatch):
-    # A private copy of the registry so the example never leaks into other tests.
-    monkeypatch.setattr(losses, "REGISTRY", dict(losses.REGISTRY))
-    namespace: dict = {}
+    # A private copy of the registry so the example never leaks into other tests (without a
+    # focal_bpr a reader has already pasted into losses.py). The block runs as it would at the
+    # end of camera_jax/losses.py: in that module's namespace.
+    monkeypatch.setattr(losses, "REGISTRY",
+                        {k: v for k, v in losses.REGISTRY.items() if k != "focal_bpr"})
+    namespace: dict = dict(vars(losses))
     exec(compile(_doc_example(), str(DOC), "exec"), namespace)
     assert "focal_bpr" in losses.REGISTRY
     return namespace

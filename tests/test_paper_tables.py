@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from camera_jax import ablations
+from camera_jax import pipeline
 from camera_jax import tables
 
 from conftest import REPO, tiny_config
@@ -158,6 +159,11 @@ def test_paper_tables_smoke_on_the_tiny_run(tmp_path, tiny_run, tiny_data):
   assert set(again["seconds"][0].values()) == {0.0}
   with pytest.raises(ablations.ConfigMismatchError):
     ablations.run_paper_tables(cfg.replace(epochs=cfg.epochs + 1), work, [0])
+  # A cached CAMERA run made from another version of the dataset is refused, not reused.
+  record = work / "seed_0" / "camera" / pipeline.DATA_RECORD
+  record.write_text(json.dumps({**json.loads(record.read_text()), "image files": "another"}))
+  with pytest.raises(pipeline.ConfigError, match="image files of the posts: not as when the stages"):
+    ablations.run_paper_tables(cfg, work, [0], n_resamples=50)
 
 
 @pytest.mark.parametrize("args, message", [

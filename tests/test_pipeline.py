@@ -233,7 +233,8 @@ def test_rerunning_a_finished_run_resumes_without_training(tiny_run, tiny_data, 
   assert {p.name: p.read_bytes() for p in (workdir / "concepts").iterdir()} == concept_files
 
 
-def test_resuming_with_other_settings_stops_in_one_line_and_keeps_the_flags(tiny_run, tiny_data, tmp_path):
+def test_resuming_with_other_settings_stops_in_one_line_and_keeps_the_flags(tiny_run, tiny_data, tmp_path,
+                                                                            monkeypatch):
   """--representation_lr_scale changes the ranker's optimiser tree: its checkpoint cannot resume."""
   import dataclasses
 
@@ -245,6 +246,8 @@ def test_resuming_with_other_settings_stops_in_one_line_and_keeps_the_flags(tiny
   flags_before = (workdir / "flags.txt").read_text()
   ckpts = sorted(os.listdir(workdir / "checkpoints" / "ranker"))
   other = dataclasses.replace(tiny_config(tiny_data), representation_lr_scale=0.5)
+  # check_settings refuses this first (next test); here the checkpoint's own guard is tested.
+  monkeypatch.setattr(pipeline, "check_settings", lambda cfg, workdir: None)
   with pytest.raises(CheckpointMismatchError) as err:
     pipeline.train_and_evaluate(other, workdir)
   assert str(err.value).startswith(str(workdir / "checkpoints" / "ranker" / ckpts[-1]))
@@ -252,6 +255,47 @@ def test_resuming_with_other_settings_stops_in_one_line_and_keeps_the_flags(tiny
   # flags.txt still describes the checkpoints, and nothing was written over them
   assert (workdir / "flags.txt").read_text() == flags_before
   assert sorted(os.listdir(workdir / "checkpoints" / "ranker")) == ckpts
+
+
+def test_a_rerun_with_other_settings_is_refused_before_any_work(tiny_run, tiny_data, tmp_path,
+                                                                monkeypatch):
+  """A finished stage is reused, so a rerun that changes its settings must not pass silently
+  (another --loss used to restore the finished triplet ranker and report it as the new loss)."""
+  from camera_jax import pipeline
+  from camera_jax.data import text as text_lib
+
+  workdir = tmp_path / "work"
+  shutil.copytree(tiny_run[0], workdir)
+  flags_before = (workdir / "flags.txt").read_text()
+  cfg = tiny_config(tiny_data)
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("work started")
+
+  monkeypatch.setattr(text_lib, "TextEmbedder", refuse)
+  monkeypatch.setattr(pipeline, "load_dataset", refuse)
+  for other, names in [
+      (cfg.replace(loss="bpr"), "loss triplet -> bpr"),
+      (cfg.replace(margin=2.0), "margin unset -> 2.0"),
+      (cfg.replace(seed=1), "seed 0 -> 1"),
+      (cfg.replace(cnn_fc=32, dropout=0.2), "cnn_fc 64 -> 32, dropout 0.1 -> 0.2"),
+      (cfg.replace(epochs=cfg.epochs - 1), f"epochs {cfg.epochs} -> {cfg.epochs - 1}"),
+  ]:
+    with pytest.raises(pipeline.ConfigError) as err:
+      pipeline.train_and_evaluate(other, workdir)
+    line = str(err.value)
+    assert line.startswith(f"{workdir / 'flags.txt'}: the stages in {workdir} (") and "\n" not in line
+    assert f"were built with other settings ({names}); use a new --workdir" in line, line
+    assert (workdir / "flags.txt").read_text() == flags_before
+  # A ranker setting only matters while the ranker's checkpoints exist.
+  shutil.rmtree(workdir / "checkpoints" / "ranker")
+  pipeline.check_settings(cfg.replace(loss="bpr"), workdir)
+  with pytest.raises(pipeline.ConfigError, match=r"\(word2vec, concepts, .*checkpoints/cosmic\)"):
+    pipeline.check_settings(cfg.replace(w2v_dim=8), workdir)
+  # Neutral settings, more epochs and another path to the same data pass.
+  pipeline.check_settings(cfg.replace(report=True, eval_chunk=7, check_images=False,
+                                      epochs=cfg.epochs + 5, data_dir=str(tmp_path / "copy")),
+                          workdir)
 
 
 def test_a_mismatch_after_a_rewritten_concept_layer_keeps_the_new_flags(tiny_run, tiny_data,
@@ -272,6 +316,7 @@ def test_a_mismatch_after_a_rewritten_concept_layer_keeps_the_new_flags(tiny_run
     return w_a
 
   monkeypatch.setattr(pipeline, "account_stage", other_history)
+  monkeypatch.setattr(pipeline, "check_settings", lambda cfg, workdir: None)
   other = dataclasses.replace(tiny_config(tiny_data), representation_lr_scale=0.5)
   with pytest.raises(CheckpointMismatchError):
     pipeline.train_and_evaluate(other, workdir)
@@ -341,9 +386,9 @@ def test_a_dataset_edited_in_place_is_refused_before_any_work(tiny_run, tiny_dat
   with pytest.raises(pipeline.ConfigError) as err:
     pipeline.train_and_evaluate(cfg, workdir)
   assert err.value.errors == [
-      f"{data / 'cooperations.jsonl'}: changed since the stages in {workdir} (word2vec, "
-      f"concepts, checkpoints) were built from it; use a new --workdir, or delete those to "
-      f"rebuild them"]
+      f"{data / 'cooperations.jsonl'}: not as when the stages in {workdir} (word2vec, "
+      f"concepts, checkpoints) were built (edited since, or another dataset); use a new "
+      f"--workdir, or delete those to rebuild them"]
   assert (workdir / pipeline.DATA_RECORD).read_text() == record   # not taken over
   # Without the cached stages the edited dataset is accepted and recorded.
   for name in ("word2vec", "concepts", "checkpoints"):
@@ -370,6 +415,58 @@ def test_a_dataset_without_training_positives_is_refused_in_one_line(tiny_data, 
                                         f"training brand (")
   if n_train is not None:
     assert f"({n_train} in split.json's \"train\")" in err.value.errors[0]
+
+
+def test_a_dataset_the_ranker_cannot_sample_from_is_refused_in_one_line(tiny_data, tmp_path):
+  """No candidate (rng.integers(0, 0) raised), or a training brand that cooperated with every
+  candidate (the negative sampler's rejection loop never ended), or fewer concepts than --top_k
+  (lax.top_k raised): each a valid dataset the method cannot run on, refused before any work."""
+  from camera_jax import pipeline
+  from camera_jax.data import format as format_lib
+
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  cfg = tiny_config(data)
+  dataset = format_lib.load(data, seed=cfg.seed, check_images=False)
+  split = {"train": list(dataset.split.train), "test": list(dataset.split.test)}
+  brand = next(c.brand for c in dataset.cooperations if c.brand in split["train"])
+  partners = sorted({c.influencer for c in dataset.cooperations if c.brand == brand})
+  for candidates, message in [
+      ([], f"{data / 'split.json'}:0: no candidate influencer in split.json's \"candidates\""),
+      (partners, f"{data / 'split.json'}:0: training brand {brand!r} cooperated with every "
+                 f"candidate ({len(partners)}): no negative to draw for it"),
+  ]:
+    (data / "split.json").write_text(json.dumps({**split, "candidates": candidates}))
+    assert format_lib.validate(data, check_images=False) == []
+    with pytest.raises(format_lib.DatasetError) as err:
+      pipeline.load_dataset(cfg, data)
+    assert len(err.value.errors) == 1
+    assert err.value.errors[0].startswith(message)
+  (data / "split.json").unlink()
+  few = cfg.replace(top_k=len(dataset.concepts) + 1)
+  with pytest.raises(format_lib.DatasetError) as err:
+    pipeline.load_dataset(few, data)
+  assert err.value.errors == [
+      f"{data / 'concepts.txt'}:0: {len(dataset.concepts)} concept(s), fewer than "
+      f"--top_k={few.top_k} (the concepts that represent each account)"]
+
+
+def test_written_files_follow_the_umask_and_leave_no_temporary_behind(tmp_path):
+  """mkstemp made every output 0600 (unreadable to a group on a shared server)."""
+  import stat
+
+  from camera_jax import pipeline
+
+  old = os.umask(0o022)
+  try:
+    pipeline.atomic_write_text(tmp_path / "a" / "metrics.json", "{}")
+    os.umask(0o077)
+    pipeline.save_npy(tmp_path / "a" / "x.npy", np.zeros(2))
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE((tmp_path / "a" / "metrics.json").stat().st_mode) == 0o644
+  assert stat.S_IMODE((tmp_path / "a" / "x.npy").stat().st_mode) == 0o600
+  assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["metrics.json", "x.npy"]
 
 
 def test_undefined_metrics_are_written_as_json_null():

@@ -50,6 +50,22 @@ def test_a_broken_dataset_fails_with_file_line_errors(tiny_data, tmp_path):
   assert not work.exists()  # stopped before any work
 
 
+def test_a_corrupt_image_fails_with_one_line_from_a_single_decoding_pass(tiny_data, tmp_path):
+  """train.py checks the form alone; the pipeline's load decodes every image once, before any
+  stage, and reports a corrupt one as the validator would."""
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  first = json.loads((data / "posts.jsonl").read_text().splitlines()[0])
+  (data / first["image"]).write_bytes(b"not an image")
+  work = tmp_path / "work"
+  proc = train(f"--data_dir={data}", f"--workdir={work}", "--image_size=32")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  lines = problem_lines(proc.stderr)
+  assert len(lines) == 1 and lines[0].startswith("posts.jsonl:1: ") and "image" in lines[0], lines
+  left = sorted(p.name for p in work.iterdir()) if work.exists() else []
+  assert not {"flags.txt", "data_digests.json", "word2vec", "concepts", "checkpoints"} & set(left)
+
+
 def test_a_missing_dataset_fails_with_one_line(tmp_path):
   missing, work = tmp_path / "nope", tmp_path / "work"
   proc = train(f"--data_dir={missing}", f"--workdir={work}")

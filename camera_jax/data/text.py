@@ -41,8 +41,8 @@ import logging
 import os
 import pathlib
 import re
+import secrets
 import shutil
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -307,7 +307,8 @@ class TextEmbedder:
         """
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
+        tmp = path.parent / f"{path.name}.tmp{os.getpid()}.{secrets.token_hex(4)}"
+        tmp.mkdir()  # 0777 less the umask (mkdtemp's would be 0700)
         try:
             self.kv.save(str(tmp / self._FILENAME))
             if path.exists():

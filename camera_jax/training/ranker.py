@@ -55,7 +55,7 @@ class RankerConfig:
   use_interaction: bool = True
   num_negatives: int = 1
   loss: str = "triplet"
-  loss_hparams: tuple[tuple[str, float], ...] = (("margin", 7.0),)
+  loss_hparams: tuple[tuple[str, Any], ...] = ()  # (name, value) pairs for get_loss; () keeps the loss's own defaults
   endorsement: str = "mean"
   eval_chunk: int = 0                # pairs per scoring call; 0: auto_eval_chunk()
   seed: int = 0
