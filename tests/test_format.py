@@ -389,6 +389,7 @@ BROKEN: dict[str, tuple[Mutator, str, int, list[str]]] = {
     "followers_string": (_set("accounts", 4, followers="300"), A, 5, ['"followers"', '"300"']),
     "unknown_kind": (_set("accounts", 2, kind="celebrity"), A, 3, ['field "kind"', "celebrity"]),
     "empty_id": (_set("accounts", 2, id=""), A, 3, ['field "id" must be a non-empty string']),
+    "id_line_break": (_set("accounts", 2, id="b_x\u2028y"), A, 3, ['field "id": \'b_x\\u2028y\' holds a line break']),
     "bio_not_string": (_set("accounts", 2, bio=7), A, 3, ['field "bio" must be a string, got 7']),
     "category_missing": (_drop("accounts", 0, "category"), A, 1, ['"category"']),
     "duplicate_account": (_set("accounts", 3, id="b_auto1"), A, 4, ['field "id"', "duplicate id 'b_auto1' (first on line 1)"]),
@@ -432,6 +433,7 @@ BROKEN: dict[str, tuple[Mutator, str, int, list[str]]] = {
     "vocab_duplicate": (_concepts(["car", "road", "food", "car", "snack", "beauty", "ready_to_eat"]), V, 4, ["duplicate concept 'car' (first on line 1)"]),
     "vocab_blank_line": (_concepts(["car", "road", "", "food", "snack", "beauty", "ready_to_eat"]), V, 3, ["blank line"]),
     "vocab_whitespace": (_concepts(["car", "road ", "food", "snack", "beauty", "ready_to_eat"]), V, 2, ["whitespace"]),
+    "vocab_line_break": (_concepts(["car", "ro\x85ad", "food", "snack", "beauty", "ready_to_eat"]), V, 2, ["concept name 'ro\\x85ad' holds a line break"]),
     "labeled_concept_unknown": (_set("labeled_posts", 2, concepts=["snack", "unicorn"]), L, 3, ['field "concepts"', "'unicorn' is not in concepts.txt"]),
     "labeled_concepts_empty": (_set("labeled_posts", 2, concepts=[]), L, 3, ['field "concepts" must be a non-empty list']),
     "labeled_concepts_missing": (_drop("labeled_posts", 0, "concepts"), L, 1, ['missing required field "concepts"']),
@@ -456,8 +458,8 @@ BROKEN: dict[str, tuple[Mutator, str, int, list[str]]] = {
 
 # Variants whose one problem also (rightly) makes other lines wrong: e.g. an account line that is
 # unusable leaves that account's posts with an unknown account. All others give exactly one error.
-CASCADING = {"duplicate_account", "duplicate_key", "empty_id", "malformed_json", "not_an_object",
-             "vocab_empty", "vocab_whitespace"}
+CASCADING = {"duplicate_account", "duplicate_key", "empty_id", "id_line_break", "malformed_json",
+             "not_an_object", "vocab_empty", "vocab_line_break", "vocab_whitespace"}
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))
@@ -576,3 +578,8 @@ def test_cli_valid_and_broken(tmp_path):
     result = _run_cli(f"--data_dir={tmp_path / 'missing'}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stdout.strip() == f"{tmp_path / 'missing'}: dataset directory does not exist"
+
+
+def test_doctests():
+  import doctest
+  assert doctest.testmod(fmt).failed == 0

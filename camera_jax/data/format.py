@@ -272,6 +272,16 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def has_line_break(text: str) -> bool:
+    """True when ``text`` holds any of ``str.splitlines``'s boundaries (\\n, \\r, \\x0b, \\x0c,
+    \\x1c-\\x1e, \\x85, \\u2028, \\u2029), which the run's one-per-line files would split on.
+
+    >>> has_line_break("anna.eats"), has_line_break("a\\u2028b"), has_line_break("tab\\tok")
+    (False, True, False)
+    """
+    return text.splitlines() != [text]
+
+
 def _decode_line(raw: bytes, lineno: int, errs: _FileErrors) -> str | None:
     try:
         text = raw.decode("utf-8")
@@ -346,6 +356,15 @@ class _Record:
         if not isinstance(value, str) or (nonempty and not value):
             kind = "a non-empty string" if nonempty else "a string"
             self.error(f'field "{name}" must be {kind}, got {_show(value)}')
+            return None
+        return value
+
+    def identifier(self, name: str) -> str | None:
+        """A non-empty string without a line break: ids are written one per line (the run's
+        ``concepts/accounts.txt``) and read back by lines."""
+        value = self.string(name)
+        if value is not None and has_line_break(value):
+            self.error(f'field "{name}": {value!r} holds a line break')
             return None
         return value
 
@@ -511,6 +530,8 @@ def _read_concepts(root: pathlib.Path, errs: _FileErrors) -> list[str] | None:
                     errs.add(lineno, "blank line (concept names must be non-empty)")
                 elif name != name.strip():
                     errs.add(lineno, f"concept name {name!r} has leading or trailing whitespace")
+                elif has_line_break(name):
+                    errs.add(lineno, f"concept name {name!r} holds a line break")
                 elif name in first:
                     errs.add(lineno, f"duplicate concept {name!r} (first on line {first[name]})")
                 else:
@@ -554,7 +575,7 @@ def _scan(data_dir: str | os.PathLike[str], check_images: bool) -> _Scan:
     else:
         for line, obj in _iter_jsonl(root / ACCOUNTS_FILE, errs):
             rec = _Record(obj, line, errs)
-            aid = rec.string("id")
+            aid = rec.identifier("id")
             if aid is not None:
                 if aid in account_line:
                     rec.error(f'field "id": duplicate id {aid!r} (first on line {account_line[aid]})')
@@ -589,7 +610,7 @@ def _scan(data_dir: str | os.PathLike[str], check_images: bool) -> _Scan:
     else:
         for line, obj in _iter_jsonl(root / POSTS_FILE, errs):
             rec = _Record(obj, line, errs)
-            pid = rec.string("id")
+            pid = rec.identifier("id")
             if pid is not None:
                 if pid in post_line:
                     rec.error(f'field "id": duplicate id {pid!r} (first on line {post_line[pid]})')
@@ -665,7 +686,7 @@ def _scan(data_dir: str | os.PathLike[str], check_images: bool) -> _Scan:
         labeled_line: dict[str, int] = {}
         for line, obj in _iter_jsonl(root / LABELED_POSTS_FILE, errs):
             rec = _Record(obj, line, errs)
-            lid = rec.string("id")
+            lid = rec.identifier("id")
             if lid is not None:
                 if lid in labeled_line:
                     rec.error(f'field "id": duplicate id {lid!r} (first on line {labeled_line[lid]})')
