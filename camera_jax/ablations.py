@@ -78,7 +78,6 @@ VARIANT_DIRS = {"CAMERA": "camera", "C-w/o-SI": "wo_si", "C-w/o-MR": "wo_mr", "H
 TRAINED_METHODS = tuple(VARIANT_DIRS)
 #: The metrics kept per brand in results.json (those of the significance tests, and more).
 PER_BRAND_KEYS = ("mrr", "recall@10", "recall@50", "map", "auc", "rank_first")
-#: Config fields that do not change a run's results (ignored when checking a cached run).
 #: The concept-layer files a variant takes over from the CAMERA run.
 _SHARED_CONCEPTS = {
     "C-w/o-SI": ("h.npy", "concept_generator.json"),
@@ -216,11 +215,11 @@ def hp_account_features(cfg: Config, dataset: format_lib.Dataset, data_dir: path
                                  len(dataset.accounts))
 
 
-def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path,
-              image_key: str | None = None) -> dict[str, Any]:
+def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path) -> dict[str, Any]:
   """Trains and evaluates Hp+MR; writes flags.txt, features.npy, scores.csv and metrics.json.
 
-  ``image_key``: as for :func:`hp_account_features`.
+  ``camera_dir`` is the seed's CAMERA run, checked against the dataset (its data record) by
+  :func:`run_seed` before this runs.
   """
   t0 = time.perf_counter()
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -232,7 +231,8 @@ def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path,
   if feat_path.exists():
     x_a = np.load(feat_path)
   else:
-    x_a = hp_account_features(cfg, dataset, data_dir, camera_dir, mesh, image_key)
+    record = json.loads((camera_dir / pipeline.DATA_RECORD).read_text(encoding="utf-8"))
+    x_a = hp_account_features(cfg, dataset, data_dir, camera_dir, mesh, record["image files"])
     pipeline.save_npy(feat_path, x_a)
   feats = pipeline.account_features(dataset, cfg)
   tables = hp_lib.HpTables(features=x_a.astype(np.float32), engagement=feats["engagement_scaled"],
@@ -272,7 +272,6 @@ def run_seed(cfg: Config, seed_dir: str | os.PathLike, methods: Sequence[str] = 
   seed_dir = pathlib.Path(seed_dir)
   camera_dir = seed_dir / VARIANT_DIRS["CAMERA"]
   seconds: dict[str, float] = {}
-  image_key = None
   for method in TRAINED_METHODS:  # CAMERA first: the others reuse its stages.
     if method not in methods and method != "CAMERA":
       continue
@@ -281,24 +280,22 @@ def run_seed(cfg: Config, seed_dir: str | os.PathLike, methods: Sequence[str] = 
     _check_flags(out_dir, vcfg)
     if _done(out_dir):
       seconds[method] = 0.0
-    else:
-      progress(f"seed {cfg.seed}: training {method} in {out_dir}")
-      t0 = time.perf_counter()
       if method == "CAMERA":
-        pipeline.train_and_evaluate(vcfg, out_dir)
-      elif method == "Hp+MR":
-        run_hp_mr(vcfg, camera_dir, out_dir, image_key)
-      else:
-        _share_with_camera(method, camera_dir, out_dir)
-        pipeline.train_and_evaluate(vcfg, out_dir)
-      seconds[method] = time.perf_counter() - t0
-      progress(f"seed {cfg.seed}: {method} done in {seconds[method]:.0f} s")
+        # A cached CAMERA run must come from the dataset as it is now, as train_and_evaluate
+        # requires of its own stages: its results and stages feed every other method.
+        pipeline.check_data_record(camera_data_dir(cfg, camera_dir), camera_dir)
+      continue
+    progress(f"seed {cfg.seed}: training {method} in {out_dir}")
+    t0 = time.perf_counter()
     if method == "CAMERA":
-      # A CAMERA run cached by an earlier call must come from the dataset as it is now, as
-      # train_and_evaluate requires of its own stages: its results, Word2Vec, TFDS build and
-      # concepts feed every other method and baseline of the seed.
-      image_key = pipeline.check_data_record(camera_data_dir(cfg, camera_dir),
-                                             camera_dir)["image files"]
+      pipeline.train_and_evaluate(vcfg, out_dir)
+    elif method == "Hp+MR":
+      run_hp_mr(vcfg, camera_dir, out_dir)
+    else:
+      _share_with_camera(method, camera_dir, out_dir)
+      pipeline.train_and_evaluate(vcfg, out_dir)
+    seconds[method] = time.perf_counter() - t0
+    progress(f"seed {cfg.seed}: {method} done in {seconds[method]:.0f} s")
   return seconds
 
 
