@@ -660,12 +660,24 @@ class Bench:
     t_prep = time.perf_counter() - t0
     self.log(f"input pipeline: {len(source)} posts ({stored} px JPEG) generated in {t_gen:.1f} s, "
              f"TFDS prepared in {t_prep:.1f} s")
+    auto = input_pipeline.auto_threads()   # what training uses (--input_threads=0)
     for size in sizes:
-      for augment in (False, True):
-        def run(i: int, size=size, augment=augment):
+      # The decoded file of training's default (--image_cache_gb): one decoding pass, timed.
+      decoded = input_pipeline.DecodedImages(source, size, workdir / f"decoded_{size}px.npy",
+                                             num_threads=auto)
+      t0 = time.perf_counter()
+      decoded.ensure()
+      build_s = time.perf_counter() - t0
+      self.log(f"input pipeline: decoded file at {size} px built in {build_s:.2f} s "
+               f"({len(source) / build_s:,.0f} images/s, {auto} threads)")
+      for threads, augment, src in ((0, False, source), (0, True, source), (auto, False, source),
+                                    (auto, True, source), (auto, False, decoded),
+                                    (auto, True, decoded)):
+        def run(i: int, size=size, augment=augment, threads=threads, src=src):
           n = 0
-          for batch in input_pipeline.ImageBatches(source, IMAGE_BATCH, size, shuffle=True,
-                                                   seed=0, epoch=i, augment=augment):
+          for batch in input_pipeline.ImageBatches(src, IMAGE_BATCH, size, shuffle=True,
+                                                   seed=0, epoch=i, augment=augment,
+                                                   num_threads=threads, prefetch=threads > 0):
             n += int(batch["mask"].sum())
           return n
         n_images = run(0)
@@ -675,10 +687,17 @@ class Bench:
           run(i + 1)
           per.append(time.perf_counter() - t0)
         t = summarize(per, None, 1)
-        self.add(row("input_pipeline", "augment" if augment else "plain",
+        variant = "augment" if augment else "plain"
+        extra = {}
+        if src is decoded:
+          variant += ", decoded file"
+          extra = {"build_s": build_s}
+        elif threads:
+          variant += f", {threads} threads"
+        self.add(row("input_pipeline", variant,
                      f"{size} px from {stored} px JPEG, batch {IMAGE_BATCH}", "images/s",
                      n_images, t, None, None, self.peak_gflops, stored_px=stored,
-                     records=len(source)))
+                     records=len(source), threads=threads, **extra))
 
   # -- bf16 ------------------------------------------------------------------------------------
 
@@ -900,6 +919,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
           "python": platform.python_version(), "jax": jax.__version__,
           "jaxlib": jaxlib.__version__, "flax": flax.__version__,
           "load_average_before": load_before, "load_average_after": load_average(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "seconds": time.perf_counter() - t_start,
       },
       "model": {"psi": list(bench.cfg.psi_features), "rho": list(bench.cfg.psi_features),
@@ -932,6 +952,8 @@ def _brief(x: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
+  from camera_jax.training import compiler_options
+  compiler_options.use_deterministic_gpu_ops()   # as the experiments run (before JAX starts)
   report = run(args)
   if args.out:
     pathlib.Path(args.out).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n",

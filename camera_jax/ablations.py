@@ -189,7 +189,7 @@ def cosmic_post_embeddings(cfg: Config, camera_dir: pathlib.Path, posts_source: 
   return concepts_lib.predict_all(
       model_outputs=lambda o: o["v2"], state=state, source=posts_source, indices=None,
       n_rows=n_posts, width=cfg.d_u, batch_size=cfg.cosmic_batch_size,
-      image_size=cfg.image_size, mesh=mesh)
+      image_size=cfg.image_size, mesh=mesh, input_threads=pipeline.input_threads(cfg))
 
 
 def hp_account_features(cfg: Config, dataset: format_lib.Dataset, data_dir: pathlib.Path,

@@ -46,6 +46,8 @@ class Config:
   cg_min_k: int = 1                  # ... and at least the top cg_min_k concepts ...
   cg_max_k: int = 10                 # ... and at most the top cg_max_k concepts (paper: ~10 per post)
   augment: bool = True               # light image augmentation in the CNN training stages
+  input_threads: int = 0             # image-decoding threads per process, batches prepared ahead; 0: one per CPU core (at most 4)
+  image_cache_gb: float = 8.0        # keep a split's images decoded on disk (uint8, under tfds/) when that takes at most this many GB; 0: decode every epoch
 
   # COSMIC (paper III-B; authors: batch 32, 25 epochs, Adam 1e-3, L1 0.001).
   d_u: int = 100                     # length of a concept representation u_i (COSMIC's U_C columns)
@@ -113,9 +115,9 @@ class Config:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-#: Fields that change no result (how a run is reported, checked, chunked or distributed).
-NEUTRAL_FIELDS = frozenset({"report", "check_images", "eval_chunk", "baselines",
-                            "coordinator_address", "num_processes", "process_id"})
+#: Fields that change no result (how a run is reported, checked, chunked, fed or distributed).
+NEUTRAL_FIELDS = frozenset({"report", "check_images", "eval_chunk", "input_threads", "image_cache_gb",
+                            "baselines", "coordinator_address", "num_processes", "process_id"})
 
 
 def differences(a: Config, b: Config) -> list[str]:

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import pathlib
-import secrets
 import time
 import typing
 from typing import Any
@@ -24,6 +23,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from camera_jax import atomic
 from camera_jax import baselines as baselines_lib
 from camera_jax import metrics as metrics_lib
 from camera_jax import config as config_lib
@@ -88,7 +88,8 @@ def check_config(cfg: Config) -> list[str]:
                "image_size", "w2v_dim", "d_u", "d_score", "num_processes"):
     if getattr(cfg, name) < 1:
       errors.append(f"--{name}={getattr(cfg, name)}: must be >= 1")
-  for name in ("epochs", "cg_epochs", "cosmic_epochs", "w2v_epochs", "eval_chunk"):
+  for name in ("epochs", "cg_epochs", "cosmic_epochs", "w2v_epochs", "eval_chunk", "input_threads",
+               "image_cache_gb"):
     if getattr(cfg, name) < 0:
       errors.append(f"--{name}={getattr(cfg, name)}: must be >= 0")
   for name in ("learning_rate", "representation_lr_scale"):
@@ -104,22 +105,7 @@ def check_config(cfg: Config) -> list[str]:
 # --------------------------------------------------------------------------- small utilities
 
 
-def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-  """Writes ``data`` to ``path`` through a temporary file and an atomic rename.
-
-  The file gets the permissions of ``open()`` (0666 less the umask), not ``mkstemp``'s 0600.
-  """
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+atomic_write_bytes = atomic.write_bytes
 
 
 def atomic_write_text(path: pathlib.Path, text: str) -> None:
@@ -166,6 +152,33 @@ def open_sources(data_dir: pathlib.Path, tfds_dir: pathlib.Path,
   if not is_main():
     sources = input_pipeline.prepare(data_dir, tfds_dir, key)
   return sources
+
+
+def decoded_sources(cfg: Config, sources: dict[str, Any], cache_dir: pathlib.Path) -> dict[str, Any]:
+  """``sources`` with each split that fits ``--image_cache_gb`` as an
+  ``input_pipeline.DecodedImages`` at ``--image_size`` in ``cache_dir``.
+
+  The file is written the first time an image stage reads the split (not at all when the concept
+  stages are cached) and reused by later epochs, stages and runs; ``cache_dir`` lies in the TFDS
+  build of this data, so it goes when the data changes. Multi-process runs decode every epoch
+  (each process reads its own share; one file per process would be written concurrently).
+  """
+  if jax.process_count() > 1 or cfg.image_cache_gb <= 0:
+    return sources
+  out = dict(sources)
+  for split, source in sources.items():
+    if source is None:
+      continue
+    decoded = input_pipeline.DecodedImages(source, cfg.image_size,
+                                           cache_dir / f"{split}_{cfg.image_size}px.npy",
+                                           num_threads=input_threads(cfg))
+    if decoded.nbytes <= cfg.image_cache_gb * 1e9:
+      out[split] = decoded
+    else:
+      logging.info("%s: %d images at %d px would take %.1f GB > --image_cache_gb=%g: decoded every "
+                   "epoch", split, len(source), cfg.image_size, decoded.nbytes / 1e9,
+                   cfg.image_cache_gb)
+  return out
 
 
 def load_dataset(cfg: Config, data_dir: pathlib.Path) -> format_lib.Dataset:
@@ -299,6 +312,11 @@ def cnn_kwargs(cfg: Config) -> dict[str, Any]:
   return {"channels": tuple(cfg.cnn_channels), "pools": tuple(cfg.cnn_pools), "fc": cfg.cnn_fc}
 
 
+def input_threads(cfg: Config) -> int:
+  """The image stages' decoding threads: ``--input_threads``, or for 0 ``auto_threads()``."""
+  return cfg.input_threads or input_pipeline.auto_threads()
+
+
 def image_decode_error(dataset: format_lib.Dataset,
                        e: input_pipeline.ImageDecodeError) -> format_lib.DatasetError:
   """The DatasetError (one ``FILE:LINE`` line) for an image a batch could not decode."""
@@ -350,7 +368,8 @@ def concept_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, A
     labels = concepts_lib.multi_hot([p.concepts for p in dataset.labeled_posts], vocab)
     stage_cfg = concepts_lib.ImageStageConfig(
         epochs=cfg.cg_epochs, batch_size=cfg.cg_batch_size, learning_rate=cfg.cg_learning_rate,
-        lr_decay=cfg.cg_lr_decay, image_size=cfg.image_size, augment=cfg.augment, seed=cfg.seed)
+        lr_decay=cfg.cg_lr_decay, image_size=cfg.image_size, augment=cfg.augment, seed=cfg.seed,
+        input_threads=input_threads(cfg))
     h, metrics = concepts_lib.train_concept_generator(
         labeled_source=sources["labeled"], labels=labels, posts_source=sources["posts"],
         n_posts=len(dataset.posts), cfg=stage_cfg, model_kwargs=cnn_kwargs(cfg),
@@ -385,7 +404,8 @@ def cosmic_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, An
   stage_cfg = concepts_lib.ImageStageConfig(
       epochs=cfg.cosmic_epochs, batch_size=cfg.cosmic_batch_size,
       learning_rate=cfg.cosmic_learning_rate, lr_decay=cfg.cosmic_lr_decay, l1=cfg.cosmic_l1,
-      image_size=cfg.image_size, augment=cfg.augment, seed=cfg.seed)
+      image_size=cfg.image_size, augment=cfg.augment, seed=cfg.seed,
+      input_threads=input_threads(cfg))
   u_c, metrics = concepts_lib.train_cosmic(
       posts_source=sources["posts"], z_prime=z_prime, cfg=stage_cfg,
       model_kwargs={**cnn_kwargs(cfg), "d_u": cfg.d_u, "logit_scale": cfg.cosmic_logit_scale},
@@ -599,6 +619,7 @@ def prepare_concepts(cfg: Config, workdir: pathlib.Path, log: trainer.TrainLog, 
   logging.info("dataset: %s", format_lib.summary(dataset))
   embedder = word2vec_stage(cfg, dataset, workdir)
   sources = open_sources(data_dir, workdir / "tfds", digests["image files"])
+  sources = decoded_sources(cfg, sources, workdir / "tfds" / digests["image files"] / "decoded")
   try:
     h, cg_meta = concept_stage(cfg, dataset, sources, workdir, log, mesh)
     z_prime, u_c, cosmic_meta = cosmic_stage(cfg, dataset, sources, embedder, h, workdir, log,

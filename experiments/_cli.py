@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Callable, Sequence
+
+
+def run(main: Callable[[Sequence[str]], int]) -> None:
+  """``app.run`` of an experiment's ``main`` (its return value is the exit status), with XLA's
+  GPU determinism turned on first (``compiler_options.use_deterministic_gpu_ops``: the same seed
+  gives the same numbers on a GPU too)."""
+  from absl import app
+
+  from camera_jax.training import compiler_options
+
+  compiler_options.use_deterministic_gpu_ops()
+  app.run(lambda argv: sys.exit(main(argv)))
+
 
 def one_line(text: str) -> str:
   """The first non-empty line of an error message, with a count of the lines left out."""

@@ -6,9 +6,14 @@ r"""How often keyword search returns the queried category, next to the paper's t
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import flags  # noqa: E402
+
+import _cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a finished run", required=True)
 _TOP_K = flags.DEFINE_integer("top_k", 5, "results per query")
@@ -33,4 +38,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  _cli.run(main)

@@ -79,6 +79,16 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
   assert cosmic["required_gflops"] == pytest.approx(
       row["flops_ours"] / row["items_per_call"] * bench.AUTHORS["cosmic_train_step"][64] / 1e9)
   assert cosmic["met"] == (row["gflops_achieved"] >= cosmic["required_gflops"])
+  # the input pipeline as training feeds it (auto threads, prefetch) and in one thread
+  from camera_jax.data import input_pipeline
+  auto = input_pipeline.auto_threads()
+  assert {r["variant"]: r["threads"] for r in report["results"] if r["path"] == "input_pipeline"} == {
+      "plain": 0, "augment": 0, f"plain, {auto} threads": auto, f"augment, {auto} threads": auto,
+      "plain, decoded file": auto, "augment, decoded file": auto}
+  decoded = [r for r in report["results"] if r["variant"].endswith("decoded file")]
+  assert len(decoded) == 2 and all(r["build_s"] > 0 for r in decoded)
+  # measured as the experiments run: GPU determinism on
+  assert "--xla_gpu_deterministic_ops=true" in report["meta"]["xla_flags"].split()
   # the table went to stdout
   assert "ranker_train_step" in proc.stdout and "catalogue_scoring" in proc.stdout
 

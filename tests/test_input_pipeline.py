@@ -322,6 +322,78 @@ def test_threads_and_prefetch_give_identical_batches(prepared):
     )
 
 
+@pytest.mark.parametrize("size", [20, 8, 33])
+def test_augment_batch_is_augment_of_each_image(size):
+    images = np.random.default_rng(size).random((6, size, size, 3), dtype=np.float32)
+    seeds = [[7, size, j] for j in range(6)]
+    expected = np.stack([ip.augment(im, np.random.default_rng(sd)) for im, sd in zip(images, seeds)])
+    got = ip.augment_batch(images, [np.random.default_rng(sd) for sd in seeds])
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.float32 and got.shape == images.shape
+    with pytest.raises(ValueError, match="6 images but 2 generators"):
+        ip.augment_batch(images, [np.random.default_rng(0)] * 2)
+
+
+def _files(d: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_decoded_images_give_the_same_batches(prepared, tmp_path):
+    _, _, sources = prepared
+    raw = sources["posts"]
+    dec = ip.DecodedImages(raw, 8, tmp_path / "decoded" / "posts_8px.npy", num_threads=2, chunk=4)
+    variants = [
+        dict(shuffle=False, seed=0),
+        dict(shuffle=True, seed=3, epoch=2, augment=True),
+        dict(shuffle=True, seed=3, epoch=2, augment=True, start_batch=1),
+        dict(shuffle=True, seed=1, indices=[9, 0, 4, 7], augment=True),
+        dict(shuffle=True, seed=5, augment=True, num_threads=2, prefetch=True),
+    ]
+    for kw in variants:
+        _assert_same_batches(_all_batches(ip.ImageBatches(raw, 4, 8, **kw)),
+                             _all_batches(ip.ImageBatches(dec, 4, 8, **kw)))
+    # The file holds every post's pixels, data-source order, beside its rows; no temporary left.
+    assert _files(tmp_path / "decoded") == ["posts_8px.npy", "posts_8px.rows.npy"]
+    pixels = np.load(tmp_path / "decoded" / "posts_8px.npy")
+    assert pixels.dtype == np.uint8 and pixels.shape == (N_POSTS, 8, 8, 3)
+    np.testing.assert_array_equal(ip.to_unit(pixels[3]), ip.decode_image(raw[3]["image"], 8))
+    np.testing.assert_array_equal(ip.rows_of(dec), ip.rows_of(raw))
+    assert len(dec) == N_POSTS and dec.nbytes == N_POSTS * 8 * 8 * 3
+    # Another size decodes from the source and writes nothing.
+    _assert_same_batches(_all_batches(ip.ImageBatches(raw, 4, 12, shuffle=False, seed=0)),
+                         _all_batches(ip.ImageBatches(dec, 4, 12, shuffle=False, seed=0)))
+    assert _files(tmp_path / "decoded") == ["posts_8px.npy", "posts_8px.rows.npy"]
+
+
+def test_decoded_images_are_reused_and_a_wrong_file_is_rebuilt(prepared, tmp_path, monkeypatch):
+    _, _, sources = prepared
+    raw, path = sources["posts"], tmp_path / "posts_8px.npy"
+    reference = _all_batches(ip.ImageBatches(ip.DecodedImages(raw, 8, path), 4, 8, shuffle=False, seed=0))
+    calls = []
+    real = ip.decode_uint8
+    monkeypatch.setattr(ip, "decode_uint8", lambda data, size: calls.append(size) or real(data, size))
+    again = _all_batches(ip.ImageBatches(ip.DecodedImages(raw, 8, path), 4, 8, shuffle=False, seed=0))
+    _assert_same_batches(reference, again)
+    assert calls == []   # opened, not decoded
+    np.save(path, np.zeros((N_POSTS - 1, 8, 8, 3), np.uint8))   # e.g. written for other data
+    (tmp_path / ".posts_8px.npy.123.abcd").write_bytes(b"left by a killed build")
+    rebuilt = _all_batches(ip.ImageBatches(ip.DecodedImages(raw, 8, path), 4, 8, shuffle=False, seed=0))
+    _assert_same_batches(reference, rebuilt)
+    assert len(calls) == N_POSTS
+    assert _files(tmp_path) == ["posts_8px.npy", "posts_8px.rows.npy"]
+
+
+def test_a_failed_decoding_pass_leaves_no_file(prepared, tmp_path):
+    _, _, sources = prepared
+    records = [dict(sources["posts"][i]) for i in range(N_POSTS)]
+    records[6] = {**records[6], "image": b"not an image"}
+    path = tmp_path / "d" / "posts_8px.npy"
+    with pytest.raises(ip.ImageDecodeError) as err:
+        ip.DecodedImages(records, 8, path, num_threads=2, chunk=4).ensure()
+    assert err.value.post_id == records[6]["id"].decode() and err.value.row == records[6]["row"]
+    assert _files(tmp_path / "d") == []
+
+
 def test_prefetch_thread_stops_when_iteration_is_abandoned(prepared):
     _, _, sources = prepared
     before = threading.active_count()

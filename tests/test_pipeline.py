@@ -77,6 +77,14 @@ def test_workdir_has_every_documented_file(tiny_run, tiny_data):
   for vals in metrics["per_category"].values():
     assert set(vals) >= METHOD_KEYS
 
+  # The images the image stages read, decoded once per split (docs/workdir.md).
+  (build,) = [d for d in (workdir / "tfds").iterdir() if d.is_dir()]
+  s = cfg.image_size
+  for split, count in (("posts", n_posts), ("labeled", len(dataset.labeled_posts))):
+    pixels = np.load(build / "decoded" / f"{split}_{s}px.npy", mmap_mode="r")
+    assert pixels.shape == (count, s, s, 3) and pixels.dtype == np.uint8
+    assert sorted(np.load(build / "decoded" / f"{split}_{s}px.rows.npy")) == list(range(count))
+
   rows = read_scores(workdir / "scores.csv")
   assert rows[0] == ["brand", "influencer", "score", "label"]
   pairs = pipeline.test_pairs(dataset)
@@ -449,6 +457,22 @@ def test_a_dataset_the_ranker_cannot_sample_from_is_refused_in_one_line(tiny_dat
   assert err.value.errors == [
       f"{data / 'concepts.txt'}:0: {len(dataset.concepts)} concept(s), fewer than "
       f"--top_k={few.top_k} (the concepts that represent each account)"]
+
+
+def test_decoded_sources_wrap_the_splits_that_fit_the_limit(tmp_path):
+  from camera_jax import pipeline
+  from camera_jax.config import Config
+  from camera_jax.data import input_pipeline
+
+  sources = {"posts": [{}] * 1000, "labeled": [{}] * 10, "none": None}
+  cfg = Config(image_size=64, image_cache_gb=2e-4)   # 200 KB: 10 images of 12,288 bytes fit
+  out = pipeline.decoded_sources(cfg, sources, tmp_path / "decoded")
+  assert out["posts"] is sources["posts"] and out["none"] is None
+  assert isinstance(out["labeled"], input_pipeline.DecodedImages)
+  assert out["labeled"].path == tmp_path / "decoded" / "labeled_64px.npy"
+  assert out["labeled"].nbytes == 10 * 64 * 64 * 3
+  assert pipeline.decoded_sources(cfg.replace(image_cache_gb=0), sources, tmp_path) == sources
+  assert list(tmp_path.iterdir()) == []   # nothing is decoded before an image stage reads it
 
 
 def test_written_files_follow_the_umask_and_leave_no_temporary_behind(tmp_path):

@@ -1,6 +1,9 @@
-"""Matmul precision (camera_jax.models.precision) and the image steps' compiler options."""
+"""Matmul precision (camera_jax.models.precision) and XLA compiler options (image steps, GPU
+determinism)."""
 
+import ast
 import dataclasses
+import doctest
 import os
 import subprocess
 import sys
@@ -172,6 +175,48 @@ def test_image_step_options_on_cpu_and_elsewhere():
     assert opts == compiler_options.CPU_IMAGE_STEP
   bad = (("xla_cpu_experimental_ynn_fusion_type", "NOT_A_TYPE"),)
   assert compiler_options._accepted(bad) is False
+
+
+def test_deterministic_gpu_ops_are_added_once_and_a_users_setting_is_kept():
+  assert doctest.testmod(compiler_options).failed == 0
+  env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+  compiler_options.use_deterministic_gpu_ops(env)
+  compiler_options.use_deterministic_gpu_ops(env)
+  assert env == {"XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_gpu_deterministic_ops=true"}
+  env = {}
+  compiler_options.use_deterministic_gpu_ops(env)
+  assert env == {"XLA_FLAGS": "--xla_gpu_deterministic_ops=true"}
+  for own in ("--xla_gpu_deterministic_ops=false", "--xla_gpu_deterministic_ops"):
+    env = {"XLA_FLAGS": own}
+    compiler_options.use_deterministic_gpu_ops(env)
+    assert env == {"XLA_FLAGS": own}
+
+
+def test_this_jaxlib_accepts_the_determinism_flag():
+  """XLA aborts a process whose XLA_FLAGS name a flag it does not know: every experiment sets
+  this one, so a jaxlib without it would stop them all."""
+  env = dict(os.environ)
+  compiler_options.use_deterministic_gpu_ops(env)
+  assert "--xla_gpu_deterministic_ops=true" in env["XLA_FLAGS"].split()
+  proc = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.arange(4.0).sum()))"],
+                        env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "6.0"
+
+
+def test_every_experiment_starts_through_cli_run():
+  """Each entry point's ``main`` is started by ``_cli.run`` (GPU determinism on), none by
+  ``app.run`` directly."""
+  mains = 0
+  for path in sorted((REPO / "experiments").glob("*.py")):
+    if path.name.startswith("_"):
+      continue
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    calls = [ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    assert "app.run" not in calls, path.name
+    assert "_cli.run" in calls, path.name
+    mains += 1
+  assert mains == 7
 
 
 def test_bf16_keeps_the_batch_sharded_on_four_devices():

@@ -118,8 +118,12 @@ def test_four_devices_reproduce_the_single_device_losses(tiny_run, tiny_data, tm
 
   Each stage starts from the single-device run's inputs (COSMIC from its h: h thresholds the
   generator's logits, so float-level differences in the generator would flip some concepts).
-  Measured: the generator within 1e-5, COSMIC 1e-4 (float noise that Adam amplifies over its
-  steps), the ranker 1e-7.
+  Measured: the generator within 1e-5, the ranker 1e-7, COSMIC 1.8e-3: float noise (4 partial
+  sums against one) that Adam amplifies over its steps, by how much depends on the data stream.
+  With the earlier augmentation stream it was 1e-4 here; on other data, 1 and 4 devices gave
+  COSMIC losses 1.8e-4 and 6e-4 apart with the old stream and 2e-5 and 5e-4 with the new one,
+  and identical to 6 digits without augmentation (the batches themselves are identical: tested
+  in test_input_pipeline).
   """
   workdir, _ = tiny_run
   cfg = tiny_config(tiny_data)
@@ -132,7 +136,8 @@ def test_four_devices_reproduce_the_single_device_losses(tiny_run, tiny_data, tm
     one = losses(workdir / "train_log.jsonl", stage)
     four = losses(out / "train_log.jsonl", stage)
     assert len(one) == len(four) > 0
-    np.testing.assert_allclose(four, one, rtol=1e-5 if stage == "ranker" else 1e-3, err_msg=stage)
+    rtol = {"concept_generator": 1e-3, "cosmic": 5e-3, "ranker": 1e-5}[stage]
+    np.testing.assert_allclose(four, one, rtol=rtol, err_msg=stage)
 
 
 # --------------------------------------------------------------------------- kill and resume

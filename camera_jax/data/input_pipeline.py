@@ -12,16 +12,20 @@
   stores records shuffled, so data-source index and row differ (:func:`rows_of` maps them).
 * Only the current batch (plus at most ``prefetch`` finished ones) is in memory: records are read
   with one ``source.__getitems__(indices)`` call per batch and decoded with PIL.
+* Augmentation draws from a generator per image, seeded by (seed, epoch, batch, position), and is
+  applied to the batch's uint8 pixels in one pass (:func:`augment_batch`), so threads, prefetch
+  and :class:`DecodedImages` give the same batches (tested).
 
-Decoding threads (``num_threads``): PIL releases the GIL while decoding and resizing, so a small
-pool can overlap images, but the float conversion holds it. Measured on the 2 shared CPU cores of
-the development machine (batch 32, best of 3, noisy): JPEG 224 px decoded at 224 px ran at about
-900 / 820 / 670 images/s with 0 / 2 / 4 threads, JPEG 224 px to 64 px about 3,050 / 3,050 / 3,100,
-PNG 64 px at 64 px 4,200 / 3,300 / 3,100; only large JPEGs (400 px) gained from 4 threads (880 ->
-1,550 images/s at 64 px). No consistent gain, and all of it is far above the CNN's training rate
-on this machine (15-37 images/s at 224 px, 230-440 at 64 px), so the default is 0 (decode in the
-thread preparing the batch). ``prefetch=True`` moves the whole batch preparation to one background
-thread instead, overlapping it with the training step.
+Where the time goes (benchmarks/README.md). Decoding a JPEG with PIL holds the GIL for much of
+its work: on the 2-core development VM a 224 px JPEG decoded to 64 px ran at about 1,000
+images/s in one thread and 1,700 with 2 threads; on a 16-core GPU host (H100), with
+augmentation, 630 images/s in one thread, 1,350 with 4 and 1,080 with 16 (so
+:func:`auto_threads` stops at 4), against a COSMIC train step of 33,000 images/s there at 64 px.
+Hence :class:`DecodedImages`: the training stages decode each image once into a uint8 file read
+by memory map (``--image_cache_gb``), after which a batch is a gather, the augmentation and a
+division (about 21,000 images/s at 64 px with augmentation on the VM). Without it
+(``num_threads`` > 0) a thread pool decodes the images of a batch; ``prefetch=True`` prepares
+batches in one background thread, overlapping the training step.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import os
+import pathlib
 import queue
 import re
 import threading
@@ -36,7 +41,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 from PIL import Image
+
+from camera_jax import atomic
 
 __all__ = [
     "decode_image",
@@ -79,8 +87,21 @@ class ImageDecodeError(ValueError):
         super().__init__(f"post {post_id!r}: cannot decode its image ({reason})")
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Decodes encoded image bytes (PNG, JPEG, ...) into float32 [size, size, 3] in [0, 1].
+MAX_AUTO_THREADS = 4   # 16 threads decoded slower than 4 on a 16-core host (module docstring)
+
+
+def auto_threads() -> int:
+    """Decoding threads for ``--input_threads=0``: the CPU cores this process may use, at most
+    :data:`MAX_AUTO_THREADS`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # Not on Linux.
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_THREADS, cores))
+
+
+def decode_uint8(data: bytes, size: int) -> np.ndarray:
+    """Decodes encoded image bytes (PNG, JPEG, ...) into uint8 [size, size, 3].
 
     The image is converted to RGB and, when it is not already ``size`` x ``size``, resized with
     bilinear filtering to exactly that (the aspect ratio is not kept, as in the authors' Keras
@@ -93,9 +114,29 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         im = im.convert("RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.BILINEAR)
-        out = np.asarray(im, dtype=np.float32)
-    out /= 255.0
-    return out
+        return np.asarray(im, dtype=np.uint8)
+
+
+def to_unit(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 pixels as float32 in [0, 1] (``pixels / 255`` in float32), into ``out`` if given."""
+    return np.divide(pixels, np.float32(255.0), out=out, dtype=np.float32)
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """:func:`decode_uint8` as float32 [size, size, 3] in [0, 1]."""
+    return to_unit(decode_uint8(data, size))
+
+
+def _decode_record(record: dict[str, Any], size: int) -> np.ndarray:
+    """:func:`decode_uint8` of a record's image; ImageDecodeError names the post and its row."""
+    try:
+        return decode_uint8(record["image"], size)
+    except Exception as e:  # pylint: disable=broad-except  # As the validator's decode.
+        post = record["id"]
+        post = post.decode("utf-8") if isinstance(post, bytes) else str(post)
+        reason = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))
+        raise ImageDecodeError(post, f"{type(e).__name__}: {reason}" if reason
+                               else type(e).__name__, int(record["row"])) from None
 
 
 def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -106,7 +147,8 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
       uncovered border filled by replicating the edge pixels.
 
     A subset of the authors' Keras augmentation (flips and shifts; no rotation, shear or zoom,
-    which need an interpolating warp per image).
+    which need an interpolating warp per image). The pipeline applies the same draws to a whole
+    batch with :func:`augment_batch`; this is the reference form it is tested against.
     """
     if rng.random() < 0.5:
         image = image[:, ::-1]
@@ -118,6 +160,143 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     dx = int(rng.integers(-mx, mx + 1))
     padded = np.pad(image, ((my, my), (mx, mx), (0, 0)), mode="edge")
     return np.ascontiguousarray(padded[my + dy : my + dy + h, mx + dx : mx + dx + w])
+
+
+def _draw_augmentation(rng: np.random.Generator, h: int, w: int) -> tuple[bool, int, int]:
+    """(flip, dy, dx) of :func:`augment`, drawn from ``rng`` in its order."""
+    flip = bool(rng.random() < 0.5)
+    my, mx = int(h * MAX_SHIFT_FRACTION), int(w * MAX_SHIFT_FRACTION)
+    if my == 0 and mx == 0:
+        return flip, 0, 0
+    return flip, int(rng.integers(-my, my + 1)), int(rng.integers(-mx, mx + 1))
+
+
+def augment_batch(images: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """:func:`augment` of every image of a batch [n, S, S, C] (any dtype), image ``j`` with
+    ``rngs[j]`` (the same result as augmenting each image on its own; tested).
+
+    The flip and the edge-replicating shift are one index map per image, two gathers:
+    ``out[j, y, x] = images[j, clip(y + dy_j), c_j(clip(x + dx_j))]`` with ``c_j`` the mirror when
+    image ``j`` is flipped. On uint8 pixels before the float conversion it moves a quarter of the
+    bytes.
+    """
+    n, h, w = images.shape[:3]
+    draws = [_draw_augmentation(rng, h, w) for rng in rngs]
+    if len(draws) != n:
+        raise ValueError(f"{n} images but {len(draws)} generators")
+    flip = np.array([d[0] for d in draws], bool).reshape(n, 1)
+    dy = np.array([d[1] for d in draws], np.int64).reshape(n, 1)
+    dx = np.array([d[2] for d in draws], np.int64).reshape(n, 1)
+    ys = np.clip(np.arange(h) + dy, 0, h - 1)
+    xs = np.clip(np.arange(w) + dx, 0, w - 1)
+    xs = np.where(flip, w - 1 - xs, xs)
+    out = np.empty_like(images)
+    for j in range(n):
+        np.take(np.take(images[j], ys[j], axis=0), xs[j], axis=1, out=out[j])
+    return out
+
+
+class DecodedImages:
+    """A data source's images decoded once to uint8 [S, S, 3], kept in a file, read by memory map.
+
+    Decoding a JPEG costs the host far more than reading its pixels: on a GPU the image stages'
+    steps outran a decoding input pipeline about 30-fold (benchmarks/README.md). :meth:`ensure`
+    decodes every record once, in data-source order (``num_threads`` threads), into ``path``
+    (``.npy``, N x S x S x 3 uint8: S * S * 3 bytes per image on disk, never all in memory) and
+    the records' rows into ``path`` with the suffix ``.rows.npy``. Both are written under a
+    temporary name and renamed, the images last, so an interrupted build leaves nothing that a
+    later :meth:`ensure` trusts (the next build deletes what it left); an existing pair of the
+    right shape is opened as it is. One process builds a given file at a time.
+
+    :class:`ImageBatches` takes a DecodedImages in place of its source: at image size S it reads
+    batches from the file (the same pixels: :func:`decode_image` is ``to_unit`` of what is
+    stored), at another size it decodes from ``source``.
+    """
+
+    def __init__(self, source: Sequence[dict[str, Any]], image_size: int,
+                 path: str | os.PathLike, *, num_threads: int = 0, chunk: int = 256):
+        self.source = source
+        self.image_size = int(image_size)
+        self.path = pathlib.Path(path)
+        self.rows_path = self.path.with_suffix(".rows.npy")
+        self.num_threads = int(num_threads)
+        self.chunk = int(chunk)
+        self._pixels: np.ndarray | None = None
+        self._rows: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def nbytes(self) -> int:
+        """The images' size on disk (without the .npy header)."""
+        return len(self) * self.image_size * self.image_size * 3
+
+    def _open(self) -> bool:
+        try:
+            pixels = np.load(self.path, mmap_mode="r")
+            rows = np.load(self.rows_path)
+        except (OSError, ValueError):
+            return False
+        s = self.image_size
+        if pixels.dtype != np.uint8 or pixels.shape != (len(self), s, s, 3) or rows.shape != (len(self),):
+            return False
+        self._pixels, self._rows = pixels, rows.astype(np.int64)
+        return True
+
+    def ensure(self) -> "DecodedImages":
+        """Opens the file, after building it if it is missing or of another shape."""
+        with self._lock:
+            if self._pixels is None and not self._open():
+                self._build()
+                if not self._open():
+                    raise OSError(f"{self.path}: written but unreadable")
+        return self
+
+    def _build(self) -> None:
+        s, n = self.image_size, len(self)
+        logging.info("decoding %d images at %d px once into %s (%.1f MB)", n, s, self.path,
+                     self.nbytes / 1e6)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for name in (self.path.name, self.rows_path.name):  # Left by a build that was killed.
+            for stale in self.path.parent.glob(f".{name}.*"):
+                stale.unlink(missing_ok=True)
+        tmp, tmp_rows = atomic.temp_path(self.path), atomic.temp_path(self.rows_path)
+        pool = (concurrent.futures.ThreadPoolExecutor(self.num_threads)
+                if self.num_threads > 0 else None)
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, s, s, 3))
+            rows = np.empty(n, np.int64)
+            for start in range(0, n, self.chunk):
+                records = _read(self.source, list(range(start, min(start + self.chunk, n))))
+                decode = lambda j: _decode_record(records[j], s)  # noqa: E731
+                js = range(len(records))
+                pixels = list(pool.map(decode, js)) if pool else [decode(j) for j in js]
+                out[start : start + len(records)] = np.stack(pixels)
+                rows[start : start + len(records)] = [int(r["row"]) for r in records]
+            out.flush()
+            del out
+            with open(tmp_rows, "xb") as f:
+                np.save(f, rows, allow_pickle=False)
+            os.replace(tmp_rows, self.rows_path)
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            tmp_rows.unlink(missing_ok=True)
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    def pixels(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 [len(indices), S, S, 3] of these data-source indices (after :meth:`ensure`)."""
+        return np.asarray(self.ensure()._pixels[np.asarray(indices, np.int64)])
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Every record's ``row`` feature, data-source order (int64 [N])."""
+        return self.ensure()._rows
 
 
 def split_indices(
@@ -144,6 +323,8 @@ def rows_of(source: Sequence[dict[str, Any]], *, batch_size: int = 512) -> np.nd
     Reads the records in batches (array_record cannot read a single feature; the images are read
     but not decoded). Invert with ``np.argsort`` to go from row to data-source index.
     """
+    if isinstance(source, DecodedImages):
+        return source.rows.copy()
     n = len(source)
     out = np.empty(n, dtype=np.int64)
     for start in range(0, n, batch_size):
@@ -167,14 +348,16 @@ class ImageBatches:
     """One epoch of decoded image batches from a data source, in a (seed, epoch)-determined order.
 
     Args:
-      source: a random-access data source of records with ``image`` (encoded bytes) and ``row``.
+      source: a random-access data source of records with ``image`` (encoded bytes) and ``row``,
+        or a :class:`DecodedImages` of one (read from its file when its size is ``image_size``).
       batch_size: B.
       image_size: S; images are decoded (and resized) to S x S.
       shuffle: permute the indices with a generator seeded by (seed, epoch); else keep them in
         order.
       seed: data-order seed.
       epoch: the epoch whose order to produce.
-      augment: apply :func:`augment` (random per image, seeded by (seed, epoch, batch number)).
+      augment: apply :func:`augment` (random per image, seeded by (seed, epoch, batch number,
+        position in the batch), so threads give the same batches).
       indices: restrict to these data-source indices (e.g. from :func:`split_indices`); default
         all.
       start_batch: skip the first ``start_batch`` batches of the epoch (resume).
@@ -232,37 +415,43 @@ class ImageBatches:
         rng = np.random.default_rng([self.seed, self.epoch])
         return self.indices[rng.permutation(len(self.indices))]
 
+    def _decoded(self) -> DecodedImages | None:
+        """The source's decoded file when it holds this size."""
+        src = self.source
+        return src if isinstance(src, DecodedImages) and src.image_size == self.image_size else None
+
     def _make_batch(
         self, k: int, order: np.ndarray, pool: concurrent.futures.Executor | None
     ) -> dict[str, np.ndarray]:
         b, s = self.batch_size, self.image_size
         idx = order[k * b : (k + 1) * b]
-        records = _read(self.source, [int(i) for i in idx])
+        n = len(idx)
         image = np.zeros((b, s, s, 3), dtype=np.float32)
         row = np.full((b,), -1, dtype=np.int32)
         mask = np.zeros((b,), dtype=bool)
-
-        def fill(j: int) -> None:
-            try:
-                image[j] = decode_image(records[j]["image"], s)
-            except Exception as e:  # pylint: disable=broad-except  # As the validator's decode.
-                post = records[j]["id"]
-                post = post.decode("utf-8") if isinstance(post, bytes) else str(post)
-                reason = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))
-                raise ImageDecodeError(post, f"{type(e).__name__}: {reason}" if reason
-                                       else type(e).__name__, int(records[j]["row"])) from None
-
-        if pool is None:
-            for j in range(len(records)):
-                fill(j)
+        decoded = self._decoded()
+        if decoded is not None:
+            pixels = decoded.pixels(idx)
+            row[:n] = decoded.rows[idx]
         else:
-            list(pool.map(fill, range(len(records))))
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, k, 1])
-            for j in range(len(records)):
-                image[j] = augment(image[j], rng)
-        row[: len(records)] = [int(r["row"]) for r in records]
-        mask[: len(records)] = True
+            source = self.source.source if isinstance(self.source, DecodedImages) else self.source
+            records = _read(source, [int(i) for i in idx])
+            pixels = np.empty((n, s, s, 3), np.uint8)
+
+            def fill(j: int) -> None:
+                pixels[j] = _decode_record(records[j], s)
+
+            if pool is None:
+                for j in range(n):
+                    fill(j)
+            else:
+                list(pool.map(fill, range(n)))
+            row[:n] = [int(r["row"]) for r in records]
+        if self.augment and n:  # Its own generator per image: the same result in any thread.
+            rngs = [np.random.default_rng([self.seed, self.epoch, k, 1, j]) for j in range(n)]
+            pixels = augment_batch(pixels, rngs)
+        to_unit(pixels, out=image[:n])
+        mask[:n] = True
         return {"image": image, "row": row, "mask": mask}
 
     def _batches(self, stop: threading.Event | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -280,6 +469,9 @@ class ImageBatches:
                 pool.shutdown(wait=True)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        decoded = self._decoded()
+        if decoded is not None:  # A first use builds the file, in the caller's thread.
+            decoded.ensure()
         if not self.prefetch:
             return self._batches()
         return self._prefetched()

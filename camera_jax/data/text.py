@@ -41,12 +41,13 @@ import logging
 import os
 import pathlib
 import re
-import secrets
 import shutil
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+
+from camera_jax import atomic
 
 __all__ = [
     "tokenize",
@@ -307,7 +308,7 @@ class TextEmbedder:
         """
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f"{path.name}.tmp{os.getpid()}.{secrets.token_hex(4)}"
+        tmp = atomic.temp_path(path)
         tmp.mkdir()  # 0777 less the umask (mkdtemp's would be 0700)
         try:
             self.kv.save(str(tmp / self._FILENAME))

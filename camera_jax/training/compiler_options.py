@@ -1,4 +1,4 @@
-"""XLA compiler options of the jitted image steps, per backend.
+"""XLA compiler options: the jitted image steps' per backend, and GPU determinism.
 
 On the CPU, XLA sends convolutions to its YNNPACK library fusion by default
 (``xla_cpu_experimental_ynn_fusion_type`` holds ``LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION``,
@@ -11,11 +11,20 @@ kernels run, not what is computed (results agree to float32 rounding).
 :func:`image_step_options` returns the options for ``jax.jit(..., compiler_options=...)`` on the
 current backend: the CPU setting above where this jaxlib accepts it (checked once by compiling
 a tiny function), None elsewhere (GPU, or a jaxlib without the option).
+
+:func:`use_deterministic_gpu_ops` makes a GPU run repeat its numbers: XLA's GPU scatter-adds
+(the gradients of gathers, such as the ranker's embedding look-ups) accumulate in whatever order
+the threads arrive unless ``--xla_gpu_deterministic_ops=true`` is set. Measured on one H100
+(jax 0.11.2): retraining only the ranker of the tiny run on the same concept layer gave other
+scores (CAMERA AUC 0.7307 and 0.7411) without the flag and byte-identical ``scores.csv`` with
+it. The CPU ignores the flag. The experiments' entry points set it (``experiments/_cli.py``).
 """
 
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import MutableMapping
 from typing import Any
 
 import jax
@@ -43,3 +52,33 @@ def image_step_options(backend: str | None = None) -> dict[str, Any] | None:
   if backend != "cpu" or not _accepted(tuple(sorted(CPU_IMAGE_STEP.items())), "cpu"):
     return None
   return dict(CPU_IMAGE_STEP)
+
+
+GPU_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops"
+
+
+def with_deterministic_gpu_ops(xla_flags: str) -> str:
+  """``XLA_FLAGS`` with ``--xla_gpu_deterministic_ops=true`` added, unless they set it already.
+
+  >>> with_deterministic_gpu_ops("")
+  '--xla_gpu_deterministic_ops=true'
+  >>> with_deterministic_gpu_ops("--xla_dump_to=/tmp/d")
+  '--xla_dump_to=/tmp/d --xla_gpu_deterministic_ops=true'
+  >>> with_deterministic_gpu_ops("--xla_gpu_deterministic_ops=false")   # the user's choice
+  '--xla_gpu_deterministic_ops=false'
+  """
+  words = xla_flags.split()
+  if any(w == GPU_DETERMINISM_FLAG or w.startswith(GPU_DETERMINISM_FLAG + "=") for w in words):
+    return xla_flags
+  return " ".join(words + [GPU_DETERMINISM_FLAG + "=true"])
+
+
+def use_deterministic_gpu_ops(environ: MutableMapping[str, str] | None = None) -> None:
+  """Turns GPU determinism on in ``environ`` (default ``os.environ``) for this process.
+
+  JAX reads ``XLA_FLAGS`` once, when it starts its backends: call this before the first JAX
+  computation (the experiments call it before ``app.run``). An ``XLA_FLAGS`` that already sets
+  the flag, to true or false, is kept.
+  """
+  environ = os.environ if environ is None else environ
+  environ["XLA_FLAGS"] = with_deterministic_gpu_ops(environ.get("XLA_FLAGS", ""))

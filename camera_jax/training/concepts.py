@@ -40,6 +40,7 @@ class ImageStageConfig:
   image_size: int = 64
   augment: bool = False
   seed: int = 0
+  input_threads: int = 0   # ImageBatches decoding threads, batches prepared ahead; 0: in the loop
 
 
 def create_image_state(model: Any, image_size: int, key: jax.Array, tx: Any) -> trainer.TrainState:
@@ -114,7 +115,8 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
     t0 = time.perf_counter()
     batches = input_pipeline.ImageBatches(
         source, batch_size, cfg.image_size, shuffle=True, seed=cfg.seed, epoch=epoch,
-        augment=cfg.augment, indices=indices)
+        augment=cfg.augment, indices=indices, num_threads=cfg.input_threads,
+        prefetch=cfg.input_threads > 0)
     acc = None
     for batch in batches:
       host = {"image": batch["image"], "mask": batch["mask"]}
@@ -144,16 +146,18 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
 def predict_all(*, model_outputs: Callable[[Any], np.ndarray], state: trainer.TrainState,
                 source: Any, indices: np.ndarray | None, n_rows: int, width: int,
                 batch_size: int, image_size: int, mesh: jax.sharding.Mesh,
-                dtype: Any = np.float32) -> np.ndarray:
+                dtype: Any = np.float32, input_threads: int = 0) -> np.ndarray:
   """Runs the model over the given data-source records; returns outputs [n_rows, width] by row.
 
-  ``model_outputs(outputs) -> array [B, width]`` picks what to keep from the model's outputs.
+  ``model_outputs(outputs) -> array [B, width]`` picks what to keep from the model's outputs;
+  ``input_threads`` as :class:`ImageStageConfig`'s.
   """
   _, predict = make_image_steps(lambda o, b: jnp.zeros(()), 0.0)
   batch_size = sharding.round_up(batch_size, mesh.devices.size)
   out = np.zeros((n_rows, width), dtype)
   for batch in input_pipeline.ImageBatches(source, batch_size, image_size, shuffle=False,
-                                            seed=0, epoch=0, augment=False, indices=indices):
+                                            seed=0, epoch=0, augment=False, indices=indices,
+                                            num_threads=input_threads, prefetch=input_threads > 0):
     images = sharding.shard_batch(sharding.process_local({"image": batch["image"]}), mesh)["image"]
     values = sharding.to_host(model_outputs(predict(state, images)))
     values = values[: len(batch["mask"])]
@@ -194,7 +198,8 @@ def train_concept_generator(*, labeled_source: Any, labels: np.ndarray, posts_so
   # Held-out evaluation.
   logits = predict_all(model_outputs=lambda o: o, state=state, source=labeled_source,
                        indices=test_idx, n_rows=labels.shape[0], width=n,
-                       batch_size=cfg.batch_size, image_size=cfg.image_size, mesh=mesh)
+                       batch_size=cfg.batch_size, image_size=cfg.image_size, mesh=mesh,
+                       input_threads=cfg.input_threads)
   rows_of = input_pipeline.rows_of(labeled_source)
   test_rows = np.sort(rows_of[test_idx])
   train_rows = np.sort(rows_of[train_idx])
@@ -204,7 +209,8 @@ def train_concept_generator(*, labeled_source: Any, labels: np.ndarray, posts_so
   # Label every post of the brand-influencer data.
   post_logits = predict_all(model_outputs=lambda o: o, state=state, source=posts_source,
                             indices=None, n_rows=n_posts, width=n, batch_size=cfg.batch_size,
-                            image_size=cfg.image_size, mesh=mesh)
+                            image_size=cfg.image_size, mesh=mesh,
+                            input_threads=cfg.input_threads)
   h = np.asarray(cg_lib.predict_multi_hot(post_logits, threshold=threshold, min_k=min_k,
                                           max_k=max_k))
   return h, metrics
@@ -278,7 +284,8 @@ def train_cosmic(*, posts_source: Any, z_prime: np.ndarray, cfg: ImageStageConfi
   u_c = np.asarray(cosmic_lib.export_concept_matrix(jax.device_get(state.params)))
   logits = predict_all(model_outputs=lambda o: o["logits"], state=state, source=posts_source,
                        indices=test_idx, n_rows=z_prime.shape[0], width=n,
-                       batch_size=cfg.batch_size, image_size=cfg.image_size, mesh=mesh)
+                       batch_size=cfg.batch_size, image_size=cfg.image_size, mesh=mesh,
+                       input_threads=cfg.input_threads)
   rows = np.sort(input_pipeline.rows_of(posts_source)[test_idx])
   metrics = topk_agreement(logits[rows], z_prime[rows], k=5)
   logging.info("COSMIC held-out: %s", metrics)

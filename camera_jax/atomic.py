@@ -1,0 +1,40 @@
+"""Atomic file writes: a temporary name beside the target, then one rename.
+
+A reader never sees a half-written file under the final name, whatever moment a run is killed
+at; a temporary file left by a killed run has a name no reader looks for.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import secrets
+
+
+def temp_path(path: str | os.PathLike) -> pathlib.Path:
+  """A fresh hidden name beside ``path`` (same directory, so ``os.replace`` is atomic).
+
+  >>> p = temp_path("/runs/a/h.npy")
+  >>> p.parent.as_posix(), p.name.startswith(".h.npy."), p != temp_path("/runs/a/h.npy")
+  ('/runs/a', True, True)
+  """
+  path = pathlib.Path(path)
+  return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Writes ``data`` to ``path`` through a temporary file and an atomic rename.
+
+  The file gets the permissions of ``open()`` (0666 less the umask), not ``mkstemp``'s 0600.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = temp_path(path)
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
