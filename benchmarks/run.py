@@ -666,7 +666,8 @@ class Bench:
       decoded = input_pipeline.DecodedImages(source, size, workdir / f"decoded_{size}px.npy",
                                              num_threads=auto)
       t0 = time.perf_counter()
-      decoded.ensure()
+      if not decoded.usable():
+        raise OSError(decoded.unavailable)
       build_s = time.perf_counter() - t0
       self.log(f"input pipeline: decoded file at {size} px built in {build_s:.2f} s "
                f"({len(source) / build_s:,.0f} images/s, {auto} threads)")

@@ -158,26 +158,33 @@ def decoded_sources(cfg: Config, sources: dict[str, Any], cache_dir: pathlib.Pat
   """``sources`` with each split that fits ``--image_cache_gb`` as an
   ``input_pipeline.DecodedImages`` at ``--image_size`` in ``cache_dir``.
 
-  The file is written the first time an image stage reads the split (not at all when the concept
-  stages are cached) and reused by later epochs, stages and runs; ``cache_dir`` lies in the TFDS
-  build of this data, so it goes when the data changes. Multi-process runs decode every epoch
-  (each process reads its own share; one file per process would be written concurrently).
+  The file (``<split>_<S>px_<decoder key>.npy``) is written the first time an image stage reads
+  the split (not at all when the concept stages are cached) and reused by later epochs, stages
+  and runs; ``cache_dir`` lies in the TFDS build of this data, so it goes when the data changes,
+  and a file of another size or decoder (``input_pipeline.decoder_key``) is deleted here. Multi-
+  process runs decode every epoch (each process reads its own share; one file per process
+  would be written concurrently).
   """
-  if jax.process_count() > 1 or cfg.image_cache_gb <= 0:
+  if jax.process_count() > 1:
     return sources
-  out = dict(sources)
+  out, keep = dict(sources), set()
   for split, source in sources.items():
-    if source is None:
+    if source is None or cfg.image_cache_gb <= 0:
       continue
-    decoded = input_pipeline.DecodedImages(source, cfg.image_size,
-                                           cache_dir / f"{split}_{cfg.image_size}px.npy",
+    name = f"{split}_{cfg.image_size}px_{input_pipeline.decoder_key()}.npy"
+    decoded = input_pipeline.DecodedImages(source, cfg.image_size, cache_dir / name,
                                            num_threads=input_threads(cfg))
     if decoded.nbytes <= cfg.image_cache_gb * 1e9:
       out[split] = decoded
+      keep |= {decoded.path.name, decoded.rows_path.name}
     else:
       logging.info("%s: %d images at %d px would take %.1f GB > --image_cache_gb=%g: decoded every "
                    "epoch", split, len(source), cfg.image_size, decoded.nbytes / 1e9,
                    cfg.image_cache_gb)
+  if cache_dir.is_dir():
+    for old in cache_dir.iterdir():
+      if old.name not in keep and old.is_file():
+        old.unlink(missing_ok=True)
   return out
 
 

@@ -8,8 +8,7 @@ from typing import Callable, Sequence
 
 def run(main: Callable[[Sequence[str]], int]) -> None:
   """``app.run`` of an experiment's ``main`` (its return value is the exit status), with XLA's
-  GPU determinism turned on first (``compiler_options.use_deterministic_gpu_ops``: the same seed
-  gives the same numbers on a GPU too)."""
+  deterministic GPU kernels asked for first (``compiler_options.use_deterministic_gpu_ops``)."""
   from absl import app
 
   from camera_jax.training import compiler_options

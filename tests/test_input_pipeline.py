@@ -381,6 +381,23 @@ def test_decoded_images_are_reused_and_a_wrong_file_is_rebuilt(prepared, tmp_pat
     _assert_same_batches(reference, rebuilt)
     assert len(calls) == N_POSTS
     assert _files(tmp_path) == ["posts_8px.npy", "posts_8px.rows.npy"]
+    (tmp_path / "posts_8px.rows.npy").write_bytes(b"")   # e.g. a crash before the data reached the disk
+    dec = ip.DecodedImages(raw, 8, path)
+    assert dec.usable() and len(calls) == 2 * N_POSTS and dec.build_seconds > 0
+    _assert_same_batches(reference, _all_batches(ip.ImageBatches(dec, 4, 8, shuffle=False, seed=0)))
+
+
+def test_a_decoded_file_that_cannot_be_written_falls_back_to_decoding(prepared, tmp_path):
+    _, _, sources = prepared
+    raw = sources["posts"]
+    (tmp_path / "not_a_dir").write_text("")
+    dec = ip.DecodedImages(raw, 8, tmp_path / "not_a_dir" / "posts_8px.npy")
+    kw = dict(shuffle=True, seed=3, augment=True)
+    _assert_same_batches(_all_batches(ip.ImageBatches(raw, 4, 8, **kw)),
+                         _all_batches(ip.ImageBatches(dec, 4, 8, **kw)))
+    assert not dec.usable() and "not_a_dir" in dec.unavailable
+    np.testing.assert_array_equal(ip.rows_of(dec), ip.rows_of(raw))
+    assert _files(tmp_path) == ["not_a_dir"]
 
 
 def test_a_failed_decoding_pass_leaves_no_file(prepared, tmp_path):
@@ -389,7 +406,7 @@ def test_a_failed_decoding_pass_leaves_no_file(prepared, tmp_path):
     records[6] = {**records[6], "image": b"not an image"}
     path = tmp_path / "d" / "posts_8px.npy"
     with pytest.raises(ip.ImageDecodeError) as err:
-        ip.DecodedImages(records, 8, path, num_threads=2, chunk=4).ensure()
+        ip.DecodedImages(records, 8, path, num_threads=2, chunk=4).usable()
     assert err.value.post_id == records[6]["id"].decode() and err.value.row == records[6]["row"]
     assert _files(tmp_path / "d") == []
 

@@ -78,12 +78,14 @@ def test_workdir_has_every_documented_file(tiny_run, tiny_data):
     assert set(vals) >= METHOD_KEYS
 
   # The images the image stages read, decoded once per split (docs/workdir.md).
+  from camera_jax.data import input_pipeline
   (build,) = [d for d in (workdir / "tfds").iterdir() if d.is_dir()]
-  s = cfg.image_size
+  s, key = cfg.image_size, input_pipeline.decoder_key()
+  assert len(list((build / "decoded").iterdir())) == 4
   for split, count in (("posts", n_posts), ("labeled", len(dataset.labeled_posts))):
-    pixels = np.load(build / "decoded" / f"{split}_{s}px.npy", mmap_mode="r")
+    pixels = np.load(build / "decoded" / f"{split}_{s}px_{key}.npy", mmap_mode="r")
     assert pixels.shape == (count, s, s, 3) and pixels.dtype == np.uint8
-    assert sorted(np.load(build / "decoded" / f"{split}_{s}px.rows.npy")) == list(range(count))
+    assert sorted(np.load(build / "decoded" / f"{split}_{s}px_{key}.rows.npy")) == list(range(count))
 
   rows = read_scores(workdir / "scores.csv")
   assert rows[0] == ["brand", "influencer", "score", "label"]
@@ -466,13 +468,18 @@ def test_decoded_sources_wrap_the_splits_that_fit_the_limit(tmp_path):
 
   sources = {"posts": [{}] * 1000, "labeled": [{}] * 10, "none": None}
   cfg = Config(image_size=64, image_cache_gb=2e-4)   # 200 KB: 10 images of 12,288 bytes fit
-  out = pipeline.decoded_sources(cfg, sources, tmp_path / "decoded")
+  cache = tmp_path / "decoded"
+  cache.mkdir()
+  name = f"labeled_64px_{input_pipeline.decoder_key()}"
+  for old in (f"{name}.npy", f"{name}.rows.npy", "labeled_32px_v0-pil1.0.npy", ".posts_64px.npy.1.ab"):
+    (cache / old).write_bytes(b"x")   # this config's files, and another size's, decoder's, temporary
+  out = pipeline.decoded_sources(cfg, sources, cache)
   assert out["posts"] is sources["posts"] and out["none"] is None
   assert isinstance(out["labeled"], input_pipeline.DecodedImages)
-  assert out["labeled"].path == tmp_path / "decoded" / "labeled_64px.npy"
-  assert out["labeled"].nbytes == 10 * 64 * 64 * 3
-  assert pipeline.decoded_sources(cfg.replace(image_cache_gb=0), sources, tmp_path) == sources
-  assert list(tmp_path.iterdir()) == []   # nothing is decoded before an image stage reads it
+  assert out["labeled"].path == cache / f"{name}.npy" and out["labeled"].nbytes == 10 * 64 * 64 * 3
+  assert sorted(p.name for p in cache.iterdir()) == [f"{name}.npy", f"{name}.rows.npy"]
+  assert pipeline.decoded_sources(cfg.replace(image_cache_gb=0), sources, cache) == sources
+  assert list(cache.iterdir()) == []   # not used: removed
 
 
 def test_written_files_follow_the_umask_and_leave_no_temporary_behind(tmp_path):

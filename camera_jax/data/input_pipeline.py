@@ -37,6 +37,7 @@ import pathlib
 import queue
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -196,21 +197,36 @@ def augment_batch(images: np.ndarray, rngs: Sequence[np.random.Generator]) -> np
     return out
 
 
+#: Bumped whenever :func:`decode_uint8` changes its output; part of a decoded file's name
+#: (:func:`decoder_key`), with Pillow's version, so pixels from another decoder are never reused.
+DECODER_VERSION = 1
+
+
+def decoder_key() -> str:
+    """What decoded pixels depend on besides the bytes: ``"v<DECODER_VERSION>-pil<version>"``."""
+    import PIL
+
+    return f"v{DECODER_VERSION}-pil{PIL.__version__}"
+
+
 class DecodedImages:
     """A data source's images decoded once to uint8 [S, S, 3], kept in a file, read by memory map.
 
     Decoding a JPEG costs the host far more than reading its pixels: on a GPU the image stages'
-    steps outran a decoding input pipeline about 30-fold (benchmarks/README.md). :meth:`ensure`
+    steps outran a decoding input pipeline about 30-fold (benchmarks/README.md). :meth:`usable`
     decodes every record once, in data-source order (``num_threads`` threads), into ``path``
     (``.npy``, N x S x S x 3 uint8: S * S * 3 bytes per image on disk, never all in memory) and
-    the records' rows into ``path`` with the suffix ``.rows.npy``. Both are written under a
-    temporary name and renamed, the images last, so an interrupted build leaves nothing that a
-    later :meth:`ensure` trusts (the next build deletes what it left); an existing pair of the
-    right shape is opened as it is. One process builds a given file at a time.
+    the records' rows into ``path`` with the suffix ``.rows.npy``. Both are written with plain
+    writes (a full disk is an ``OSError``, not a memory-map fault), synced, under a temporary
+    name and renamed, the images last, so an interrupted build leaves nothing that a later
+    :meth:`usable` trusts (the next build deletes what it left); an existing pair of the right
+    shape is opened as it is, an unreadable one is rebuilt. One process builds a given file at a
+    time. When the file cannot be written (``OSError``: no space, no permission) the reason is
+    logged, :attr:`unavailable` holds it, and readers decode from ``source`` instead.
 
     :class:`ImageBatches` takes a DecodedImages in place of its source: at image size S it reads
     batches from the file (the same pixels: :func:`decode_image` is ``to_unit`` of what is
-    stored), at another size it decodes from ``source``.
+    stored), at another size, or without the file, it decodes from ``source``.
     """
 
     def __init__(self, source: Sequence[dict[str, Any]], image_size: int,
@@ -221,6 +237,8 @@ class DecodedImages:
         self.rows_path = self.path.with_suffix(".rows.npy")
         self.num_threads = int(num_threads)
         self.chunk = int(chunk)
+        self.unavailable: str | None = None
+        self.build_seconds: float | None = None
         self._pixels: np.ndarray | None = None
         self._rows: np.ndarray | None = None
         self._lock = threading.Lock()
@@ -237,7 +255,7 @@ class DecodedImages:
         try:
             pixels = np.load(self.path, mmap_mode="r")
             rows = np.load(self.rows_path)
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):  # Missing, truncated or not an .npy.
             return False
         s = self.image_size
         if pixels.dtype != np.uint8 or pixels.shape != (len(self), s, s, 3) or rows.shape != (len(self),):
@@ -245,14 +263,24 @@ class DecodedImages:
         self._pixels, self._rows = pixels, rows.astype(np.int64)
         return True
 
-    def ensure(self) -> "DecodedImages":
-        """Opens the file, after building it if it is missing or of another shape."""
+    def usable(self) -> bool:
+        """True when the file is open, after building it if it is missing or unreadable; False
+        when it cannot be written (:attr:`unavailable` says why). ImageDecodeError propagates."""
         with self._lock:
-            if self._pixels is None and not self._open():
-                self._build()
+            if self._pixels is None and self.unavailable is None and not self._open():
+                t0 = time.perf_counter()
+                try:
+                    self._build()
+                except OSError as e:
+                    self.unavailable = f"{self.path}: {e.strerror or e}"
+                    logging.warning("cannot keep decoded images (%s): decoding every epoch",
+                                    self.unavailable)
+                    return False
+                self.build_seconds = time.perf_counter() - t0
+                logging.info("decoded %d images in %.1f s", len(self), self.build_seconds)
                 if not self._open():
                     raise OSError(f"{self.path}: written but unreadable")
-        return self
+            return self._pixels is not None
 
     def _build(self) -> None:
         s, n = self.image_size, len(self)
@@ -266,19 +294,24 @@ class DecodedImages:
         pool = (concurrent.futures.ThreadPoolExecutor(self.num_threads)
                 if self.num_threads > 0 else None)
         try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, s, s, 3))
             rows = np.empty(n, np.int64)
-            for start in range(0, n, self.chunk):
-                records = _read(self.source, list(range(start, min(start + self.chunk, n))))
-                decode = lambda j: _decode_record(records[j], s)  # noqa: E731
-                js = range(len(records))
-                pixels = list(pool.map(decode, js)) if pool else [decode(j) for j in js]
-                out[start : start + len(records)] = np.stack(pixels)
-                rows[start : start + len(records)] = [int(r["row"]) for r in records]
-            out.flush()
-            del out
+            with open(tmp, "xb") as f:
+                np.lib.format.write_array_header_1_0(f, {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                    "fortran_order": False, "shape": (n, s, s, 3)})
+                for start in range(0, n, self.chunk):
+                    records = _read(self.source, list(range(start, min(start + self.chunk, n))))
+                    decode = lambda j: _decode_record(records[j], s)  # noqa: E731
+                    js = range(len(records))
+                    pixels = list(pool.map(decode, js)) if pool else [decode(j) for j in js]
+                    f.write(np.stack(pixels).tobytes())
+                    rows[start : start + len(records)] = [int(r["row"]) for r in records]
+                f.flush()
+                os.fsync(f.fileno())
             with open(tmp_rows, "xb") as f:
                 np.save(f, rows, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp_rows, self.rows_path)
             os.replace(tmp, self.path)
         except BaseException:
@@ -290,13 +323,17 @@ class DecodedImages:
                 pool.shutdown(wait=True)
 
     def pixels(self, indices: np.ndarray) -> np.ndarray:
-        """uint8 [len(indices), S, S, 3] of these data-source indices (after :meth:`ensure`)."""
-        return np.asarray(self.ensure()._pixels[np.asarray(indices, np.int64)])
+        """uint8 [len(indices), S, S, 3] of these data-source indices (the file must be usable)."""
+        if not self.usable():
+            raise OSError(self.unavailable)
+        return np.asarray(self._pixels[np.asarray(indices, np.int64)])
 
     @property
     def rows(self) -> np.ndarray:
         """Every record's ``row`` feature, data-source order (int64 [N])."""
-        return self.ensure()._rows
+        if not self.usable():
+            raise OSError(self.unavailable)
+        return self._rows
 
 
 def split_indices(
@@ -324,7 +361,9 @@ def rows_of(source: Sequence[dict[str, Any]], *, batch_size: int = 512) -> np.nd
     but not decoded). Invert with ``np.argsort`` to go from row to data-source index.
     """
     if isinstance(source, DecodedImages):
-        return source.rows.copy()
+        if source.usable():
+            return source.rows.copy()
+        source = source.source
     n = len(source)
     out = np.empty(n, dtype=np.int64)
     for start in range(0, n, batch_size):
@@ -416,9 +455,11 @@ class ImageBatches:
         return self.indices[rng.permutation(len(self.indices))]
 
     def _decoded(self) -> DecodedImages | None:
-        """The source's decoded file when it holds this size."""
+        """The source's decoded file when it holds this size and could be built."""
         src = self.source
-        return src if isinstance(src, DecodedImages) and src.image_size == self.image_size else None
+        if isinstance(src, DecodedImages) and src.image_size == self.image_size and src.usable():
+            return src
+        return None
 
     def _make_batch(
         self, k: int, order: np.ndarray, pool: concurrent.futures.Executor | None
@@ -469,9 +510,7 @@ class ImageBatches:
                 pool.shutdown(wait=True)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        decoded = self._decoded()
-        if decoded is not None:  # A first use builds the file, in the caller's thread.
-            decoded.ensure()
+        self._decoded()  # A first use builds the file, in the caller's thread.
         if not self.prefetch:
             return self._batches()
         return self._prefetched()

@@ -12,12 +12,14 @@ kernels run, not what is computed (results agree to float32 rounding).
 current backend: the CPU setting above where this jaxlib accepts it (checked once by compiling
 a tiny function), None elsewhere (GPU, or a jaxlib without the option).
 
-:func:`use_deterministic_gpu_ops` makes a GPU run repeat its numbers: XLA's GPU scatter-adds
-(the gradients of gathers, such as the ranker's embedding look-ups) accumulate in whatever order
-the threads arrive unless ``--xla_gpu_deterministic_ops=true`` is set. Measured on one H100
-(jax 0.11.2): retraining only the ranker of the tiny run on the same concept layer gave other
-scores (CAMERA AUC 0.7307 and 0.7411) without the flag and byte-identical ``scores.csv`` with
-it. The CPU ignores the flag. The experiments' entry points set it (``experiments/_cli.py``).
+:func:`use_deterministic_gpu_ops` asks XLA for deterministic GPU kernels
+(``--xla_gpu_deterministic_ops=true``): without it, GPU reductions such as scatter-adds (the
+gradients of gathers, as in the ranker's table look-ups) may add in a different order each run.
+Measured on one H100 (jax 0.11.2): retraining only the ranker of the tiny run on the same
+concept layer gave other scores (CAMERA AUC 0.7307 and 0.7411) without the flag and
+byte-identical ``scores.csv`` twice with it; the image stages ran under it, their repeatability
+is not measured yet. The CPU ignores the flag. The experiments' entry points set it
+(``experiments/_cli.py``).
 """
 
 from __future__ import annotations
