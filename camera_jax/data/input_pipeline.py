@@ -17,13 +17,13 @@
   and :class:`DecodedImages` give the same batches (tested).
 
 Where the time goes (benchmarks/README.md). Decoding a JPEG with PIL holds the GIL for much of
-its work: on the 2-core development VM a 224 px JPEG decoded to 64 px ran at about 1,000
-images/s in one thread and 1,700 with 2 threads; on a 16-core GPU host (H100), with
+its work: on the 2-core development VM a 224 px JPEG decoded to 64 px ran at about 1,050
+images/s in one thread and 1,600 with 2 threads; on a 16-core GPU host (H100), with
 augmentation, 630 images/s in one thread, 1,350 with 4 and 1,080 with 16 (so
 :func:`auto_threads` stops at 4), against a COSMIC train step of 33,000 images/s there at 64 px.
 Hence :class:`DecodedImages`: the training stages decode each image once into a uint8 file read
 by memory map (``--image_cache_gb``), after which a batch is a gather, the augmentation and a
-division (about 21,000 images/s at 64 px with augmentation on the VM). Without it
+division (about 19,500 images/s at 64 px with augmentation on the VM). Without it
 (``num_threads`` > 0) a thread pool decodes the images of a batch; ``prefetch=True`` prepares
 batches in one background thread, overlapping the training step.
 """
