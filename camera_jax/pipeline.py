@@ -89,7 +89,7 @@ def check_config(cfg: Config) -> list[str]:
     if getattr(cfg, name) < 1:
       errors.append(f"--{name}={getattr(cfg, name)}: must be >= 1")
   for name in ("epochs", "cg_epochs", "cosmic_epochs", "w2v_epochs", "eval_chunk", "input_threads",
-               "image_cache_gb"):
+               "image_cache_gb", "seed"):
     if getattr(cfg, name) < 0:
       errors.append(f"--{name}={getattr(cfg, name)}: must be >= 0")
   for name in ("learning_rate", "representation_lr_scale"):

@@ -86,11 +86,13 @@ def test_an_unknown_loss_fails_with_one_line_before_any_work(tmp_path):
 
 
 def test_bad_settings_are_each_one_line(tmp_path):
-  proc = train("--batch_size=0", "--zprime_mode=sideways", "--baselines=RAND,NOPE",
+  proc = train("--batch_size=0", "--zprime_mode=sideways", "--baselines=RAND,NOPE", "--seed=-1",
                f"--workdir={tmp_path / 'work'}")
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert not (tmp_path / "work").exists()   # stopped before any work
   lines = problem_lines(proc.stderr)
-  assert len(lines) == 3, lines
+  assert len(lines) == 4, lines
+  assert any(l.startswith("--seed=-1: must be >= 0") for l in lines)
   assert any(l.startswith("--batch_size=0:") for l in lines)
   assert any(l.startswith("--zprime_mode=sideways: must be one of masked, faithful") for l in lines)
   assert any(l.startswith("--baselines=RAND,NOPE: unknown NOPE") for l in lines)
