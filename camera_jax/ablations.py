@@ -198,11 +198,16 @@ def hp_account_features(cfg: Config, dataset: format_lib.Dataset, data_dir: path
   """Hp+MR's x_a of every account from the CAMERA run's Word2Vec and COSMIC: [A, d_t + d_u].
 
   ``image_key``: the data's TFDS fingerprint when already known (the "image files" entry of
-  :func:`pipeline.data_digests`); None computes it.
+  :func:`pipeline.data_digests`); None computes it. The posts' images are read from the CAMERA
+  run's decoded file where it has one.
   """
+  from camera_jax.data import tfds_builder  # imports tensorflow_datasets: only when needed
+
   embedder = text_lib.TextEmbedder.load(camera_dir / "word2vec")
   t, has_text = embedder.embed_captions([p.caption for p in dataset.posts])
-  sources = input_pipeline.prepare(data_dir, camera_dir / "tfds", image_key)
+  key = image_key or tfds_builder.fingerprint(data_dir)
+  sources = input_pipeline.prepare(data_dir, camera_dir / "tfds", key)
+  sources = pipeline.decoded_sources(cfg, sources, camera_dir / "tfds", key)
   try:
     v2 = cosmic_post_embeddings(cfg, camera_dir, sources["posts"], len(dataset.posts),
                                 len(dataset.concepts), mesh)

@@ -154,9 +154,11 @@ def open_sources(data_dir: pathlib.Path, tfds_dir: pathlib.Path,
   return sources
 
 
-def decoded_sources(cfg: Config, sources: dict[str, Any], cache_dir: pathlib.Path) -> dict[str, Any]:
+def decoded_sources(cfg: Config, sources: dict[str, Any], tfds_dir: pathlib.Path,
+                    key: str) -> dict[str, Any]:
   """``sources`` with each split that fits ``--image_cache_gb`` as an
-  ``input_pipeline.DecodedImages`` at ``--image_size`` in ``cache_dir``.
+  ``input_pipeline.DecodedImages`` at ``--image_size`` in ``cache_dir`` = ``tfds_dir/key/decoded``
+  (``key`` the data's TFDS fingerprint, so the directory lies in its build).
 
   The file (``<split>_<S>px_<decoder key>.npy``) is written the first time an image stage reads
   the split (not at all when the concept stages are cached) and reused by later epochs, stages
@@ -167,6 +169,7 @@ def decoded_sources(cfg: Config, sources: dict[str, Any], cache_dir: pathlib.Pat
   """
   if jax.process_count() > 1:
     return sources
+  cache_dir = tfds_dir / key / "decoded"
   out, keep = dict(sources), set()
   for split, source in sources.items():
     if source is None or cfg.image_cache_gb <= 0:
@@ -626,7 +629,7 @@ def prepare_concepts(cfg: Config, workdir: pathlib.Path, log: trainer.TrainLog, 
   logging.info("dataset: %s", format_lib.summary(dataset))
   embedder = word2vec_stage(cfg, dataset, workdir)
   sources = open_sources(data_dir, workdir / "tfds", digests["image files"])
-  sources = decoded_sources(cfg, sources, workdir / "tfds" / digests["image files"] / "decoded")
+  sources = decoded_sources(cfg, sources, workdir / "tfds", digests["image files"])
   try:
     h, cg_meta = concept_stage(cfg, dataset, sources, workdir, log, mesh)
     z_prime, u_c, cosmic_meta = cosmic_stage(cfg, dataset, sources, embedder, h, workdir, log,

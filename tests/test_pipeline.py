@@ -468,17 +468,17 @@ def test_decoded_sources_wrap_the_splits_that_fit_the_limit(tmp_path):
 
   sources = {"posts": [{}] * 1000, "labeled": [{}] * 10, "none": None}
   cfg = Config(image_size=64, image_cache_gb=2e-4)   # 200 KB: 10 images of 12,288 bytes fit
-  cache = tmp_path / "decoded"
-  cache.mkdir()
+  cache = tmp_path / "key" / "decoded"
+  cache.mkdir(parents=True)
   name = f"labeled_64px_{input_pipeline.decoder_key()}"
   for old in (f"{name}.npy", f"{name}.rows.npy", "labeled_32px_v0-pil1.0.npy", ".posts_64px.npy.1.ab"):
     (cache / old).write_bytes(b"x")   # this config's files, and another size's, decoder's, temporary
-  out = pipeline.decoded_sources(cfg, sources, cache)
+  out = pipeline.decoded_sources(cfg, sources, tmp_path, "key")
   assert out["posts"] is sources["posts"] and out["none"] is None
   assert isinstance(out["labeled"], input_pipeline.DecodedImages)
   assert out["labeled"].path == cache / f"{name}.npy" and out["labeled"].nbytes == 10 * 64 * 64 * 3
   assert sorted(p.name for p in cache.iterdir()) == [f"{name}.npy", f"{name}.rows.npy"]
-  assert pipeline.decoded_sources(cfg.replace(image_cache_gb=0), sources, cache) == sources
+  assert pipeline.decoded_sources(cfg.replace(image_cache_gb=0), sources, tmp_path, "key") == sources
   assert list(cache.iterdir()) == []   # not used: removed
 
 

@@ -151,14 +151,13 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     which need an interpolating warp per image). The pipeline applies the same draws to a whole
     batch with :func:`augment_batch`; this is the reference form it is tested against.
     """
-    if rng.random() < 0.5:
-        image = image[:, ::-1]
     h, w = image.shape[:2]
+    flip, dy, dx = _draw_augmentation(rng, h, w)
+    if flip:
+        image = image[:, ::-1]
     my, mx = int(h * MAX_SHIFT_FRACTION), int(w * MAX_SHIFT_FRACTION)
     if my == 0 and mx == 0:
         return np.ascontiguousarray(image)
-    dy = int(rng.integers(-my, my + 1))
-    dx = int(rng.integers(-mx, mx + 1))
     padded = np.pad(image, ((my, my), (mx, mx), (0, 0)), mode="edge")
     return np.ascontiguousarray(padded[my + dy : my + dy + h, mx + dx : mx + dx + w])
 
@@ -454,15 +453,17 @@ class ImageBatches:
         rng = np.random.default_rng([self.seed, self.epoch])
         return self.indices[rng.permutation(len(self.indices))]
 
-    def _decoded(self) -> DecodedImages | None:
-        """The source's decoded file when it holds this size and could be built."""
+    def decoded(self) -> DecodedImages | None:
+        """The source's decoded file when it holds this size and could be built (a first call
+        builds it, in the caller's thread)."""
         src = self.source
         if isinstance(src, DecodedImages) and src.image_size == self.image_size and src.usable():
             return src
         return None
 
     def _make_batch(
-        self, k: int, order: np.ndarray, pool: concurrent.futures.Executor | None
+        self, k: int, order: np.ndarray, decoded: DecodedImages | None,
+        pool: concurrent.futures.Executor | None
     ) -> dict[str, np.ndarray]:
         b, s = self.batch_size, self.image_size
         idx = order[k * b : (k + 1) * b]
@@ -470,7 +471,6 @@ class ImageBatches:
         image = np.zeros((b, s, s, 3), dtype=np.float32)
         row = np.full((b,), -1, dtype=np.int32)
         mask = np.zeros((b,), dtype=bool)
-        decoded = self._decoded()
         if decoded is not None:
             pixels = decoded.pixels(idx)
             row[:n] = decoded.rows[idx]
@@ -497,20 +497,22 @@ class ImageBatches:
 
     def _batches(self, stop: threading.Event | None = None) -> Iterator[dict[str, np.ndarray]]:
         order = self.order()
+        decoded = self.decoded()
         pool = (
-            concurrent.futures.ThreadPoolExecutor(self.num_threads) if self.num_threads > 0 else None
+            concurrent.futures.ThreadPoolExecutor(self.num_threads)
+            if self.num_threads > 0 and decoded is None else None
         )
         try:
             for k in range(self.start_batch, len(self)):
                 if stop is not None and stop.is_set():
                     return
-                yield self._make_batch(k, order, pool)
+                yield self._make_batch(k, order, decoded, pool)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        self._decoded()  # A first use builds the file, in the caller's thread.
+        self.decoded()  # A first use builds the file, in the caller's thread.
         if not self.prefetch:
             return self._batches()
         return self._prefetched()
