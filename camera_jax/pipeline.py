@@ -537,6 +537,27 @@ def test_pairs(dataset: format_lib.Dataset) -> dict[str, np.ndarray]:
   return {"brand": b, "influencer": m, "label": labels}
 
 
+def test_coverage(dataset: format_lib.Dataset) -> dict[str, Any]:
+  """What the test pairs of :func:`test_pairs` leave out, and the warnings that say so.
+
+  Returns ``n_test_brands``, ``n_test_positives_not_candidates`` (cooperations of a test brand
+  with an influencer that is not a candidate: no test pair holds them, so no metric counts them)
+  and ``warnings`` (one line each; empty when the test set is whole).
+  """
+  positives = dataset.positives()
+  candidates = set(dataset.split.candidates)
+  outside = sorted((b, m) for b in dataset.split.test for m in positives.get(b, ()) if m not in candidates)
+  warnings = []
+  if not dataset.split.test:
+    warnings.append("no test brand in the split: no test pair is scored and every metric is null")
+  if outside:
+    b, m = outside[0]
+    warnings.append(f"{len(outside)} cooperation(s) of a test brand with an influencer that is not a "
+                    f"candidate (e.g. {b!r} with {m!r}) are in no test pair: no metric counts them")
+  return {"n_test_brands": len(dataset.split.test), "n_test_positives_not_candidates": len(outside),
+          "warnings": warnings}
+
+
 def evaluate_methods(cfg: Config, dataset: format_lib.Dataset, pairs: dict[str, np.ndarray],
                      method_scores: dict[str, np.ndarray]) -> dict[str, Any]:
   """metrics.json content: every method's metrics, and CAMERA's per brand category."""
@@ -792,6 +813,9 @@ def evaluate_tables(cfg: Config, dataset: format_lib.Dataset, tables: ranker_lib
   result["concept_layer"] = concept_metrics
   result["n_test_pairs"] = int(len(pairs["label"]))
   result["n_test_positives"] = int(pairs["label"].sum())
+  result.update(test_coverage(dataset))
+  for line in result["warnings"]:
+    logging.warning("test set: %s", line)
   if is_main():
     out_dir = pathlib.Path(out_dir)
     write_scores(out_dir / "scores.csv", dataset, pairs, scored["S"])

@@ -31,7 +31,7 @@ def main(argv) -> int:
   try:
     path = report.write_report(_cli.open_run(_WORKDIR.value), _OUT_DIR.value,
                                n_cases=_N_CASES.value, seed=_SEED.value)
-  except (DatasetError, FileNotFoundError, ValueError) as e:
+  except (DatasetError, OSError, ValueError) as e:  # OSError: e.g. a full disk
     print(_cli.error_line(e), file=sys.stderr)
     return 1
   print(path)

@@ -4,6 +4,8 @@ r"""The main job: the whole CAMERA method end to end.
   python experiments/train.py --flagfile=experiments/configs/paper.flags --data_dir=DIR
 
 Without --data_dir it generates the synthetic preset (--preset) into the work directory.
+Bad input stops in one line before any work (exit 1). When the run completes but its HTML
+report cannot be written, the results are printed, one line says why, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def main(argv):
   except (trainer.NonFiniteError, ckpt_lib.CheckpointMismatchError) as e:
     print(str(e), file=sys.stderr)
     return 1
+  status = 0
   if pipeline.is_main():
     if cfg.report:
       try:
@@ -70,12 +73,14 @@ def main(argv):
         from camera_jax.explain import report
         path = report.write_report(run_lib.load_run(workdir))
         logging.info("report: %s", path)
-      except Exception as e:  # The report must never lose a finished run.
-        logging.exception("report failed: %s", e)
+      except Exception as e:  # pylint: disable=broad-except  # The run is complete: say so.
+        print(f"report failed: {_cli.error_line(e)} (the run itself is complete; retry with "
+              f"python experiments/report.py --workdir={workdir})", file=sys.stderr)
+        status = 1
     print(f"work directory: {workdir}")
     print(pipeline.format_table(result))
     print(f"finished in {result['seconds']:.1f} s")
-  return 0
+  return status
 
 
 if __name__ == "__main__":

@@ -98,6 +98,8 @@ def test_workdir_has_every_documented_file(tiny_run, tiny_data):
   labels = np.array([int(r[3]) for r in rows[1:]])
   np.testing.assert_array_equal(labels, pairs["label"])
   assert labels.sum() == metrics["n_test_positives"] > 0
+  assert metrics["n_test_brands"] == len(dataset.split.test) > 0
+  assert metrics["n_test_positives_not_candidates"] == 0 and metrics["warnings"] == []
   assert np.isfinite([float(r[2]) for r in rows[1:]]).all()
 
 
@@ -179,6 +181,42 @@ def test_scores_do_not_depend_on_which_test_pairs_are_positive(tiny_run, tiny_da
   assert m_after["n_test_pairs"] == m_before["n_test_pairs"]
   assert m_after["methods"]["CAMERA"] != m_before["methods"]["CAMERA"]
   assert m_after["concept_layer"] == m_before["concept_layer"]
+
+
+def test_test_positives_outside_the_candidates_and_an_empty_test_set_are_warned(tiny_run, tiny_data,
+                                                                                  tmp_path):
+  """A test brand's cooperation with an influencer that is not a candidate is in no test pair:
+  metrics.json counts it and says so in a warning line, as it does for a split with no test
+  brand (every metric null)."""
+  from camera_jax import pipeline
+  from camera_jax.data import format as format_lib
+
+  workdir, result = tiny_run
+  dataset = format_lib.load(tiny_data, check_images=False)
+  positives = dataset.positives()
+  brand = next(b for b in dataset.split.test if positives[b])
+  dropped = sorted(positives[brand])[0]
+  others = sum(dropped in positives[b] for b in dataset.split.test)
+  for name, split, want in (
+      ("fewer_candidates", {"candidates": [m for m in dataset.split.candidates if m != dropped]},
+       others),
+      ("no_test", {"test": [], "train": [*dataset.split.train, *dataset.split.test]}, 0)):
+    copy = tmp_path / name
+    shutil.copytree(tiny_data, copy)
+    obj = {"train": list(dataset.split.train), "test": list(dataset.split.test),
+           "candidates": list(dataset.split.candidates), **split}
+    (copy / format_lib.SPLIT_FILE).write_text(json.dumps(obj))
+    metrics = pipeline.rescore(workdir, copy, tmp_path / f"{name}_out")
+    saved = json.loads((tmp_path / f"{name}_out" / "metrics.json").read_text())
+    assert saved["warnings"] == metrics["warnings"] and len(metrics["warnings"]) == 1, name
+    assert metrics["n_test_positives_not_candidates"] == want
+    if name == "no_test":
+      assert metrics["n_test_brands"] == metrics["n_test_pairs"] == 0
+      assert metrics["warnings"][0].startswith("no test brand in the split")
+      assert saved["methods"]["CAMERA"]["mrr"] is None
+    else:
+      assert want >= 1 and metrics["warnings"][0].startswith(f"{want} cooperation(s) of a test brand")
+      assert metrics["n_test_positives"] == result["n_test_positives"] - want
 
 
 def test_rescoring_the_run_reproduces_its_files(tiny_run, tmp_path):

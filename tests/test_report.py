@@ -8,6 +8,7 @@ import pathlib
 import sys
 import urllib.parse
 
+import pytest
 from PIL import Image
 
 from camera_jax.explain import report
@@ -57,6 +58,7 @@ def _workdir(run) -> pathlib.Path:
         "per_category": {"food": {"auc": 0.9, "medr": 3.0}, "accessory": {"auc": 0.7, "medr": 9.0}},
         "concept_layer": {"cosmic": {"final_loss": 0.25, "epochs": 3, "curve": [1.0, 0.5]}},
         "n_test_pairs": 40, "n_test_positives": 4,
+        "warnings": ["1 cooperation(s) of a test brand with an influencer that is not a candidate <x>"],
     }  # fmt: skip
     metrics["methods"] = dict(reversed(list(metrics["methods"].items())))  # CAMERA last in the file
     (wd / "metrics.json").write_text(json.dumps(metrics))
@@ -118,6 +120,7 @@ def test_report_is_self_contained_and_complete(tmp_path):
     assert text.index("<td>CAMERA</td>") < text.index("<td>RAND&lt;script&gt;</td>")  # CAMERA listed first
     assert "40 scored test pairs, 4 positives, n_brands = 7." in text  # a constant count column moves here
     assert "<th>n_brands</th>" not in text.split("Per brand category")[0]
+    assert '<p class="warning">Test set: 1 cooperation(s) of a test brand with an influencer that is not a candidate &lt;x&gt;</p>' in text
     assert "<summary>Concept layer" in text and "<td>final_loss</td><td>0.2500</td>" in text
     assert "<td>curve</td>" not in text  # lists are left out
     assert "High-ranked influencer: infl_foodie" in text  # the restaurant's best match
@@ -139,3 +142,21 @@ def test_report_without_metrics_or_log_and_rewrite(tmp_path):
     report.write_report(run, out, n_cases=0)
     assert not (out / "charts" / "stale.png").exists()
     assert "No test brand with candidates" in (out / "index.html").read_text()
+
+
+def test_a_report_that_fails_half_way_leaves_no_index(tmp_path, monkeypatch):
+    """index.html is removed before the charts are rewritten and written last (atomically): a
+    failed rewrite never leaves a page that points at charts of another run."""
+    run = make_run(tmp_path)
+    _workdir(run)
+    index = report.write_report(run, n_cases=1, seed=0)
+    assert index.exists()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "metrics_table_html", boom)
+    with pytest.raises(OSError, match="disk full"):
+        report.write_report(run, n_cases=1, seed=0)
+    assert not index.exists()
+    assert not [p for p in index.parent.iterdir() if p.name.startswith(".index.html")]

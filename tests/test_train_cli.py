@@ -115,6 +115,29 @@ def test_flags_txt_round_trips_through_flagfile(tiny_run, tmp_path):
   assert (copy / "train_log.jsonl").read_text() == (workdir / "train_log.jsonl").read_text()
 
 
+def test_a_failed_report_is_one_line_and_exit_1_after_a_complete_run(tiny_run, tmp_path):
+  """The report is written after the run: when it fails (here ``report`` is a file, so its
+  folder cannot be made) the run's outputs stand, the results are printed, and one line says
+  what failed and how to retry; the exit status is 1."""
+  workdir, result = tiny_run
+  copy = tmp_path / "work"
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("report"))
+  (copy / "report").write_text("not a folder")
+  proc = train(f"--flagfile={workdir / 'flags.txt'}", f"--workdir={copy}", "--report")
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  failed = problem_lines(proc.stderr)
+  assert len(failed) == 1 and failed[0].startswith("report failed:"), proc.stderr[-3000:]
+  assert f"python experiments/report.py --workdir={copy}" in failed[0]
+  assert "finished in" in proc.stdout
+  assert json.loads((copy / "metrics.json").read_text())["methods"] == result["methods"]
+  # report.py says the same in one line.
+  proc = subprocess.run([sys.executable, "experiments/report.py", f"--workdir={copy}"], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert len(problem_lines(proc.stderr)) == 1, proc.stderr[-3000:]
+
+
 def test_help_lists_every_config_flag_with_its_comment():
   from camera_jax import config as config_lib
   proc = subprocess.run([sys.executable, "experiments/train.py", "--help"], cwd=REPO,
