@@ -538,8 +538,8 @@ class Bench:
         target /= target.sum(1, keepdims=True)
       else:
         target = (target < 0.02).astype(np.float32)
-      host = {"image": rng.random((real, image_size, image_size, 3)).astype(np.float32),
-              "target": target}
+      host = {"image": rng.integers(0, 256, (real, image_size, image_size, 3), np.uint8),
+              "target": target}   # uint8 pixels, as training sends them
       host, mask = sharding.pad_batch(host, b)
       host["mask"] = mask
       batches.append(sharding.shard_batch(host, self.mesh))
@@ -552,7 +552,7 @@ class Bench:
 
     t = timed(run, jax.block_until_ready, self.sizes.reps, self.sizes.rep_seconds)
     flops = b * cnn_train_flops(image_size, channels, pools, fc, head)
-    extra = {"jit_cache_size": int(step._cache_size())}
+    extra = {"jit_cache_size": int(step._cache_size()), "image_dtype": "uint8"}
     authors = AUTHORS.get(f"{model_name}_train_step", {}).get(image_size)
     if authors:
       extra["authors_throughput"] = authors
@@ -678,7 +678,8 @@ class Bench:
           n = 0
           for batch in input_pipeline.ImageBatches(src, IMAGE_BATCH, size, shuffle=True,
                                                    seed=0, epoch=i, augment=augment,
-                                                   num_threads=threads, prefetch=threads > 0):
+                                                   num_threads=threads, prefetch=threads > 0,
+                                                   dtype=np.uint8):   # as training
             n += int(batch["mask"].sum())
           return n
         n_images = run(0)
@@ -698,7 +699,7 @@ class Bench:
         self.add(row("input_pipeline", variant,
                      f"{size} px from {stored} px JPEG, batch {IMAGE_BATCH}", "images/s",
                      n_images, t, None, None, self.peak_gflops, stored_px=stored,
-                     records=len(source), threads=threads, **extra))
+                     records=len(source), threads=threads, image_dtype="uint8", **extra))
 
   # -- bf16 ------------------------------------------------------------------------------------
 

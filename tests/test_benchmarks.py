@@ -431,7 +431,7 @@ def test_no_recompilation_after_the_first_step():
       lambda out, b: cosmic_lib.cosmic_loss(out["logits"], b["target"], b["mask"]), 1e-3)
   for real in (8, 8, 3):
     target = rng.random((real, 12)).astype(np.float32)
-    host = {"image": rng.random((real, 24, 24, 3)).astype(np.float32),
+    host = {"image": rng.integers(0, 256, (real, 24, 24, 3), np.uint8),  # as training sends
             "target": target / target.sum(1, keepdims=True)}
     host, mask = sharding.pad_batch(host, 8)
     host["mask"] = mask

@@ -134,3 +134,33 @@ def test_topk_agreement_by_hand_and_with_fewer_concepts_than_k():
   out = concepts_lib.topk_agreement(logits, z_prime, k=5)
   assert out["top5_agreement"] == pytest.approx((0.5 + 1.0) / 2)
   assert out["n_held_out"] == 2 and 0.0 <= out["top5_chance"] <= 1.0
+
+
+def test_uint8_images_train_and_predict_exactly_as_their_float32_pixels():
+  """The image stages send uint8 batches: a train step and a prediction on them give the same
+  numbers, bit for bit, as on ``input_pipeline.to_unit`` of the same pixels (the float32 batches
+  the stages sent before)."""
+  import jax
+  from camera_jax.data import input_pipeline
+  from camera_jax.training import concepts as concepts_lib, trainer
+
+  model = cosmic.COSMIC(num_concepts=6, d_u=4, channels=(4, 4, 4, 4, 4), fc=8)
+  tx = trainer.make_optimizer(1e-2, 1.0, 10)
+  fresh = lambda: concepts_lib.create_image_state(model, 16, jax.random.PRNGKey(0), tx)  # noqa: E731
+  step, predict = concepts_lib.make_image_steps(
+      lambda out, b: cosmic.cosmic_loss(out["logits"], b["target"], b["mask"]), 1e-3)
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (5, 16, 16, 3), np.uint8)
+  target = rng.random((5, 6)).astype(np.float32)
+  batch = {"target": target / target.sum(1, keepdims=True), "mask": np.ones(5, bool)}
+  key = jax.random.PRNGKey(1)
+  outs = []
+  for image in (pixels, input_pipeline.to_unit(pixels)):
+    new, metrics = step(fresh(), {**batch, "image": image}, key)  # the step donates its state
+    outs.append((jax.device_get((new.params, new.batch_stats, new.opt_state, metrics)),
+                 np.asarray(predict(new, image)["logits"])))
+  leaves = [jax.tree_util.tree_leaves(o) for o in outs]
+  assert len(leaves[0]) == len(leaves[1]) > 10
+  for a, b in zip(*leaves):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not np.array_equal(outs[0][1], np.asarray(predict(fresh(), pixels)["logits"]))  # it trained

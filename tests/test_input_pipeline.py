@@ -365,6 +365,28 @@ def test_decoded_images_give_the_same_batches(prepared, tmp_path):
     assert _files(tmp_path / "decoded") == ["posts_8px.npy", "posts_8px.rows.npy"]
 
 
+def test_uint8_batches_are_the_pixels_of_the_float32_batches(prepared, tmp_path):
+    """dtype=uint8 (what the image stages ask for) gives the pixels that to_unit turns into the
+    float32 batches, from the source or the decoded file, augmented or not; padding is 0."""
+    _, _, sources = prepared
+    raw = sources["posts"]
+    dec = ip.DecodedImages(raw, 8, tmp_path / "posts_8px.npy")
+    for src in (raw, dec):
+        for kw in (dict(shuffle=False, seed=0), dict(shuffle=True, seed=3, epoch=2, augment=True),
+                   dict(shuffle=True, seed=5, augment=True, num_threads=2, prefetch=True)):
+            f32 = _all_batches(ip.ImageBatches(src, 3, 8, **kw))
+            u8 = _all_batches(ip.ImageBatches(src, 3, 8, dtype=np.uint8, **kw))
+            assert len(f32) == len(u8) and N_POSTS % 3  # a padded last batch
+            for a, b in zip(f32, u8):
+                assert b["image"].dtype == np.uint8 and a["image"].dtype == np.float32
+                np.testing.assert_array_equal(ip.to_unit(b["image"]), a["image"])
+                np.testing.assert_array_equal(a["row"], b["row"])
+                np.testing.assert_array_equal(a["mask"], b["mask"])
+                assert not b["image"][~b["mask"]].any()
+    with pytest.raises(ValueError, match="float32 or uint8"):
+        ip.ImageBatches(raw, 3, 8, shuffle=False, seed=0, dtype=np.float64)
+
+
 def test_decoded_images_are_reused_and_a_wrong_file_is_rebuilt(prepared, tmp_path, monkeypatch):
     _, _, sources = prepared
     raw, path = sources["posts"], tmp_path / "posts_8px.npy"

@@ -4,6 +4,10 @@
 
     {"image": float32 [B, S, S, 3] in [0, 1], "row": int32 [B], "mask": bool [B]}
 
+or, with ``dtype=np.uint8`` (what the image stages ask for), the uint8 pixels themselves: a
+quarter of the bytes to the device, where ``models.visual.unit_pixels`` turns them into the
+same float32 numbers.
+
 * The order is a permutation of the data-source indices drawn from ``(seed, epoch)`` only, so a
   resumed run reproduces it; ``start_batch`` skips the batches already consumed in that epoch.
 * The last partial batch is padded to ``B`` (zero images, ``row = -1``, ``mask = False``): every
@@ -22,8 +26,9 @@ images/s in one thread and 1,600 with 2 threads; on a 16-core GPU host (H100), w
 augmentation, 630 images/s in one thread, 1,350 with 4 and 1,080 with 16 (so
 :func:`auto_threads` stops at 4), against a COSMIC train step of 33,000 images/s there at 64 px.
 Hence :class:`DecodedImages`: the training stages decode each image once into a uint8 file read
-by memory map (``--image_cache_gb``), after which a batch is a gather, the augmentation and a
-division (about 19,500 images/s at 64 px with augmentation on the VM). Without it
+by memory map (``--image_cache_gb``), after which a uint8 batch is a gather and the
+augmentation (about 24,000 images/s at 64 px with augmentation on the VM; 19,500 when the host
+also converted to float32). Without it
 (``num_threads`` > 0) a thread pool decodes the images of a batch; ``prefetch=True`` prepares
 batches in one background thread, overlapping the training step.
 """
@@ -401,9 +406,12 @@ class ImageBatches:
       start_batch: skip the first ``start_batch`` batches of the epoch (resume).
       num_threads: decoding threads; 0 decodes in the thread preparing the batch.
       prefetch: prepare batches in one background thread, at most 2 ahead.
+      dtype: the images' dtype: float32 (:func:`to_unit`, in [0, 1]) or uint8 (the pixels
+        themselves, a quarter of the bytes; ``models.visual.unit_pixels`` converts them on the
+        device to the same numbers). The image stages use uint8.
 
-    Iterating yields dicts ``image`` float32 [B, S, S, 3] in [0, 1], ``row`` int32 [B] (-1 for
-    padding), ``mask`` bool [B] (False for padding). ``len()`` is the number of batches of the
+    Iterating yields dicts ``image`` [B, S, S, 3] of ``dtype``, ``row`` int32 [B] (-1 for
+    padding), ``mask`` bool [B] (False for padding; padding images are 0). ``len()`` is the number of batches of the
     epoch, including any skipped by ``start_batch``.
     """
 
@@ -421,9 +429,13 @@ class ImageBatches:
         start_batch: int = 0,
         num_threads: int = 0,
         prefetch: bool = False,
+        dtype: Any = np.float32,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.uint8):
+            raise ValueError(f"dtype must be float32 or uint8, got {self.dtype}")
         self.source = source
         self.batch_size = int(batch_size)
         self.image_size = int(image_size)
@@ -468,7 +480,7 @@ class ImageBatches:
         b, s = self.batch_size, self.image_size
         idx = order[k * b : (k + 1) * b]
         n = len(idx)
-        image = np.zeros((b, s, s, 3), dtype=np.float32)
+        image = np.zeros((b, s, s, 3), dtype=self.dtype)
         row = np.full((b,), -1, dtype=np.int32)
         mask = np.zeros((b,), dtype=bool)
         if decoded is not None:
@@ -491,7 +503,10 @@ class ImageBatches:
         if self.augment and n:  # Its own generator per image: the same result in any thread.
             rngs = [np.random.default_rng([self.seed, self.epoch, k, 1, j]) for j in range(n)]
             pixels = augment_batch(pixels, rngs)
-        to_unit(pixels, out=image[:n])
+        if self.dtype == np.uint8:
+            image[:n] = pixels
+        else:
+            to_unit(pixels, out=image[:n])
         mask[:n] = True
         return {"image": image, "row": row, "mask": mask}
 

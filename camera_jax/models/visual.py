@@ -22,9 +22,36 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 LEAKY_SLOPE = 0.01
 """Negative slope of every leaky_relu in the models (the authors' code uses 0.01)."""
+
+
+#: ``UNIT_TABLE[v]`` = v / 255 in float32, correctly rounded: the numbers of
+#: ``input_pipeline.to_unit`` (the same ``np.divide``), for :func:`unit_pixels`.
+UNIT_TABLE = np.divide(np.arange(256, dtype=np.uint8), np.float32(255.0), dtype=np.float32)
+
+
+def unit_pixels(x: jax.Array) -> jax.Array:
+  """uint8 pixels as float32 in [0, 1] on the device; any other dtype is returned unchanged.
+
+  The image stages send uint8 batches (a quarter of float32's bytes to the device) and the
+  encoder converts them here, by a lookup in :data:`UNIT_TABLE`: the same numbers as the
+  host's ``input_pipeline.to_unit`` on every backend. ``x / 255`` would not be: XLA rewrites a
+  division by a constant into a multiplication by its reciprocal, which differs from the
+  division in 126 of the 256 values (by one unit in the last place).
+
+  >>> import numpy as np
+  >>> v = np.arange(256, dtype=np.uint8)
+  >>> bool((np.asarray(unit_pixels(v)) == np.divide(v, np.float32(255), dtype=np.float32)).all())
+  True
+  >>> unit_pixels(np.ones(2, np.float32)).dtype
+  dtype('float32')
+  """
+  if x.dtype != jnp.uint8:
+    return x
+  return jnp.asarray(UNIT_TABLE)[x]
 
 
 def max_pool(x: jax.Array, window: int) -> jax.Array:
@@ -152,7 +179,8 @@ class VisualEncoder(nn.Module):
     """Encodes images.
 
     Args:
-      x: float images [B, S, S, 3] (any range; the pipeline gives [0, 1]).
+      x: images [B, S, S, 3]: uint8 pixels (converted by :func:`unit_pixels`, as the image
+        stages send them) or floats (any range; ``input_pipeline.to_unit`` gives [0, 1]).
       train: batch statistics (and their running averages in the mutable ``batch_stats``
         collection) when True, the running averages when False.
       mask: optional bool [B]: rows that count in the batch statistics (the padding rows of a
@@ -164,7 +192,7 @@ class VisualEncoder(nn.Module):
     row_mask = None if mask is None else jnp.asarray(mask, bool)
     if len(self.channels) != len(self.pools):
       raise ValueError("channels and pools must have the same length")
-    x = x.astype(self.dtype)
+    x = unit_pixels(x).astype(self.dtype)
     for i, (ch, pool) in enumerate(zip(self.channels, self.pools)):
       x = nn.Conv(ch, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
                   name=f"conv{i + 1}")(x)

@@ -2,8 +2,9 @@
 
 Both are image models trained on batches streamed from the TFDS data source
 (``camera_jax.data.input_pipeline.ImageBatches``): decoding and augmentation happen on the host,
-the jitted step sees float32 image batches sharded over the ``data`` axis of a mesh of all
-devices; the last partial batch is padded and masked.  One orbax checkpoint is written per epoch
+the jitted step sees uint8 image batches (a quarter of float32's bytes; the encoder converts them
+to [0, 1] on the device, ``models.visual.unit_pixels``) sharded over the ``data`` axis of a mesh
+of all devices; the last partial batch is padded and masked.  One orbax checkpoint is written per epoch
 (params, BatchNorm statistics, optimiser state, step); the data order of an epoch is a function of
 (seed, epoch) only, so a resumed run replays exactly what an uninterrupted one would.
 """
@@ -115,7 +116,7 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
     batches = input_pipeline.ImageBatches(
         source, batch_size, cfg.image_size, shuffle=True, seed=cfg.seed, epoch=epoch,
         augment=cfg.augment, indices=indices, num_threads=cfg.input_threads,
-        prefetch=cfg.input_threads > 0)
+        prefetch=cfg.input_threads > 0, dtype=np.uint8)  # the encoder converts on the device
     batches.decoded()   # a decoded file's one decoding pass (logged) stays off the epoch's clock
     t0 = time.perf_counter()
     acc = None
@@ -158,7 +159,8 @@ def predict_all(*, model_outputs: Callable[[Any], np.ndarray], state: trainer.Tr
   out = np.zeros((n_rows, width), dtype)
   for batch in input_pipeline.ImageBatches(source, batch_size, image_size, shuffle=False,
                                             seed=0, epoch=0, augment=False, indices=indices,
-                                            num_threads=input_threads, prefetch=input_threads > 0):
+                                            num_threads=input_threads, prefetch=input_threads > 0,
+                                            dtype=np.uint8):
     images = sharding.shard_batch(sharding.process_local({"image": batch["image"]}), mesh)["image"]
     values = sharding.to_host(model_outputs(predict(state, images)))
     values = values[: len(batch["mask"])]
