@@ -542,14 +542,21 @@ def test_coverage(dataset: format_lib.Dataset) -> dict[str, Any]:
 
   Returns ``n_test_brands``, ``n_test_positives_not_candidates`` (cooperations of a test brand
   with an influencer that is not a candidate: no test pair holds them, so no metric counts them)
-  and ``warnings`` (one line each; empty when the test set is whole).
+  and ``warnings``: one line each for that, for a split with no test brand or no candidate, and
+  for test pairs none of which is positive (every metric null); empty otherwise.
   """
   positives = dataset.positives()
   candidates = set(dataset.split.candidates)
   outside = sorted((b, m) for b in dataset.split.test for m in positives.get(b, ()) if m not in candidates)
+  inside = sum(m in candidates for b in dataset.split.test for m in positives.get(b, ()))
   warnings = []
   if not dataset.split.test:
     warnings.append("no test brand in the split: no test pair is scored and every metric is null")
+  elif not candidates:
+    warnings.append("no candidate in the split: no test pair is scored and every metric is null")
+  elif not inside:
+    warnings.append(f"no test brand ({len(dataset.split.test)}) cooperated with a candidate: no "
+                    "test pair is positive and every metric is null")
   if outside:
     b, m = outside[0]
     warnings.append(f"{len(outside)} cooperation(s) of a test brand with an influencer that is not a "

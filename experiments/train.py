@@ -74,7 +74,7 @@ def main(argv):
         path = report.write_report(run_lib.load_run(workdir))
         logging.info("report: %s", path)
       except Exception as e:  # pylint: disable=broad-except  # The run is complete: say so.
-        print(f"report failed: {_cli.error_line(e)} (the run itself is complete; retry with "
+        print(f"report failed: {type(e).__name__}: {_cli.error_line(e)} (the run itself is complete; retry with "
               f"python experiments/report.py --workdir={workdir})", file=sys.stderr)
         status = 1
     print(f"work directory: {workdir}")

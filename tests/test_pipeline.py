@@ -197,10 +197,14 @@ def test_test_positives_outside_the_candidates_and_an_empty_test_set_are_warned(
   brand = next(b for b in dataset.split.test if positives[b])
   dropped = sorted(positives[brand])[0]
   others = sum(dropped in positives[b] for b in dataset.split.test)
+  partners = {m for b in dataset.split.test for m in positives[b]}
+  n_partners = sum(len(positives[b]) for b in dataset.split.test)
   for name, split, want in (
       ("fewer_candidates", {"candidates": [m for m in dataset.split.candidates if m != dropped]},
        others),
-      ("no_test", {"test": [], "train": [*dataset.split.train, *dataset.split.test]}, 0)):
+      ("no_test", {"test": [], "train": [*dataset.split.train, *dataset.split.test]}, 0),
+      ("no_partner", {"candidates": [m for m in dataset.split.candidates if m not in partners]},
+       n_partners)):
     copy = tmp_path / name
     shutil.copytree(tiny_data, copy)
     obj = {"train": list(dataset.split.train), "test": list(dataset.split.test),
@@ -208,9 +212,14 @@ def test_test_positives_outside_the_candidates_and_an_empty_test_set_are_warned(
     (copy / format_lib.SPLIT_FILE).write_text(json.dumps(obj))
     metrics = pipeline.rescore(workdir, copy, tmp_path / f"{name}_out")
     saved = json.loads((tmp_path / f"{name}_out" / "metrics.json").read_text())
-    assert saved["warnings"] == metrics["warnings"] and len(metrics["warnings"]) == 1, name
+    assert saved["warnings"] == metrics["warnings"], name
+    assert len(metrics["warnings"]) == (2 if name == "no_partner" else 1), metrics["warnings"]
     assert metrics["n_test_positives_not_candidates"] == want
-    if name == "no_test":
+    if name == "no_partner":
+      assert metrics["n_test_positives"] == 0 and saved["methods"]["CAMERA"]["mrr"] is None
+      assert metrics["warnings"][0].startswith(f"no test brand ({len(dataset.split.test)}) "
+                                               "cooperated with a candidate")
+    elif name == "no_test":
       assert metrics["n_test_brands"] == metrics["n_test_pairs"] == 0
       assert metrics["warnings"][0].startswith("no test brand in the split")
       assert saved["methods"]["CAMERA"]["mrr"] is None
