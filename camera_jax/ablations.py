@@ -258,13 +258,10 @@ def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path) -> d
                                   score_fn=ranker_lib.make_score_fn(rcfg, hp_lib.HP_MODEL),
                                   keys=("S",))
   result = pipeline.evaluate_methods(cfg, dataset, pairs, {"Hp+MR": scored["S"]})
-  result["n_test_pairs"] = int(len(pairs["label"]))
-  result["n_test_positives"] = int(pairs["label"].sum())
-  result.update(pipeline.test_coverage(dataset))
+  result.update(pipeline.test_set_counts(dataset, pairs))
   result["seconds"] = time.perf_counter() - t0
   pipeline.write_scores(out_dir / "scores.csv", dataset, pairs, scored["S"])
-  pipeline.atomic_write_text(out_dir / "metrics.json", json.dumps(
-      pipeline.json_safe(result), indent=2, sort_keys=True, allow_nan=False))
+  pipeline.write_metrics(out_dir / "metrics.json", result)
   return result
 
 

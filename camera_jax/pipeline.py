@@ -537,32 +537,42 @@ def test_pairs(dataset: format_lib.Dataset) -> dict[str, np.ndarray]:
   return {"brand": b, "influencer": m, "label": labels}
 
 
-def test_coverage(dataset: format_lib.Dataset) -> dict[str, Any]:
-  """What the test pairs of :func:`test_pairs` leave out, and the warnings that say so.
+def test_set_counts(dataset: format_lib.Dataset, pairs: dict[str, np.ndarray]) -> dict[str, Any]:
+  """metrics.json's account of the test ``pairs`` (:func:`test_pairs` of ``dataset``), with the
+  warnings it calls for, which are also logged.
 
-  Returns ``n_test_brands``, ``n_test_positives_not_candidates`` (cooperations of a test brand
-  with an influencer that is not a candidate: no test pair holds them, so no metric counts them)
-  and ``warnings``: one line each for that, for a split with no test brand or no candidate, and
-  for test pairs none of which is positive (every metric null); empty otherwise.
+  Returns ``n_test_pairs``, ``n_test_positives``, ``n_test_brands``,
+  ``n_test_positives_not_candidates`` (cooperations of a test brand with an influencer that is
+  not a candidate: no test pair holds them, so no metric counts them) and ``warnings``: one line
+  each for that, for a split with no test brand or no candidate, and for test pairs none of which
+  is positive (every metric null); empty otherwise.
   """
   positives = dataset.positives()
   candidates = set(dataset.split.candidates)
   outside = sorted((b, m) for b in dataset.split.test for m in positives.get(b, ()) if m not in candidates)
-  inside = sum(m in candidates for b in dataset.split.test for m in positives.get(b, ()))
+  n_positives = int(pairs["label"].sum())
   warnings = []
   if not dataset.split.test:
     warnings.append("no test brand in the split: no test pair is scored and every metric is null")
   elif not candidates:
     warnings.append("no candidate in the split: no test pair is scored and every metric is null")
-  elif not inside:
+  elif not n_positives:
     warnings.append(f"no test brand ({len(dataset.split.test)}) cooperated with a candidate: no "
                     "test pair is positive and every metric is null")
   if outside:
     b, m = outside[0]
     warnings.append(f"{len(outside)} cooperation(s) of a test brand with an influencer that is not a "
                     f"candidate (e.g. {b!r} with {m!r}) are in no test pair: no metric counts them")
-  return {"n_test_brands": len(dataset.split.test), "n_test_positives_not_candidates": len(outside),
+  for line in warnings:
+    logging.warning("test set: %s", line)
+  return {"n_test_pairs": int(len(pairs["label"])), "n_test_positives": n_positives,
+          "n_test_brands": len(dataset.split.test), "n_test_positives_not_candidates": len(outside),
           "warnings": warnings}
+
+
+def write_metrics(path: pathlib.Path, result: dict[str, Any]) -> None:
+  """Writes metrics.json: sorted keys, every NaN as null (:func:`json_safe`), atomically."""
+  atomic_write_text(path, json.dumps(json_safe(result), indent=2, sort_keys=True, allow_nan=False))
 
 
 def evaluate_methods(cfg: Config, dataset: format_lib.Dataset, pairs: dict[str, np.ndarray],
@@ -818,16 +828,11 @@ def evaluate_tables(cfg: Config, dataset: format_lib.Dataset, tables: ranker_lib
         name, {"brand": pairs["brand"], "influencer": pairs["influencer"]}, base_feats, rng), np.float64)
   result = evaluate_methods(cfg, dataset, pairs, method_scores)
   result["concept_layer"] = concept_metrics
-  result["n_test_pairs"] = int(len(pairs["label"]))
-  result["n_test_positives"] = int(pairs["label"].sum())
-  result.update(test_coverage(dataset))
-  for line in result["warnings"]:
-    logging.warning("test set: %s", line)
+  result.update(test_set_counts(dataset, pairs))
   if is_main():
     out_dir = pathlib.Path(out_dir)
     write_scores(out_dir / "scores.csv", dataset, pairs, scored["S"])
-    atomic_write_text(out_dir / "metrics.json",
-                      json.dumps(json_safe(result), indent=2, sort_keys=True, allow_nan=False))
+    write_metrics(out_dir / "metrics.json", result)
   return result
 
 
