@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import math
 import os
 import pathlib
@@ -958,7 +957,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   compiler_options.use_deterministic_gpu_ops()   # as the experiments run (before JAX starts)
   report = run(args)
   if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n",
+    from camera_jax import strict_json
+    pathlib.Path(args.out).write_text(strict_json.dumps(report, indent=1, sort_keys=True) + "\n",
                                       encoding="utf-8")
     print(f"wrote {args.out}")
   return 0

@@ -52,6 +52,7 @@ from camera_jax import baselines as baselines_lib
 from camera_jax import config as config_lib
 from camera_jax import metrics as metrics_lib
 from camera_jax import pipeline
+from camera_jax import strict_json
 from camera_jax import tables as tables_lib
 from camera_jax.config import Config
 from camera_jax.data import format as format_lib
@@ -130,14 +131,15 @@ def variant_config(cfg: Config, method: str, data_dir: str | os.PathLike) -> Con
 def _check_flags(workdir: pathlib.Path, cfg: Config) -> None:
   path = workdir / "flags.txt"
   if path.exists():
-    diff = config_lib.differences(config_lib.read_flags(path), cfg)
+    diff = config_lib.differences(config_lib.absolute_paths(config_lib.read_flags(path)),
+                                  config_lib.absolute_paths(cfg))
     if diff:
       raise ConfigMismatchError(
           f"{workdir} was made with other settings ({', '.join(diff)}); use another --workdir")
 
 
 def _write_flags(workdir: pathlib.Path, cfg: Config) -> None:
-  pipeline.atomic_write_text(workdir / "flags.txt", cfg.to_flags() + f"--workdir={workdir}\n")
+  pipeline.atomic_write_text(workdir / "flags.txt", config_lib.flags_file(cfg, workdir))
 
 
 def _done(workdir: pathlib.Path) -> bool:
@@ -392,7 +394,8 @@ def init_workdir(workdir: str | os.PathLike, cfg: Config) -> pathlib.Path:
     saved = Config(**{k: (tuple(v) if isinstance(v, list) else v)
                       for k, v in json.loads(marker.read_text())["config"].items()
                       if k in Config.__dataclass_fields__})
-    diff = [k for k in config_lib.differences(saved, cfg) if k != "seed"]
+    diff = [k for k in config_lib.differences(config_lib.absolute_paths(saved),
+                                              config_lib.absolute_paths(cfg)) if k != "seed"]
     if diff:
       raise ConfigMismatchError(
           f"{workdir} holds tables made with other settings ({', '.join(diff)}); "
@@ -401,7 +404,8 @@ def init_workdir(workdir: str | os.PathLike, cfg: Config) -> pathlib.Path:
   if workdir.exists() and any(workdir.iterdir()):
     raise ConfigMismatchError(f"{workdir} is not empty and is not a paper_tables work directory")
   workdir.mkdir(parents=True, exist_ok=True)
-  pipeline.atomic_write_text(marker, json.dumps({"config": cfg.to_dict()}, indent=2, sort_keys=True))
+  pipeline.atomic_write_text(marker, strict_json.dumps({"config": config_lib.absolute_paths(cfg).to_dict()},
+                                                  indent=2, sort_keys=True))
   return workdir
 
 
@@ -436,7 +440,7 @@ def run_paper_tables(cfg: Config, workdir: str | os.PathLike, seeds: Sequence[in
     seconds[seed] = run_seed(scfg, seed_dir, methods, progress)
     res = seed_results(collect_seed(scfg, seed_dir, methods))
     res["seed"] = seed
-    pipeline.atomic_write_text(seed_dir / "results.json", json.dumps(res, indent=1, sort_keys=True))
+    pipeline.atomic_write_text(seed_dir / "results.json", strict_json.dumps(res, indent=1, sort_keys=True))
     per_seed[seed] = res
   # A fixed --data_dir: every seed tests the same brands (cluster bootstrap by brand id).
   written = tables_lib.write_all(workdir, per_seed, methods=methods, n_resamples=n_resamples,

@@ -160,6 +160,25 @@ def read_flags(path: str | os.PathLike) -> Config:
   return Config(**kwargs)
 
 
+def flags_file(cfg: Config, workdir: str | os.PathLike) -> str:
+  """The text of a run's ``flags.txt``: :meth:`Config.to_flags` with ``data_dir`` made absolute,
+  then ``--workdir`` (absolute), so that ``--flagfile=DIR/flags.txt`` resumes the same run on the
+  same data from any working directory (relative paths would be read against the new one).
+
+  >>> lines = flags_file(Config(data_dir="data/x"), "runs/a").splitlines()
+  >>> f"--data_dir={os.getcwd()}/data/x" in lines, lines[-1] == f"--workdir={os.getcwd()}/runs/a"
+  (True, True)
+  >>> "--data_dir=" in flags_file(Config(), "/runs/a").splitlines()   # unset stays unset
+  True
+  """
+  return absolute_paths(cfg).to_flags() + f"--workdir={os.path.abspath(workdir)}\n"
+
+
+def absolute_paths(cfg: Config) -> Config:
+  """``cfg`` with a set ``data_dir`` made absolute (against the current directory)."""
+  return cfg.replace(data_dir=os.path.abspath(cfg.data_dir)) if cfg.data_dir else cfg
+
+
 def fields() -> list[dataclasses.Field]:
   """The dataclass fields (used by experiments/train.py to define one flag per field)."""
   return list(dataclasses.fields(Config))

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import pathlib
 import time
@@ -27,6 +28,7 @@ from camera_jax import atomic
 from camera_jax import baselines as baselines_lib
 from camera_jax import metrics as metrics_lib
 from camera_jax import config as config_lib
+from camera_jax import strict_json
 from camera_jax.config import Config
 from camera_jax.data import engagement as engagement_lib
 from camera_jax.data import format as format_lib
@@ -62,17 +64,28 @@ _CHOICES = {
 }
 
 
-def check_config(cfg: Config) -> list[str]:
-  """The problems of ``cfg`` found without doing any work: one "--flag=value: why" line each."""
+def check_config(cfg: Config, *, evaluate_loss: bool = True) -> list[str]:
+  """The problems of ``cfg`` found without doing any work: one "--flag=value: why" line each.
+
+  ``evaluate_loss=False`` only traces the loss (``losses.check``), starting no JAX backend:
+  for a check before ``jax.distributed.initialize``; a non-finite loss is then found by the
+  check at the start of :func:`train_and_evaluate`.
+  """
   from camera_jax import losses as losses_lib
   errors = []
   if cfg.loss not in losses_lib.REGISTRY:
     errors.append(f"--loss={cfg.loss}: unknown loss; available: {', '.join(sorted(losses_lib.REGISTRY))}")
   else:
     try:
-      losses_lib.parse_hparams(cfg.loss, cfg.loss_hparams)
+      settings = loss_hparams(cfg)
     except ValueError as e:
       errors.append(f"--loss_hparams={cfg.loss_hparams}: {e}")
+    else:
+      problem = losses_lib.check(cfg.loss, dict(settings), evaluate=evaluate_loss)
+      if problem:
+        taken = losses_lib.hparams_of(cfg.loss)
+        given = ", ".join(f"{k}={v}" for k, v in settings if k in taken)
+        errors.append(f"--loss={cfg.loss}" + (f" with {given}" if given else "") + f": {problem}")
   for name, choices in _CHOICES.items():
     if getattr(cfg, name) not in choices:
       errors.append(f"--{name}={getattr(cfg, name)}: must be one of {', '.join(choices)}")
@@ -85,18 +98,29 @@ def check_config(cfg: Config) -> list[str]:
     if cfg.preset not in synthetic.PRESETS:
       errors.append(f"--preset={cfg.preset}: unknown preset; available: {', '.join(sorted(synthetic.PRESETS))}")
   for name in ("batch_size", "cg_batch_size", "cosmic_batch_size", "top_k", "num_negatives",
-               "image_size", "w2v_dim", "d_u", "d_score", "num_processes"):
+               "image_size", "w2v_dim", "d_u", "d_score", "num_processes", "cg_max_k"):
     if getattr(cfg, name) < 1:
       errors.append(f"--{name}={getattr(cfg, name)}: must be >= 1")
   for name in ("epochs", "cg_epochs", "cosmic_epochs", "w2v_epochs", "eval_chunk", "input_threads",
-               "image_cache_gb", "seed"):
-    if getattr(cfg, name) < 0:
+               "image_cache_gb", "seed", "cg_min_k"):
+    if not getattr(cfg, name) >= 0:  # also refuses NaN
       errors.append(f"--{name}={getattr(cfg, name)}: must be >= 0")
-  for name in ("learning_rate", "representation_lr_scale"):
-    if not getattr(cfg, name) > 0:
+  for name in ("learning_rate", "cg_learning_rate", "cosmic_learning_rate",
+               "representation_lr_scale", "lr_decay", "cg_lr_decay", "cosmic_lr_decay",
+               "init_scale"):
+    if not getattr(cfg, name) > 0:  # also refuses NaN
       errors.append(f"--{name}={getattr(cfg, name)}: must be > 0")
-  if not 0.0 <= cfg.cg_held_out < 1.0:
-    errors.append(f"--cg_held_out={cfg.cg_held_out}: must be in [0, 1)")
+  for name in ("l1", "cosmic_l1"):
+    if not getattr(cfg, name) >= 0:
+      errors.append(f"--{name}={getattr(cfg, name)}: must be >= 0")
+  for name in ("cg_held_out", "dropout"):
+    if not 0.0 <= getattr(cfg, name) < 1.0:
+      errors.append(f"--{name}={getattr(cfg, name)}: must be in [0, 1)")
+  if not 0.0 <= cfg.cg_threshold <= 1.0:
+    errors.append(f"--cg_threshold={cfg.cg_threshold}: must be in [0, 1]")
+  for name in ("margin", "temperature"):  # whether or not the loss takes them (flags.txt keeps them)
+    if getattr(cfg, name) is not None and not math.isfinite(getattr(cfg, name)):
+      errors.append(f"--{name}={getattr(cfg, name)}: must be a finite number")
   if cfg.num_processes >= 1 and not 0 <= cfg.process_id < cfg.num_processes:
     errors.append(f"--process_id={cfg.process_id}: must be in [0, --num_processes={cfg.num_processes})")
   return errors
@@ -395,7 +419,7 @@ def concept_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, A
                                        cg_lib.multilabel_metrics(h[known], gt).items()}
   if is_main():
     save_npy(path, h.astype(bool))
-    atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
+    atomic_write_text(meta_path, strict_json.dumps(meta, indent=2, sort_keys=True))
   return h.astype(bool), meta
 
 
@@ -423,7 +447,7 @@ def cosmic_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, An
   if is_main():
     save_npy(cdir / "z_prime.npy", z_prime)
     atomic_write_text(cdir / "concepts.txt", "".join(c + "\n" for c in dataset.concepts))
-    atomic_write_text(cdir / "cosmic.json", json.dumps({"held_out": metrics}, indent=2))
+    atomic_write_text(cdir / "cosmic.json", strict_json.dumps({"held_out": metrics}, indent=2))
     save_npy(cdir / "U_C.npy", u_c.astype(np.float32))
   return z_prime, u_c, {"held_out": metrics}
 
@@ -571,8 +595,8 @@ def test_set_counts(dataset: format_lib.Dataset, pairs: dict[str, np.ndarray]) -
 
 
 def write_metrics(path: pathlib.Path, result: dict[str, Any]) -> None:
-  """Writes metrics.json: sorted keys, every NaN as null (:func:`json_safe`), atomically."""
-  atomic_write_text(path, json.dumps(json_safe(result), indent=2, sort_keys=True, allow_nan=False))
+  """Writes metrics.json: sorted keys, every NaN as null (:mod:`camera_jax.strict_json`), atomically."""
+  atomic_write_text(path, strict_json.dumps(result, indent=2, sort_keys=True))
 
 
 def evaluate_methods(cfg: Config, dataset: format_lib.Dataset, pairs: dict[str, np.ndarray],
@@ -754,7 +778,7 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
   earlier_flags = flags_path.read_text() if flags_path.exists() else None
   outputs_before = _concept_outputs(workdir)
   if is_main():
-    atomic_write_text(flags_path, cfg.to_flags() + f"--workdir={workdir}\n")
+    atomic_write_text(flags_path, config_lib.flags_file(cfg, workdir))
   mesh = sharding.make_mesh()
   try:
     prep = prepare_concepts(cfg, workdir, log, mesh)
@@ -834,18 +858,6 @@ def evaluate_tables(cfg: Config, dataset: format_lib.Dataset, tables: ranker_lib
     write_scores(out_dir / "scores.csv", dataset, pairs, scored["S"])
     write_metrics(out_dir / "metrics.json", result)
   return result
-
-
-def json_safe(x: Any) -> Any:
-  """``x`` with every NaN or infinite float replaced by None (JSON null): a metric is NaN when
-  no test pair is positive, and JSON has no NaN."""
-  if isinstance(x, dict):
-    return {k: json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [json_safe(v) for v in x]
-  if isinstance(x, (float, np.floating)):
-    return float(x) if np.isfinite(x) else None
-  return x
 
 
 def saved_concept_metrics(workdir: pathlib.Path) -> dict[str, Any]:

@@ -12,7 +12,6 @@ camera_jax/explain/search.py and docs/interpretability.md. Errors print one line
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -89,7 +88,8 @@ def main(argv) -> int:
         for k in ("camera", "caption_match", "exact_match") if k in doc}
 
   if _FORMAT.value == "json":
-    print(json.dumps(doc, indent=2, ensure_ascii=False))
+    from camera_jax import strict_json
+    print(strict_json.dumps(doc, indent=2, ensure_ascii=False))
     return 0
   kw = ", ".join(
       k["keyword"] + ("" if k["method"] == "word2vec" else f" [{k['method']}" + (f" -> {k['word']}" if k["word"] else "") + "]")

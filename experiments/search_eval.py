@@ -5,7 +5,6 @@ r"""How often keyword search returns the queried category, next to the paper's t
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -32,8 +31,8 @@ def main(argv) -> int:
   result = search_eval.evaluate_search(run, top_k=_TOP_K.value)
   print(search_eval.format_summary(result))
   if _OUT.value:
-    with open(_OUT.value, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
+    from camera_jax import atomic, strict_json
+    atomic.write_bytes(_OUT.value, (strict_json.dumps(result, indent=2) + "\n").encode("utf-8"))
   return 0
 
 

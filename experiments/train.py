@@ -35,7 +35,8 @@ def main(argv):
   from camera_jax.training import checkpoint as ckpt_lib, sharding, trainer
 
   cfg = _flags.config_from_flags(FLAGS)
-  errors = pipeline.check_config(cfg)  # Stop before any work (or any process group).
+  # Stop before any work (or any process group, so no JAX backend may start yet).
+  errors = pipeline.check_config(cfg, evaluate_loss=False)
   if errors:
     print("\n".join(errors), file=sys.stderr)
     return 1

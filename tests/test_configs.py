@@ -1,5 +1,6 @@
 """The shipped flagfiles parse into valid configs with the settings their comments promise."""
 
+import subprocess
 import sys
 
 import pytest
@@ -102,6 +103,17 @@ def test_unset_loss_flags_keep_each_losss_own_defaults_and_loss_hparams_reach_th
   assert pipeline.check_config(config_lib.Config(loss="hinge", loss_hparams="margin=x")) == [
       "--loss_hparams=margin=x: 'margin=x': margin must be float, like its default 1.0"]
 
+  # a setting the loss cannot train with is refused before any work, whichever flag set it
+  assert pipeline.check_config(config_lib.Config(loss="infonce", temperature=0.0)) == [
+      "--loss=infonce with temperature=0.0: temperature must be > 0, got 0.0"]
+  assert pipeline.check_config(config_lib.Config(loss="approx_ndcg", loss_hparams="temperature=-1")) == [
+      "--loss=approx_ndcg with temperature=-1.0: temperature must be > 0, got -1.0"]
+  assert pipeline.check_config(config_lib.Config(loss="hinge", margin=1e39)) == [  # inf in float32
+      "--loss=hinge with margin=1e+39: the loss or its gradient is not finite on a test batch"]
+  assert pipeline.check_config(config_lib.Config(loss="bpr", margin=float("nan"))) == [  # not bpr's,
+      "--margin=nan: must be a finite number"]        # but flags.txt keeps it (nan != nan on resume)
+  assert pipeline.check_config(config_lib.Config(loss="triplet", temperature=0.0)) == []  # not triplet's
+
   # the flags file round trip: an unset margin stays unset, loss_hparams comes back verbatim
   import tempfile
   with tempfile.TemporaryDirectory() as d:
@@ -113,6 +125,52 @@ def test_unset_loss_flags_keep_each_losss_own_defaults_and_loss_hparams_reach_th
     open(path, "w").write(unset.to_flags())
     back = _parse(path, monkeypatch)
     assert back == unset and back.margin is None and back.temperature is None
+
+
+def test_the_check_before_the_process_group_starts_no_jax_backend():
+  """train.py checks its flags before jax.distributed.initialize, which must come before any
+  JAX backend starts: check_config(evaluate_loss=False) only traces each loss."""
+  code = ("from jax._src import xla_bridge as xb\n"
+          "from camera_jax import config, losses, pipeline\n"
+          "for name in sorted(losses.REGISTRY):\n"
+          "  assert pipeline.check_config(config.Config(loss=name), evaluate_loss=False) == []\n"
+          "bad = pipeline.check_config(config.Config(loss='infonce', temperature=0.0), evaluate_loss=False)\n"
+          "assert bad == ['--loss=infonce with temperature=0.0: temperature must be > 0, got 0.0'], bad\n"
+          "assert not xb._backends, xb._backends\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_out_of_range_settings_are_one_line_each():
+  cfg = config_lib.Config(dropout=1.0, lr_decay=0.0, cosmic_lr_decay=float("nan"), l1=-1e-3,
+                          init_scale=0.0, cg_threshold=1.5, cg_min_k=-1, cg_max_k=0,
+                          cg_learning_rate=-1.0, image_cache_gb=float("nan"))
+  assert pipeline.check_config(cfg) == [
+      "--cg_max_k=0: must be >= 1",
+      "--image_cache_gb=nan: must be >= 0",
+      "--cg_min_k=-1: must be >= 0",
+      "--cg_learning_rate=-1.0: must be > 0",
+      "--lr_decay=0.0: must be > 0",
+      "--cosmic_lr_decay=nan: must be > 0",
+      "--init_scale=0.0: must be > 0",
+      "--l1=-0.001: must be >= 0",
+      "--dropout=1.0: must be in [0, 1)",
+      "--cg_threshold=1.5: must be in [0, 1]"]
+  # max_k below min_k is valid (max_k wins, models/concept_generator.py)
+  assert pipeline.check_config(config_lib.Config(dropout=0.0, cg_min_k=3, cg_max_k=2, l1=0.0)) == []
+
+
+def test_flags_file_records_absolute_paths(tmp_path, monkeypatch):
+  """flags.txt holds data_dir and workdir as absolute paths (resolved against the directory the
+  run started in), so --flagfile=DIR/flags.txt from another directory reads the same data and
+  resumes the same work directory (that, from another directory: test_train_cli)."""
+  monkeypatch.chdir(tmp_path)
+  text = config_lib.flags_file(config_lib.Config(data_dir="data", seed=3), "runs/a")
+  (tmp_path / "flags.txt").write_text(text)
+  back = config_lib.read_flags(tmp_path / "flags.txt")
+  assert back == config_lib.Config(data_dir=str(tmp_path / "data"), seed=3)
+  assert text.splitlines()[-1] == f"--workdir={tmp_path / 'runs' / 'a'}"
+  assert "--data_dir=\n" in config_lib.flags_file(config_lib.Config(), "/w")   # unset stays unset
 
 
 @pytest.mark.parametrize("flagfile", ["camera.flags", "experiments/configs/paper.flags"])

@@ -7,6 +7,7 @@ a subprocess (``experiments/evaluate.py``).
 from __future__ import annotations
 
 import csv
+import doctest
 import json
 import os
 import pathlib
@@ -548,12 +549,28 @@ def test_written_files_follow_the_umask_and_leave_no_temporary_behind(tmp_path):
 
 
 def test_undefined_metrics_are_written_as_json_null():
-  from camera_jax import pipeline
+  from camera_jax import strict_json
 
-  out = pipeline.json_safe({"a": float("nan"), "b": [1.5, np.float32("inf"), 2], "c": {"d": -np.inf},
+  out = strict_json.json_safe({"a": float("nan"), "b": [1.5, np.float32("inf"), 2], "c": {"d": -np.inf},
                             "e": "x", "f": np.float64(0.25)})
   assert out == {"a": None, "b": [1.5, None, 2], "c": {"d": None}, "e": "x", "f": 0.25}
   json.dumps(out, allow_nan=False)
+  assert doctest.testmod(strict_json).failed == 0
+
+
+def test_train_log_lines_are_strict_json(tmp_path):
+  """A skipped step's NaN loss is written as null (Python's json would write the non-JSON
+  word NaN); the report's reader skips that line and keeps the others."""
+  from camera_jax.explain import report
+  from camera_jax.training import trainer
+
+  log = trainer.TrainLog(tmp_path / "train_log.jsonl")
+  log.write(stage="ranker", epoch=1, loss=float("nan"), lr=np.float32(1e-3))
+  log.write(stage="ranker", epoch=2, loss=np.float32(0.5), lr=np.float32(1e-3))
+  lines = (tmp_path / "train_log.jsonl").read_text().splitlines()
+  assert "NaN" not in lines[0] and json.loads(lines[0])["loss"] is None
+  stages, skipped = report.read_train_log(tmp_path)
+  assert stages == {"ranker": [(2.0, 0.5)]} and skipped == 1
 
 
 def test_a_missing_concept_source_stops_before_any_work(tiny_data, tmp_path, monkeypatch):

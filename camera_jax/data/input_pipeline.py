@@ -480,7 +480,6 @@ class ImageBatches:
         b, s = self.batch_size, self.image_size
         idx = order[k * b : (k + 1) * b]
         n = len(idx)
-        image = np.zeros((b, s, s, 3), dtype=self.dtype)
         row = np.full((b,), -1, dtype=np.int32)
         mask = np.zeros((b,), dtype=bool)
         if decoded is not None:
@@ -503,10 +502,14 @@ class ImageBatches:
         if self.augment and n:  # Its own generator per image: the same result in any thread.
             rngs = [np.random.default_rng([self.seed, self.epoch, k, 1, j]) for j in range(n)]
             pixels = augment_batch(pixels, rngs)
-        if self.dtype == np.uint8:
-            image[:n] = pixels
+        if self.dtype == np.uint8 and n == b:
+            image = pixels  # a fresh array (gathered or augmented): no second copy
         else:
-            to_unit(pixels, out=image[:n])
+            image = np.zeros((b, s, s, 3), dtype=self.dtype)
+            if self.dtype == np.uint8:
+                image[:n] = pixels
+            else:
+                to_unit(pixels, out=image[:n])
         mask[:n] = True
         return {"image": image, "row": row, "mask": mask}
 

@@ -47,6 +47,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from camera_jax import strict_json
+
 __all__ = [
     "SCHEMA_VERSION",
     "UnknownNameError",
@@ -397,7 +399,7 @@ def to_json(rows: Sequence[Mapping[str, Any]], *, indent: int | None = 2, **meta
     doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "brand": rows[0]["brand"] if rows else None}
     doc.update(meta)
     doc["results"] = [dict(r) for r in rows]
-    return json.dumps(doc, indent=indent, ensure_ascii=False)
+    return strict_json.dumps(doc, indent=indent, ensure_ascii=False)
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from camera_jax import strict_json
+
 
 class TrainState(train_state.TrainState):
   """A flax TrainState that also carries BatchNorm statistics (empty dict when unused)."""
@@ -160,7 +162,7 @@ class TrainLog:
       return
     self.path.parent.mkdir(parents=True, exist_ok=True)
     with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(record, sort_keys=True) + "\n")
+      f.write(strict_json.dumps(record, sort_keys=True) + "\n")
 
   def truncate_stage(self, stage: str, after_epoch: int) -> None:
     """Drops the stage's records for epochs > after_epoch (a resumed run rewrites them)."""
