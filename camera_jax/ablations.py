@@ -131,8 +131,7 @@ def variant_config(cfg: Config, method: str, data_dir: str | os.PathLike) -> Con
 def _check_flags(workdir: pathlib.Path, cfg: Config) -> None:
   path = workdir / "flags.txt"
   if path.exists():
-    diff = config_lib.differences(config_lib.absolute_paths(config_lib.read_flags(path)),
-                                  config_lib.absolute_paths(cfg))
+    diff = config_lib.differences(config_lib.read_flags(path), cfg)
     if diff:
       raise ConfigMismatchError(
           f"{workdir} was made with other settings ({', '.join(diff)}); use another --workdir")
@@ -394,8 +393,7 @@ def init_workdir(workdir: str | os.PathLike, cfg: Config) -> pathlib.Path:
     saved = Config(**{k: (tuple(v) if isinstance(v, list) else v)
                       for k, v in json.loads(marker.read_text())["config"].items()
                       if k in Config.__dataclass_fields__})
-    diff = [k for k in config_lib.differences(config_lib.absolute_paths(saved),
-                                              config_lib.absolute_paths(cfg)) if k != "seed"]
+    diff = [k for k in config_lib.differences(saved, cfg) if k != "seed"]
     if diff:
       raise ConfigMismatchError(
           f"{workdir} holds tables made with other settings ({', '.join(diff)}); "

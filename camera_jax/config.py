@@ -121,12 +121,15 @@ NEUTRAL_FIELDS = frozenset({"report", "check_images", "eval_chunk", "input_threa
 
 
 def differences(a: Config, b: Config) -> list[str]:
-  """Names of the result-changing fields (all but :data:`NEUTRAL_FIELDS`) where two configs differ.
+  """Names of the result-changing fields (all but :data:`NEUTRAL_FIELDS`) where two configs differ;
+  ``data_dir`` is compared as an absolute path (:func:`absolute_paths`).
 
   >>> differences(Config(), Config(seed=1, report=False, margin=7.0))
   ['margin', 'seed']
+  >>> differences(Config(data_dir="d"), Config(data_dir=os.path.abspath("d")))
+  []
   """
-  da, db = a.to_dict(), b.to_dict()
+  da, db = absolute_paths(a).to_dict(), absolute_paths(b).to_dict()
   return sorted(k for k in da if k not in NEUTRAL_FIELDS and da[k] != db.get(k))
 
 
