@@ -958,8 +958,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   report = run(args)
   if args.out:
     from camera_jax import strict_json
-    pathlib.Path(args.out).write_text(strict_json.dumps(report, indent=1, sort_keys=True) + "\n",
-                                      encoding="utf-8")
+    strict_json.write(args.out, report, indent=1, sort_keys=True)
     print(f"wrote {args.out}")
   return 0
 

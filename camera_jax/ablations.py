@@ -184,7 +184,8 @@ def cosmic_post_embeddings(cfg: Config, camera_dir: pathlib.Path, posts_source: 
   """v2 of every post (eq. 2) from the CAMERA run's latest COSMIC checkpoint: [P, d_u] float32."""
   model = cosmic_lib.COSMIC(num_concepts=n_concepts, **pipeline.cnn_kwargs(cfg), d_u=cfg.d_u,
                             logit_scale=cfg.cosmic_logit_scale)
-  restored, _ = ckpt_lib.Checkpointer(camera_dir / "checkpoints" / "cosmic").restore()
+  with ckpt_lib.Checkpointer(camera_dir / "checkpoints" / "cosmic") as ckpt:
+    restored, _ = ckpt.restore()
   state = trainer.TrainState.create(apply_fn=model.apply, params=restored["params"],
                                     tx=optax.identity(), batch_stats=restored["batch_stats"])
   return concepts_lib.predict_all(
@@ -402,8 +403,8 @@ def init_workdir(workdir: str | os.PathLike, cfg: Config) -> pathlib.Path:
   if workdir.exists() and any(workdir.iterdir()):
     raise ConfigMismatchError(f"{workdir} is not empty and is not a paper_tables work directory")
   workdir.mkdir(parents=True, exist_ok=True)
-  pipeline.atomic_write_text(marker, strict_json.dumps({"config": config_lib.absolute_paths(cfg).to_dict()},
-                                                  indent=2, sort_keys=True))
+  strict_json.write(marker, {"config": config_lib.absolute_paths(cfg).to_dict()}, indent=2,
+                    sort_keys=True)
   return workdir
 
 
@@ -438,7 +439,7 @@ def run_paper_tables(cfg: Config, workdir: str | os.PathLike, seeds: Sequence[in
     seconds[seed] = run_seed(scfg, seed_dir, methods, progress)
     res = seed_results(collect_seed(scfg, seed_dir, methods))
     res["seed"] = seed
-    pipeline.atomic_write_text(seed_dir / "results.json", strict_json.dumps(res, indent=1, sort_keys=True))
+    strict_json.write(seed_dir / "results.json", res, indent=1, sort_keys=True)
     per_seed[seed] = res
   # A fixed --data_dir: every seed tests the same brands (cluster bootstrap by brand id).
   written = tables_lib.write_all(workdir, per_seed, methods=methods, n_resamples=n_resamples,

@@ -137,11 +137,12 @@ def read_flags(path: str | os.PathLike) -> Config:
   """Parses a flags file (``--name=value`` per line, as :meth:`Config.to_flags` writes) into a
   Config; unknown flags are ignored, and a field absent from the file keeps its default.
 
-  ``read_flags`` of a file written by ``to_flags`` gives the same Config back (tested).
+  ``read_flags`` of a file written by ``to_flags`` gives the same Config back (tested). A value
+  that does not parse raises ValueError naming the file, the line and the flag.
   """
   hints = typing.get_type_hints(Config)
   kwargs: dict[str, Any] = {}
-  for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
+  for lineno, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8").splitlines(), 1):
     line = line.strip()
     if not line.startswith("--"):
       continue
@@ -154,12 +155,16 @@ def read_flags(path: str | os.PathLike) -> Config:
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
       hint = next(a for a in args if a is not type(None))  # "T | None": set, so a T
-    if hint is bool:
-      kwargs[name] = value.lower() in ("", "true", "1")
-    elif hint in (int, float, str):
-      kwargs[name] = hint(value)
-    else:  # tuple[T, ...]
-      kwargs[name] = tuple(typing.get_args(hint)[0](v) for v in value.split(",") if v)
+    try:
+      if hint is bool:
+        kwargs[name] = value.lower() in ("", "true", "1")
+      elif hint in (int, float, str):
+        kwargs[name] = hint(value)
+      else:  # tuple[T, ...]
+        kwargs[name] = tuple(typing.get_args(hint)[0](v) for v in value.split(",") if v)
+    except ValueError:
+      kind = getattr(hint, "__name__", "comma-separated values")
+      raise ValueError(f"{path}:{lineno}: --{name}={value}: not a valid {kind}") from None
   return Config(**kwargs)
 
 

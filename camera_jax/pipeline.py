@@ -36,6 +36,7 @@ from camera_jax.data import input_pipeline
 from camera_jax.data import text as text_lib
 from camera_jax.models import camera as camera_lib
 from camera_jax.models import precision
+from camera_jax.models import visual as visual_lib
 from camera_jax.training import checkpoint as ckpt_lib
 from camera_jax.training import concepts as concepts_lib
 from camera_jax.training import ranker as ranker_lib
@@ -97,8 +98,26 @@ def check_config(cfg: Config, *, evaluate_loss: bool = True) -> list[str]:
     from camera_jax.data import synthetic
     if cfg.preset not in synthetic.PRESETS:
       errors.append(f"--preset={cfg.preset}: unknown preset; available: {', '.join(sorted(synthetic.PRESETS))}")
+    if 1 <= cfg.image_size < synthetic.MIN_IMAGE_SIZE:
+      errors.append(f"--image_size={cfg.image_size}: the synthetic data (no --data_dir) is drawn "
+                    f"at >= {synthetic.MIN_IMAGE_SIZE} px")
+  pools = tuple(cfg.cnn_pools)
+  if len(cfg.cnn_channels) != len(pools) or not pools:
+    errors.append(f"--cnn_channels={','.join(map(str, cfg.cnn_channels))} --cnn_pools="
+                  f"{','.join(map(str, pools))}: one pool per convolution (the same count, >= 1)")
+  elif any(not p >= 1 for p in pools) or any(not c >= 1 for c in cfg.cnn_channels):
+    errors.append(f"--cnn_channels={','.join(map(str, cfg.cnn_channels))} --cnn_pools="
+                  f"{','.join(map(str, pools))}: every channel count and pool must be >= 1")
+  elif cfg.image_size >= 1 and visual_lib.output_side(cfg.image_size, pools) < 1:
+    smallest = next(s for s in range(1, 10**6) if visual_lib.output_side(s, pools) >= 1)
+    errors.append(f"--image_size={cfg.image_size}: the CNN's pools (--cnn_pools="
+                  f"{','.join(map(str, pools))}) need images of >= {smallest} px")
+  for name in ("psi_features", "gamma_features"):
+    widths = tuple(getattr(cfg, name))
+    if not widths or any(not w >= 1 for w in widths):
+      errors.append(f"--{name}={','.join(map(str, widths))}: one or more layer widths, each >= 1")
   for name in ("batch_size", "cg_batch_size", "cosmic_batch_size", "top_k", "num_negatives",
-               "image_size", "w2v_dim", "d_u", "d_score", "num_processes", "cg_max_k"):
+               "image_size", "w2v_dim", "d_u", "d_score", "num_processes", "cg_max_k", "cnn_fc"):
     if getattr(cfg, name) < 1:
       errors.append(f"--{name}={getattr(cfg, name)}: must be >= 1")
   for name in ("epochs", "cg_epochs", "cosmic_epochs", "w2v_epochs", "eval_chunk", "input_threads",
@@ -417,9 +436,9 @@ def concept_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, A
       from camera_jax.models import concept_generator as cg_lib
       meta["posts_vs_ground_truth"] = {k: float(v) for k, v in
                                        cg_lib.multilabel_metrics(h[known], gt).items()}
-  if is_main():
+  if is_main():  # h.npy last: it marks the stage done (a run killed before it reruns the stage)
+    strict_json.write(meta_path, meta, indent=2, sort_keys=True)
     save_npy(path, h.astype(bool))
-    atomic_write_text(meta_path, strict_json.dumps(meta, indent=2, sort_keys=True))
   return h.astype(bool), meta
 
 
@@ -447,14 +466,16 @@ def cosmic_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, An
   if is_main():
     save_npy(cdir / "z_prime.npy", z_prime)
     atomic_write_text(cdir / "concepts.txt", "".join(c + "\n" for c in dataset.concepts))
-    atomic_write_text(cdir / "cosmic.json", strict_json.dumps({"held_out": metrics}, indent=2))
+    strict_json.write(cdir / "cosmic.json", {"held_out": metrics}, indent=2)
     save_npy(cdir / "U_C.npy", u_c.astype(np.float32))
   return z_prime, u_c, {"held_out": metrics}
 
 
 def account_stage(cfg: Config, dataset: format_lib.Dataset, z_prime: np.ndarray,
-                  workdir: pathlib.Path) -> np.ndarray:
-  """w_a of every account (eq. 5) over its history posts (:func:`history_mask`), saved with the ids."""
+                  workdir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """(w_a, z_prime_sum) of every account: eq. 5 and its input, the z' summed over the account's
+  history posts (:func:`history_mask`); saved with the ids (``concepts/w_a.npy``,
+  ``concepts/z_prime_sum.npy``, ``concepts/accounts.txt``)."""
   acc_index = dataset.account_index()
   post_account = np.array([acc_index[p.account] for p in dataset.posts], np.int64)
   keep = history_mask(cfg, dataset)
@@ -463,9 +484,23 @@ def account_stage(cfg: Config, dataset: format_lib.Dataset, z_prime: np.ndarray,
   w_a = np.asarray(camera_lib.historical_distribution(sums), np.float32)
   if is_main():
     save_npy(workdir / "concepts" / "w_a.npy", w_a)
+    save_npy(workdir / "concepts" / "z_prime_sum.npy", sums)
     atomic_write_text(workdir / "concepts" / "accounts.txt",
                       "".join(a.id + "\n" for a in dataset.accounts))
-  return w_a
+  return w_a, sums
+
+
+def load_account_sums(concepts_dir: pathlib.Path) -> np.ndarray:
+  """A run's z' sums (:func:`account_stage`), the input of :func:`build_tables`.
+
+  A run made before ``z_prime_sum.npy`` was saved gives ``log w_a`` instead: a per-row shift of
+  the sums, which ranks and masks the same but for weights that underflowed to 0 (-inf here).
+  """
+  path = pathlib.Path(concepts_dir) / "z_prime_sum.npy"
+  if path.exists():
+    return np.load(path)
+  with np.errstate(divide="ignore"):
+    return np.log(np.load(pathlib.Path(concepts_dir) / "w_a.npy"))
 
 
 def history_mask(cfg: Config, dataset: format_lib.Dataset) -> np.ndarray:
@@ -493,10 +528,12 @@ def account_features(dataset: format_lib.Dataset, cfg: Config | None = None
   return feats
 
 
-def build_tables(cfg: Config, w_a: np.ndarray, u_c: np.ndarray,
+def build_tables(cfg: Config, z_prime_sum: np.ndarray, u_c: np.ndarray,
                  feats: dict[str, np.ndarray]) -> ranker_lib.Tables:
-  idx, w = camera_lib.top_concepts(w_a, cfg.top_k)
-  mask = camera_lib.supported_concepts(w_a, w)
+  """The ranker's per-account tables: top-k concepts, their w_a weights and support mask (from
+  the z' sums of :func:`account_stage`), scaled engagement and followers, and U_C."""
+  idx, w = camera_lib.top_concepts(z_prime_sum, cfg.top_k)
+  mask = camera_lib.supported_concepts(z_prime_sum, idx)
   return ranker_lib.Tables(top_idx=np.asarray(idx, np.int32), top_w=np.asarray(w, np.float32),
                            top_mask=np.asarray(mask, bool),
                            engagement=feats["engagement_scaled"],
@@ -596,7 +633,7 @@ def test_set_counts(dataset: format_lib.Dataset, pairs: dict[str, np.ndarray]) -
 
 def write_metrics(path: pathlib.Path, result: dict[str, Any]) -> None:
   """Writes metrics.json: sorted keys, every NaN as null (:mod:`camera_jax.strict_json`), atomically."""
-  atomic_write_text(path, strict_json.dumps(result, indent=2, sort_keys=True))
+  strict_json.write(path, result, indent=2, sort_keys=True)
 
 
 def evaluate_methods(cfg: Config, dataset: format_lib.Dataset, pairs: dict[str, np.ndarray],
@@ -654,12 +691,12 @@ def write_scores(path: pathlib.Path, dataset: format_lib.Dataset, pairs: dict[st
   atomic_write_text(path, buf.getvalue())
 
 
-def ranker_inputs(cfg: Config, dataset: format_lib.Dataset, w_a: np.ndarray, u_c: np.ndarray,
+def ranker_inputs(cfg: Config, dataset: format_lib.Dataset, z_prime_sum: np.ndarray, u_c: np.ndarray,
                   feats: dict[str, np.ndarray]) -> dict[str, Any]:
   """The data arguments of ``ranker.train_ranker``: tables, positives, ed_observed, candidates."""
   positives, ed_obs = training_positives(dataset, feats)
   acc = dataset.account_index()
-  return {"tables": build_tables(cfg, w_a, u_c, feats), "positives": positives,
+  return {"tables": build_tables(cfg, z_prime_sum, u_c, feats), "positives": positives,
           "ed_observed": ed_obs,
           "candidates": np.array([acc[m] for m in dataset.split.candidates], np.int64)}
 
@@ -674,6 +711,7 @@ class Prepared:
   z_prime: np.ndarray
   u_c: np.ndarray
   w_a: np.ndarray
+  z_prime_sum: np.ndarray
   feats: dict[str, np.ndarray]
   concept_metrics: dict[str, Any]
 
@@ -698,10 +736,10 @@ def prepare_concepts(cfg: Config, workdir: pathlib.Path, log: trainer.TrainLog, 
                                              mesh)
   except input_pipeline.ImageDecodeError as e:  # Possible with --check_images=false.
     raise image_decode_error(dataset, e) from None
-  w_a = account_stage(cfg, dataset, z_prime, workdir)
+  w_a, z_prime_sum = account_stage(cfg, dataset, z_prime, workdir)
   feats = account_features(dataset, cfg)
   logging.info("concept layer ready in %.1f s", time.perf_counter() - t0)
-  return Prepared(dataset, embedder, h, z_prime, u_c, w_a, feats,
+  return Prepared(dataset, embedder, h, z_prime, u_c, w_a, z_prime_sum, feats,
                   {"concept_generator": cg_meta, "cosmic": cosmic_meta})
 
 
@@ -782,7 +820,7 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
   mesh = sharding.make_mesh()
   try:
     prep = prepare_concepts(cfg, workdir, log, mesh)
-    inputs = ranker_inputs(cfg, prep.dataset, prep.w_a, prep.u_c, prep.feats)
+    inputs = ranker_inputs(cfg, prep.dataset, prep.z_prime_sum, prep.u_c, prep.feats)
     tables = inputs["tables"]
     params = ranker_lib.train_ranker(cfg=ranker_config(cfg), **inputs,
                                      ckpt_dir=workdir / "checkpoints" / "ranker", log=log,
@@ -805,7 +843,7 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
 
 
 #: Concept-layer files that every run rewrites (the account stage): compared by content.
-_REWRITTEN_EACH_RUN = ("concepts/w_a.npy", "concepts/accounts.txt")
+_REWRITTEN_EACH_RUN = ("concepts/w_a.npy", "concepts/z_prime_sum.npy", "concepts/accounts.txt")
 
 
 def _concept_outputs(workdir: pathlib.Path) -> dict[str, Any]:

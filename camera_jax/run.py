@@ -69,20 +69,27 @@ class Run:
     vocab = {c: i for i, c in enumerate(self.concepts)}
     if self.config.use_gt_concepts and all(p.concepts is not None for p in posts):
       h = concepts_lib.multi_hot([p.concepts for p in posts], vocab)
+    elif self.config.use_gt_concepts:  # such a run trains no concept generator
+      missing = next(p.id for p in posts if p.concepts is None)
+      raise ValueError(f"post {missing!r}: this run took the posts' ground-truth concepts "
+                       "(--use_gt_concepts) and has no concept generator to predict them: give "
+                       'every post a "concepts" list')
     else:
       h = self._predict_concepts([root / p.image for p in posts])
     t, has_text = self.embedder.embed_captions([p.caption for p in posts])
     l = self.embedder.embed_concepts(self.concepts)
     z_prime = concepts_lib.semantic_distributions(t, has_text, l, h, mode=self.config.zprime_mode,
                                                   semantic=self.config.semantic, chunk=256)
-    w_a = np.asarray(camera_lib.historical_distribution(z_prime.sum(0)), np.float32)
-    idx, w = camera_lib.top_concepts(w_a, self.config.top_k)
+    sums = z_prime.sum(0)
+    w_a = np.asarray(camera_lib.historical_distribution(sums), np.float32)
+    idx, w = camera_lib.top_concepts(sums, self.config.top_k)
     fol = int(followers) if followers else int(np.median([self.dataset.accounts[i].followers
                                                           for i in range(len(self.dataset.accounts))]))
     rates = engagement_lib.engagement_rate(np.array([p.likes for p in posts], float),
                                            np.array([p.comments for p in posts], float),
                                            np.full(len(posts), fol, float))
     return {"w_a": w_a, "top_idx": np.asarray(idx, np.int32), "top_w": np.asarray(w, np.float32),
+            "top_mask": np.asarray(camera_lib.supported_concepts(sums, idx), bool),
             "mean_engagement": float(np.mean(rates)) if len(posts) else 0.0, "followers": fol}
 
   def _predict_concepts(self, paths: Sequence[pathlib.Path]) -> np.ndarray:
@@ -91,10 +98,10 @@ class Run:
                                     pools=tuple(cfg.cnn_pools), fc=cfg.cnn_fc)
     tx = trainer.make_optimizer(cfg.cg_learning_rate, cfg.cg_lr_decay, 1)
     state = concepts_lib.create_image_state(model, cfg.image_size, jax.random.PRNGKey(0), tx)
-    ckpt = ckpt_lib.Checkpointer(self.workdir / "checkpoints" / "concept_generator")
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"{self.workdir}: no concept generator checkpoint")
-    state, _ = ckpt.restore(target=state)
+    with ckpt_lib.Checkpointer(self.workdir / "checkpoints" / "concept_generator") as ckpt:
+      if ckpt.latest_step() is None:
+        raise FileNotFoundError(f"{self.workdir}: no concept generator checkpoint")
+      state, _ = ckpt.restore(target=state)
     images = np.stack([input_pipeline.decode_image(p.read_bytes(), cfg.image_size) for p in paths])
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                          jnp.asarray(images), train=False)
@@ -109,8 +116,7 @@ class Run:
     self.tables = ranker_lib.Tables(
         top_idx=np.concatenate([t.top_idx, rep["top_idx"][None]]),
         top_w=np.concatenate([t.top_w, rep["top_w"][None]]),
-        top_mask=np.concatenate([t.top_mask, np.asarray(camera_lib.supported_concepts(
-            rep["w_a"], rep["top_w"]), bool)[None]]),
+        top_mask=np.concatenate([t.top_mask, rep["top_mask"][None]]),
         engagement=np.append(t.engagement, np.float32(engagement_lib.scale_engagement(rep["mean_engagement"]))),
         followers=np.append(t.followers, np.float32(engagement_lib.scale_followers(rep["followers"]))),
         concepts=t.concepts)
@@ -133,7 +139,8 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
   hold the run's accounts in the run's order (``concepts/accounts.txt``) and as many posts as the
   run's ``concepts/h.npy`` (its posts are assumed to be the run's); its cooperations and split may
   differ.  Raises RunError otherwise (an unseen account goes through ``Run.represent_posts`` and
-  ``Run.add_account``), FileNotFoundError for a missing file, DatasetError for an invalid dataset.
+  ``Run.add_account``), FileNotFoundError for a missing file, DatasetError for an invalid dataset,
+  ValueError for a run whose ranker stopped before its ``--epochs`` (an unfinished run).
   """
   from camera_jax import pipeline
   workdir = pathlib.Path(workdir)
@@ -164,8 +171,9 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
   u_c = np.load(cdir / "U_C.npy")
   w_a = np.load(cdir / "w_a.npy")
   feats = pipeline.account_features(dataset, cfg)
-  tables = pipeline.build_tables(cfg, w_a, u_c, feats)
-  params = ranker_lib.restore_params(pipeline.ranker_config(cfg), tables, workdir / "checkpoints" / "ranker")
+  tables = pipeline.build_tables(cfg, pipeline.load_account_sums(cdir), u_c, feats)
+  params = ranker_lib.restore_params(pipeline.ranker_config(cfg), tables, workdir / "checkpoints" / "ranker",
+                                     finished=True)
   ids = [a.id for a in dataset.accounts]
   return Run(workdir=workdir, config=cfg, dataset=dataset, concepts=concepts, U_C=u_c,
              embedder=text_lib.TextEmbedder.load(workdir / "word2vec"), w_a=w_a,

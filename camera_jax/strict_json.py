@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any
 
 import numpy as np
+
+from camera_jax import atomic
 
 
 def json_safe(x: Any) -> Any:
@@ -43,3 +46,14 @@ def dumps(obj: Any, **kwargs: Any) -> str:
   '{"epoch": 1, "loss": null}'
   """
   return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
+def write(path: str | os.PathLike, obj: Any, **kwargs: Any) -> None:
+  """Writes ``dumps(obj, **kwargs)`` and a newline to ``path`` atomically (:mod:`camera_jax.atomic`).
+
+  >>> import pathlib, tempfile
+  >>> f = pathlib.Path(tempfile.mkdtemp()) / "m.json"
+  >>> write(f, {"auc": float("inf")}); f.read_text()
+  '{"auc": null}\\n'
+  """
+  atomic.write_bytes(path, (dumps(obj, **kwargs) + "\n").encode("utf-8"))

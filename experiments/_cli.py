@@ -50,3 +50,12 @@ def error_line(e: BaseException) -> str:
   if errors:
     return one_line("\n".join(errors))
   return one_line(str(e)) or type(e).__name__
+
+
+def run_errors() -> tuple[type[BaseException], ...]:
+  """What a command on a finished run reports as one line and exit 1: a dataset's problems
+  (DatasetError), a file it cannot read or write (OSError), and a run, a flags.txt or a setting
+  it cannot use (ValueError: RunError, CheckpointMismatchError among them)."""
+  from camera_jax.data.format import DatasetError
+
+  return (DatasetError, OSError, ValueError)

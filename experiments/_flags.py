@@ -45,6 +45,17 @@ def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       flags.DEFINE_string(field.name, default, text, **fv)
     else:  # tuple[int, ...] or tuple[str, ...]
       flags.DEFINE_list(field.name, [str(v) for v in default], text, **fv)
+      if typing.get_args(hint)[0] is int:  # refused at parsing: one line, no traceback
+        flags.register_validator(field.name, _all_ints,
+                                 f"--{field.name} takes comma-separated integers", **fv)
+
+
+def _all_ints(values: list[str]) -> bool:
+  try:
+    [int(v) for v in values]
+  except ValueError:
+    return False
+  return True
 
 
 def config_from_flags(values: flags.FlagValues) -> config_lib.Config:

@@ -43,13 +43,10 @@ def main(argv) -> int:
     print(f"{_DATA_DIR.value}: dataset directory does not exist", file=sys.stderr)
     return 1
   from camera_jax import pipeline
-  from camera_jax import run as run_lib
-  from camera_jax.data.format import DatasetError
-  from camera_jax.training.checkpoint import CheckpointMismatchError
 
   try:
     result = pipeline.rescore(workdir, _DATA_DIR.value or None, _OUT_DIR.value or None)
-  except (DatasetError, FileNotFoundError, run_lib.RunError, CheckpointMismatchError) as e:
+  except _cli.run_errors() as e:
     print(_cli.error_line(e), file=sys.stderr)
     return 1
   out = pathlib.Path(_OUT_DIR.value or workdir)

@@ -65,6 +65,11 @@ def main(argv) -> int:
   except ValueError as e:
     return _fail(str(e))
   cfg = _flags.config_from_flags(FLAGS)
+  from camera_jax import pipeline
+  errors = pipeline.check_config(cfg)  # before the work directory records the settings
+  if errors:
+    print("\n".join(errors), file=sys.stderr)
+    return 1
   if cfg.data_dir:
     if not os.path.isdir(cfg.data_dir):
       return _fail(f"{cfg.data_dir}: dataset directory does not exist")

@@ -30,7 +30,6 @@ _CANDIDATES = flags.DEFINE_list("candidates", None, "influencer ids to rank (def
 
 def main(argv) -> int:
   del argv
-  from camera_jax.data.format import DatasetError
   from camera_jax.explain import recommend as rec
 
   try:
@@ -45,7 +44,7 @@ def main(argv) -> int:
     else:
       rows = rec.recommend(run, _BRAND.value, top_k=_TOP_K.value, candidates=_CANDIDATES.value)
       brand, new = _BRAND.value, False
-  except (DatasetError, rec.UnknownNameError, FileNotFoundError, ValueError) as e:
+  except (rec.UnknownNameError, *_cli.run_errors()) as e:
     print(_cli.error_line(e), file=sys.stderr)
     return 1
   accounts = {a.id: a for a in run.dataset.accounts}

@@ -25,13 +25,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "seed of the case-study brand draw")
 
 def main(argv) -> int:
   del argv
-  from camera_jax.data.format import DatasetError
   from camera_jax.explain import report
 
   try:
     path = report.write_report(_cli.open_run(_WORKDIR.value), _OUT_DIR.value,
                                n_cases=_N_CASES.value, seed=_SEED.value)
-  except (DatasetError, OSError, ValueError) as e:  # OSError: e.g. a full disk
+  except _cli.run_errors() as e:  # OSError: e.g. a full disk
     print(_cli.error_line(e), file=sys.stderr)
     return 1
   print(path)

@@ -50,9 +50,11 @@ def _table(results, with_matches: bool) -> str:
 
 def main(argv) -> int:
   del argv
-  from camera_jax.data.format import DatasetError
   from camera_jax.explain import search
 
+  if _TOP_K.value < 1:
+    print(f"--top_k={_TOP_K.value}: must be >= 1", file=sys.stderr)
+    return 1
   try:
     run = _cli.open_run(_WORKDIR.value)
     influencers = [a for a in run.dataset.accounts if a.kind == "influencer" and a.id in run.account_index]
@@ -62,7 +64,7 @@ def main(argv) -> int:
     results = search.keyword_search(
         _KEYWORDS.value or [], embedder=run.embedder, concept_names=run.concepts, w_a=w_a,
         influencer_ids=ids, top_k=_TOP_K.value, top_concepts=_TOP_CONCEPTS.value, categories=categories)
-  except (DatasetError, FileNotFoundError, ValueError) as e:
+  except _cli.run_errors() as e:
     print(_cli.error_line(e), file=sys.stderr)
     return 1
 

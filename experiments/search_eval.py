@@ -21,18 +21,20 @@ _OUT = flags.DEFINE_string("out", "", "optional JSON output path")
 
 def main(argv) -> int:
   del argv
-  from camera_jax import run as run_lib
   from camera_jax.explain import search_eval
-  try:
-    run = run_lib.load_run(_WORKDIR.value)
-  except (FileNotFoundError, run_lib.RunError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  if _TOP_K.value < 1:
+    print(f"--top_k={_TOP_K.value}: must be >= 1", file=sys.stderr)
     return 1
-  result = search_eval.evaluate_search(run, top_k=_TOP_K.value)
-  print(search_eval.format_summary(result))
-  if _OUT.value:
-    from camera_jax import atomic, strict_json
-    atomic.write_bytes(_OUT.value, (strict_json.dumps(result, indent=2) + "\n").encode("utf-8"))
+  try:
+    run = _cli.open_run(_WORKDIR.value)
+    result = search_eval.evaluate_search(run, top_k=_TOP_K.value)
+    print(search_eval.format_summary(result))
+    if _OUT.value:
+      from camera_jax import strict_json
+      strict_json.write(_OUT.value, result, indent=2)
+  except _cli.run_errors() as e:
+    print(_cli.error_line(e), file=sys.stderr)
+    return 1
   return 0
 
 

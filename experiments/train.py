@@ -53,6 +53,9 @@ def main(argv):
     if errors:
       print("\n".join(errors), file=sys.stderr)
       return 1
+  if workdir.exists() and not workdir.is_dir():
+    print(f"{workdir}: --workdir is not a directory", file=sys.stderr)
+    return 1
   workdir.mkdir(parents=True, exist_ok=True)
   logging.info("work directory: %s", workdir)
   try:

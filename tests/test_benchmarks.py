@@ -359,9 +359,9 @@ def test_hash_dropout_scales_and_is_off_when_deterministic():
 
 @pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
 def test_an_epoch_in_one_call_equals_one_call_per_step(matmul_dtype):
-  """make_train_epoch (lax.scan over the epoch's steps) gives the parameters, optimiser state and
-  metric sums of calling make_train_step once per batch, bit for bit, the padded last step
-  included; and one program serves every epoch."""
+  """make_train_epoch (lax.scan over the epoch's steps) gives the parameters and optimiser state
+  of calling make_train_step once per batch, bit for bit, and its metric sums to float rounding,
+  the padded last step included; and one program serves every epoch."""
   cfg = _cfg(l1=1e-3, num_negatives=2, matmul_dtype=matmul_dtype)
   t = _tables()
   mesh = sharding.make_mesh()
@@ -393,7 +393,12 @@ def test_an_epoch_in_one_call_equals_one_call_per_step(matmul_dtype):
     assert batches["brand"].shape == (bs, steps) and batches["neg"].shape == (bs, steps, 2)
     assert batches["mask"].sum() == n and not batches["mask"][3, 2]
     b, sums = epoch(b, sharding.shard_batch(batches, mesh), dev, key)
-    assert trainer.host_sums(sums) == trainer.host_sums(acc)
+    got, want = trainer.host_sums(sums), trainer.host_sums(acc)
+    assert got.keys() == want.keys() and got["rows"] == want["rows"] == n
+    # The reported rank loss (an aux output) may round differently in the two programs (seen:
+    # 1e-7 relative with the phi MLPs' weights in the L1 term); the state is bit for bit below.
+    for k in got:
+      assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-6), k
   assert int(a.step) == int(b.step) == 2 * steps
   for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
     np.testing.assert_array_equal(x, y)

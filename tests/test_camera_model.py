@@ -25,13 +25,14 @@ def test_eq5_historical_distribution():
 
 
 def test_top_concepts_keeps_raw_weights():
-  idx, w = camera.top_concepts(jnp.array([0.1, 0.4, 0.2, 0.3]), k=2)
+  idx, w = camera.top_concepts(jnp.log(jnp.array([0.1, 0.4, 0.2, 0.3])) + 7.0, k=2)  # z' sums
   np.testing.assert_array_equal(idx, [1, 3])
-  np.testing.assert_allclose(w, [0.4, 0.3])           # not renormalised (sum 0.7)
+  np.testing.assert_allclose(w, [0.4, 0.3], rtol=1e-6)  # w_a, not renormalised (sum 0.7)
   assert idx.dtype == jnp.int32
   # top-10 of 20 random distributions, batched
-  w_a = jax.nn.softmax(jax.random.normal(jax.random.key(0), (3, 20)), axis=-1)
-  idx, w = camera.top_concepts(w_a, k=10)
+  sums = jax.random.normal(jax.random.key(0), (3, 20))
+  w_a = jax.nn.softmax(sums, axis=-1)
+  idx, w = camera.top_concepts(sums, k=10)
   assert idx.shape == (3, 10) and w.shape == (3, 10)
   for r in range(3):
     want = np.argsort(-np.asarray(w_a[r]), kind="stable")[:10]
@@ -40,6 +41,33 @@ def test_top_concepts_keeps_raw_weights():
   assert np.all(np.diff(np.asarray(w), axis=-1) <= 0)
   # ties -> lower index
   np.testing.assert_array_equal(camera.top_concepts(jnp.full((5,), 0.2), k=3)[0], [0, 1, 2])
+
+
+def test_top_concepts_and_support_survive_float32_underflow_of_w_a():
+  """An account whose top concept leads by more than ~87: every other w_a is 0 in float32, yet
+  U_a keeps its real secondary concepts (ranked by the sums) and they stay in the BCAM mask."""
+  sums = np.zeros(40, np.float32)
+  sums[[7, 30, 25, 39]] = [105.0, 6.0, 4.0, 2.0]
+  assert np.count_nonzero(np.asarray(camera.historical_distribution(sums)) > 1e-30) == 1
+  idx, w = camera.top_concepts(sums, k=6)
+  np.testing.assert_array_equal(idx, [7, 30, 25, 39, 0, 1])
+  np.testing.assert_allclose(w[0], 1.0)
+  np.testing.assert_array_equal(camera.supported_concepts(sums, idx),
+                                [True, True, True, True, False, False])
+  # log w_a of an older run (a per-row shift, -inf where w_a underflowed): the same support
+  with np.errstate(divide="ignore"):
+    log_w = np.log(np.asarray([[0.5, 0.3, 0.2, 0.0, 0.0]], np.float32))
+  idx, _ = camera.top_concepts(log_w, k=4)
+  np.testing.assert_array_equal(idx, [[0, 1, 2, 3]])
+  np.testing.assert_array_equal(camera.supported_concepts(log_w, idx), [[True, True, True, False]])
+
+
+def test_supported_concepts_masks_the_padding_concepts():
+  sums = jnp.array([[0.0, 2.5, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])  # 2nd: no posts
+  idx, _ = camera.top_concepts(sums, k=3)
+  np.testing.assert_array_equal(idx, [[1, 3, 0], [0, 1, 2]])
+  np.testing.assert_array_equal(camera.supported_concepts(sums, idx),
+                                [[True, True, False], [True, False, False]])
 
 
 def test_eq6_eq8_weighted_sums():
@@ -119,8 +147,7 @@ def test_eq11_to_eq18_scores():
 
 def _batch(b=3, k=4, n=30, d_u=6, seed=0):
   rng = np.random.default_rng(seed)
-  w_a = jax.nn.softmax(jnp.asarray(rng.normal(size=(2 * b, n)) * 2), axis=-1)
-  idx, w = camera.top_concepts(w_a, k)
+  idx, w = camera.top_concepts(jnp.asarray(rng.normal(size=(2 * b, n)) * 2), k)
   batch = dict(brand_idx=idx[:b], brand_w=w[:b], inf_idx=idx[b:], inf_w=w[b:],
                ed_post=jnp.asarray(rng.random(b), jnp.float32),
                ed_brand=jnp.asarray(rng.random(b), jnp.float32),

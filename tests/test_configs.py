@@ -160,6 +160,27 @@ def test_out_of_range_settings_are_one_line_each():
   assert pipeline.check_config(config_lib.Config(dropout=0.0, cg_min_k=3, cg_max_k=2, l1=0.0)) == []
 
 
+def test_network_shapes_are_checked_before_any_work():
+  ok = config_lib.Config(data_dir="/data", dropout=0.0, l1=0.0)
+  assert pipeline.check_config(ok) == []
+  check = lambda **kw: pipeline.check_config(ok.replace(**kw))  # noqa: E731
+  # pools (3, 1, 2, 1, 2): 11 px reaches a 1 x 1 map before the last pool of 2; 12 is the least
+  assert check(image_size=11) == [
+      "--image_size=11: the CNN's pools (--cnn_pools=3,1,2,1,2) need images of >= 12 px"]
+  assert check(image_size=12) == []
+  assert check(cnn_channels=(32,)) == [
+      "--cnn_channels=32 --cnn_pools=3,1,2,1,2: one pool per convolution (the same count, >= 1)"]
+  assert check(cnn_pools=(3, 0, 2, 1, 2)) == [
+      "--cnn_channels=32,64,64,128,128 --cnn_pools=3,0,2,1,2: every channel count and pool must be >= 1"]
+  assert check(cnn_fc=0) == ["--cnn_fc=0: must be >= 1"]
+  assert check(psi_features=(), gamma_features=(8, 0)) == [
+      "--psi_features=: one or more layer widths, each >= 1",
+      "--gamma_features=8,0: one or more layer widths, each >= 1"]
+  # the synthetic data is drawn at >= 24 px
+  assert check(data_dir="", image_size=16) == [
+      "--image_size=16: the synthetic data (no --data_dir) is drawn at >= 24 px"]
+
+
 def test_flags_file_records_absolute_paths(tmp_path, monkeypatch):
   """flags.txt holds data_dir and workdir as absolute paths (resolved against the directory the
   run started in), so --flagfile=DIR/flags.txt from another directory reads the same data and

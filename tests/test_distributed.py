@@ -109,5 +109,5 @@ def _dataset_and_concepts(data_dir, workdir, cfg):
   from camera_jax.data import format as format_lib
 
   dataset = format_lib.load(data_dir, seed=cfg.seed, check_images=False)
-  return (dataset, np.load(workdir / "concepts" / "w_a.npy"), np.load(workdir / "concepts" / "U_C.npy"),
+  return (dataset, pipeline.load_account_sums(workdir / "concepts"), np.load(workdir / "concepts" / "U_C.npy"),
           pipeline.account_features(dataset))

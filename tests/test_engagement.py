@@ -86,10 +86,11 @@ def test_account_engagement(dataset):
 
 
 def test_account_engagement_over_selected_posts(dataset):
-    """Statistics over the selected posts only; n_posts still counts every post."""
-    keep = np.array([True, True, False, True, True, True])  # drop m1's 0.02 post (row 2)
+    """Statistics over the selected posts only, the post count (MIV's activity) included."""
+    keep = np.array([True, True, False, True, True, True])  # drop b1's 0.02 post (row 2)
+    np.testing.assert_array_equal(engagement.account_engagement(dataset)["n_posts"], [2, 3, 1])
     out = engagement.account_engagement(dataset, keep)
-    np.testing.assert_array_equal(out["n_posts"], [2, 3, 1])
+    np.testing.assert_array_equal(out["n_posts"], [1, 3, 1])
     np.testing.assert_allclose(out["mean_engagement"], [0.1, (0.05 + 0.15 + 0.005) / 3, 0.0])
     np.testing.assert_allclose(out["post_engagement_std"][0], 0.0)
     none = engagement.account_engagement(dataset, np.zeros(6, bool))

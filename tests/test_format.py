@@ -399,6 +399,10 @@ BROKEN: dict[str, tuple[Mutator, str, int, list[str]]] = {
     "nan_likes": (_raw("posts", 2, '{"id": "p_b_auto2_0", "account": "b_auto2", "image": "images/p_b_auto2_0.jpg", "caption": "", "likes": NaN, "comments": 1}'), P, 3, ['field "likes"', "NaN", "not a finite number"]),
     "infinite_comments": (_raw("posts", 2, '{"id": "p_b_auto2_0", "account": "b_auto2", "image": "images/p_b_auto2_0.jpg", "caption": "", "likes": 1, "comments": -Infinity}'), P, 3, ['field "comments"', "-Infinity"]),
     "float_comments": (_set("posts", 2, comments=2.5), P, 3, ['field "comments"', "2.5"]),
+    "likes_above_2_53": (_set("posts", 2, likes=2**53 + 1), P, 3, ['field "likes" must be an int <= 2^53 = 9007199254740992']),
+    "followers_huge": (_set("accounts", 4, followers=10**400), A, 5, ['field "followers" must be an int <= 2^53', "..."]),
+    "caption_lone_surrogate": (_raw("posts", 2, '{"id": "p_b_auto2_0", "account": "b_auto2", "image": "images/p_b_auto2_0.jpg", "caption": "cut \\ud83d", "likes": 1, "comments": 1}'), P, 3, ['field "caption" holds an unpaired UTF-16 surrogate \\ud83d']),
+    "concept_lone_surrogate": (_set("posts", 0, concepts=["car", "x\udc00"]), P, 1, ['field "concepts" holds an unpaired UTF-16 surrogate \\udc00']),
     "likes_bool": (_set("posts", 2, likes=False), P, 3, ['field "likes"', "false"]),
     "caption_missing": (_drop("posts", 5, "caption"), P, 6, ['missing required field "caption"']),
     "caption_null": (_set("posts", 5, caption=None), P, 6, ['field "caption" must be a string, got null']),
@@ -574,6 +578,15 @@ def test_cli_valid_and_broken(tmp_path):
     out = result.stdout.splitlines()
     assert out[0] == 'posts.jsonl:16: field "likes" must be an int >= 0, got -3'
     assert out[1].startswith("split.json:1: malformed JSON")
+
+    rec = base_records()  # a lone surrogate (an emoji cut in half) in a quoted field
+    rec["accounts"][4]["followers"] = "12k \ud83d"
+    bad = write_dataset(tmp_path / "surrogate", rec)
+    result = _run_cli(f"--data_dir={bad}", "--check_images=false")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.splitlines()[0] == (  # then the account's posts, which name it
+        'accounts.jsonl:5: field "followers" holds an unpaired UTF-16 surrogate \\ud83d '
+        '(text cut inside a character?): not valid Unicode')
 
     result = _run_cli(f"--data_dir={tmp_path / 'missing'}")
     assert result.returncode == 1 and "Traceback" not in result.stderr

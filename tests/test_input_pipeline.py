@@ -208,6 +208,25 @@ def test_decode_image(fmt, mode):
     np.testing.assert_allclose(img[12, 12], expected, atol=3 / 255)
 
 
+def test_decode_16_bit_grey_png_keeps_its_high_byte():
+    grey = (np.arange(16 * 16).reshape(16, 16) * 257).astype(np.uint16)  # 0 .. 65535
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I;16")
+    pixels = ip.decode_uint8(buf.getvalue(), 16)
+    np.testing.assert_array_equal(pixels, np.repeat((grey >> 8).astype(np.uint8)[..., None], 3, -1))
+
+
+def test_decode_mpo_reads_its_first_frame_and_the_validator_accepts_it(tmp_path):
+    from camera_jax.data import format as fmt
+    first, second = Image.new("RGB", (16, 16), (200, 40, 10)), Image.new("RGB", (16, 16), (0, 0, 255))
+    path = tmp_path / "photo.jpg"
+    first.save(path, format="MPO", save_all=True, append_images=[second])
+    assert Image.open(path).format == "MPO"
+    assert fmt.decode_problem(path) is None
+    np.testing.assert_allclose(ip.decode_uint8(path.read_bytes(), 16)[8, 8], [200, 40, 10], atol=4)
+
+
 def test_decode_image_keeps_exact_pixels_at_native_size():
     pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     buf = io.BytesIO()

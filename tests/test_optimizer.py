@@ -49,3 +49,18 @@ def test_ranker_checkpoint_restores_with_its_optimizer(scale, tmp_path):
     ck.wait()
   got = ranker.restore_params(cfg, tables, tmp_path / "ranker")
   jax.tree.map(np.testing.assert_array_equal, got, jax.device_get(state.params))
+
+
+def test_l1_penalty_covers_every_weight_matrix_of_the_ranker_and_no_bias():
+  """The phi score MLPs' W_1, W_2 (eq. 12-16, named w1/w2) are weight matrices too."""
+  params = ranker.init_params(_cfg(), _tables(), jax.random.PRNGKey(0))
+  grads = jax.grad(trainer.l1_penalty)(params)
+  names = []
+  for (path, w), g in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(grads)):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    names.append(name)
+    want = np.sign(w) if w.ndim >= 2 else np.zeros_like(w)
+    np.testing.assert_array_equal(g, want, err_msg=name)
+  assert {"phi_ed_brand/w1", "phi_ed_brand/w2", "phi_followers/w1"} <= set(names), names
+  assert float(trainer.l1_penalty(params)) == pytest.approx(
+      sum(float(np.abs(w).sum()) for w in jax.tree.leaves(params) if w.ndim >= 2), rel=1e-5)

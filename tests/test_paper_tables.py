@@ -173,6 +173,7 @@ def test_paper_tables_smoke_on_the_tiny_run(tmp_path, tiny_run, tiny_data):
     (["--seeds=0,x"], "--seeds must be integers"),
     (["--seeds=1,1"], "without repeats"),
     (["--methods=CAMERA,MIR"], "unknown method 'MIR'"),
+    (["--batch_size=0"], "--batch_size=0: must be >= 1"),
 ])
 def test_paper_tables_cli_bad_input_is_one_line(tmp_path, args, message):
   proc = subprocess.run(
@@ -180,4 +181,5 @@ def test_paper_tables_cli_bad_input_is_one_line(tmp_path, args, message):
        f"--workdir={tmp_path / 'w'}", *args], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 1
   assert message in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "w").exists()  # nothing recorded that a corrected rerun would refuse
   assert len([l for l in proc.stderr.splitlines() if l.strip() and not l.startswith(("W", "I"))]) == 1

@@ -264,6 +264,29 @@ def test_rescoring_other_accounts_is_refused_clearly(tiny_run, tiny_data, tmp_pa
   assert proc.stderr.strip().splitlines() == [f"{tmp_path / 'missing'}: work directory does not exist"]
 
 
+def test_an_unfinished_or_misread_run_is_refused_in_one_line(tiny_run, tmp_path):
+  """evaluate (and every command on a finished run) refuses a ranker stopped before --epochs and
+  a flags.txt value it cannot parse, naming the file and line; no traceback."""
+  from camera_jax import run as run_lib
+
+  workdir, _ = tiny_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("tfds", "report"))
+  steps = sorted(int(p.name) for p in (copy / "checkpoints" / "ranker").iterdir() if p.name.isdigit())
+  shutil.rmtree(copy / "checkpoints" / "ranker" / str(steps[-1]))
+  with pytest.raises(ValueError, match=f"stopped after epoch {steps[-2]} of {steps[-1]}"):
+    run_lib.load_run(copy)
+  flags = (copy / "flags.txt").read_text().splitlines()
+  line = next(i for i, l in enumerate(flags) if l.startswith("--epochs="))
+  flags[line] = "--epochs=twenty"
+  (copy / "flags.txt").write_text("\n".join(flags) + "\n")
+  proc = subprocess.run([sys.executable, "experiments/evaluate.py", f"--workdir={copy}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      f"{copy / 'flags.txt'}:{line + 1}: --epochs=twenty: not a valid int"]
+
+
 def test_rerunning_a_finished_run_resumes_without_training(tiny_run, tiny_data, monkeypatch):
   from camera_jax import pipeline
   from camera_jax.data import text as text_lib
@@ -369,9 +392,9 @@ def test_a_mismatch_after_a_rewritten_concept_layer_keeps_the_new_flags(tiny_run
   real_account_stage = pipeline.account_stage
 
   def other_history(cfg, dataset, z_prime, wd):   # as if --history had changed w_a
-    w_a = real_account_stage(cfg, dataset, z_prime, wd)
+    w_a, sums = real_account_stage(cfg, dataset, z_prime, wd)
     pipeline.save_npy(wd / "concepts" / "w_a.npy", w_a * 0.5)
-    return w_a
+    return w_a, sums
 
   monkeypatch.setattr(pipeline, "account_stage", other_history)
   monkeypatch.setattr(pipeline, "check_settings", lambda cfg, workdir: None)
@@ -397,8 +420,11 @@ def test_history_option_drops_only_sponsored_posts_from_the_features(tiny_data, 
   assert (~mask).sum() == len(sponsored) > 0
   feats_all = pipeline.account_features(dataset, cfg_all)
   feats_uns = pipeline.account_features(dataset, cfg_uns)
-  np.testing.assert_array_equal(feats_all["n_posts"], feats_uns["n_posts"])
   acc = dataset.account_index()
+  owner = np.array([acc[p.account] for p in dataset.posts])
+  np.testing.assert_array_equal(feats_all["n_posts"], np.bincount(owner, minlength=len(acc)))
+  np.testing.assert_array_equal(feats_uns["n_posts"],  # MIV's activity: the kept posts only
+                                np.bincount(owner[mask], minlength=len(acc)))
   touched = {acc[dataset.posts[i].account] for i in np.flatnonzero(~mask)}
   changed = set(np.flatnonzero(feats_all["mean_engagement"] != feats_uns["mean_engagement"]))
   assert changed and changed <= touched
@@ -406,13 +432,15 @@ def test_history_option_drops_only_sponsored_posts_from_the_features(tiny_data, 
   rng = np.random.default_rng(0)
   z = rng.random((len(dataset.posts), len(dataset.concepts))).astype(np.float32)
   (tmp_path / "concepts").mkdir()
-  w_all = pipeline.account_stage(cfg_all, dataset, z, tmp_path)
-  w_uns = pipeline.account_stage(cfg_uns, dataset, z, tmp_path)
+  w_all, _ = pipeline.account_stage(cfg_all, dataset, z, tmp_path)
+  w_uns, sums_uns = pipeline.account_stage(cfg_uns, dataset, z, tmp_path)
   post_account = np.array([acc[p.account] for p in dataset.posts])
   sums = concepts_lib.account_distributions(z[mask], post_account[mask], len(dataset.accounts))
   untouched = sorted(set(range(len(dataset.accounts))) - touched)
   assert untouched
   np.testing.assert_allclose(w_uns, camera_lib.historical_distribution(sums), rtol=1e-6)
+  np.testing.assert_array_equal(sums_uns, sums)
+  np.testing.assert_array_equal(pipeline.load_account_sums(tmp_path / "concepts"), sums)
   np.testing.assert_allclose(w_all[untouched], w_uns[untouched], rtol=1e-6)
   assert not np.allclose(w_all[sorted(touched)], w_uns[sorted(touched)])
 

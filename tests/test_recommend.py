@@ -144,6 +144,8 @@ def test_unknown_brand_names_closest_ids(run):
         rec.recommend(run, "infl_watch")
     with pytest.raises(rec.UnknownNameError, match="infl_nobody"):
         rec.recommend(run, "brand_food", candidates=["infl_nobody"])
+    with pytest.raises(rec.UnknownNameError, match=r"brand_watch.*\(it is a brand\)"):
+        rec.recommend(run, "brand_food", candidates=["infl_watch", "brand_watch"])
 
 
 def test_outputs_table_json_csv(run):
@@ -188,6 +190,21 @@ def test_recommend_new_brand(run, tmp_path):
     assert rows[0]["brand_concepts"][0]["concept"] in {"watch", "portrait", "car"}
     with pytest.raises(ValueError, match="already exists"):
         rec.recommend_new_brand(run, d)
+
+
+def test_new_brand_posts_may_name_their_concepts(tmp_path):
+    """A --use_gt_concepts run reads the brand's concepts from its posts, as from posts.jsonl."""
+    d = _brand_dir(tmp_path)
+    lines = [json.loads(l) for l in (d / "posts.jsonl").read_text().splitlines()]
+    lines[0]["concepts"] = ["watch", "car", "watch"]
+    (d / "posts.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    _, posts = rec.read_brand_dir(d, ["watch", "car", "portrait"])
+    assert [p.concepts for p in posts] == [("watch", "car"), None, None]
+    lines[1]["concepts"] = ["spaceship"]
+    (d / "posts.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    with pytest.raises(fmt.DatasetError) as info:
+        rec.read_brand_dir(d, ["watch", "car", "portrait"])
+    assert info.value.errors == ["posts.jsonl:2: field \"concepts\": 'spaceship' is not a concept of the run"]
 
 
 def test_new_brand_id_from_posts_and_errors(run, tmp_path):

@@ -144,6 +144,26 @@ def test_report_without_metrics_or_log_and_rewrite(tmp_path):
     assert "No test brand with candidates" in (out / "index.html").read_text()
 
 
+def test_a_folder_that_is_not_a_report_is_refused_and_left_alone(tmp_path):
+    run = make_run(tmp_path)
+    site = tmp_path / "site"
+    (site / "images").mkdir(parents=True)
+    (site / "images" / "keep.txt").write_text("precious")
+    with pytest.raises(ValueError, match="not empty and not a report folder"):
+        report.write_report(run, site, n_cases=0)
+    assert (site / "images" / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in site.iterdir()) == ["images"]
+    # a report written before the marker existed (only a report's entries) is rewritten
+    old = tmp_path / "old"
+    (old / "charts").mkdir(parents=True)
+    (old / "index.html").write_text("old")
+    assert report.write_report(run, old, n_cases=0).read_text() != "old"
+    assert (old / report.MARKER).exists()
+    (old / "notes.txt").write_text("mine")  # a marked report folder may hold other files
+    report.write_report(run, old, n_cases=0)
+    assert (old / "notes.txt").read_text() == "mine"
+
+
 def test_a_report_that_fails_half_way_leaves_no_index(tmp_path, monkeypatch):
     """index.html is removed before the charts are rewritten and written last (atomically): a
     failed rewrite never leaves a page that points at charts of another run."""

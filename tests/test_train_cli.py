@@ -98,6 +98,13 @@ def test_bad_settings_are_each_one_line(tmp_path):
   assert any(l.startswith("--baselines=RAND,NOPE: unknown NOPE") for l in lines)
 
 
+def test_a_list_flag_that_is_not_integers_is_refused_while_parsing(tmp_path):
+  proc = train("--cnn_channels=32,x", f"--workdir={tmp_path / 'work'}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+  assert "--cnn_channels takes comma-separated integers" in proc.stderr
+  assert not (tmp_path / "work").exists()
+
+
 def test_flags_txt_round_trips_through_flagfile(tiny_run, tmp_path):
   """A finished run's flags.txt fed back with --flagfile resumes the same run: nothing is
   retrained, the metrics come back the same and flags.txt is written back unchanged but for

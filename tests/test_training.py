@@ -40,7 +40,7 @@ def ranker_setup(workdir: pathlib.Path, data_dir: pathlib.Path, **overrides):
 
   cfg = tiny_config(data_dir, **overrides)
   dataset = format_lib.load(data_dir, seed=cfg.seed, check_images=False)
-  inputs = pipeline.ranker_inputs(cfg, dataset, np.load(workdir / "concepts" / "w_a.npy"),
+  inputs = pipeline.ranker_inputs(cfg, dataset, pipeline.load_account_sums(workdir / "concepts"),
                                   np.load(workdir / "concepts" / "U_C.npy"),
                                   pipeline.account_features(dataset))
   return cfg, inputs
@@ -105,7 +105,7 @@ log = trainer.TrainLog(out / "train_log.jsonl")
 pipeline.concept_stage(cfg, dataset, sources, out, log, mesh)
 pipeline.cosmic_stage(cfg, dataset, sources, text_lib.TextEmbedder.load(run / "word2vec"),
                       np.load(run / "concepts" / "h.npy"), out, log, mesh)
-inputs = pipeline.ranker_inputs(cfg, dataset, np.load(run / "concepts" / "w_a.npy"),
+inputs = pipeline.ranker_inputs(cfg, dataset, pipeline.load_account_sums(run / "concepts"),
                                 np.load(run / "concepts" / "U_C.npy"), pipeline.account_features(dataset))
 ranker.train_ranker(cfg=pipeline.ranker_config(cfg), **inputs, ckpt_dir=None, log=log, mesh=mesh)
 print("OK")
@@ -138,6 +138,104 @@ def test_four_devices_reproduce_the_single_device_losses(tiny_run, tiny_data, tm
     assert len(one) == len(four) > 0
     rtol = {"concept_generator": 1e-3, "cosmic": 5e-3, "ranker": 1e-5}[stage]
     np.testing.assert_allclose(four, one, rtol=rtol, err_msg=stage)
+
+
+_RANKER_BATCH_6 = """
+import json, sys
+sys.path.insert(0, "tests")
+import jax
+import numpy as np
+from conftest import ranker_cfg, ranker_tables
+from camera_jax.training import ranker, sharding, trainer
+widths = []
+real = ranker.epoch_batches
+def spy(trip, ed, batch_size, steps, width=None):
+  out = real(trip, ed, batch_size, steps, width)
+  widths.append((batch_size, steps, out["mask"].shape[0]))
+  return out
+ranker.epoch_batches = spy
+positives = np.array([(b, m) for b in range(5) for m in range(10, 14)], np.int64)  # 20
+log = trainer.TrainLog(None)
+records = []
+log.write = lambda **r: records.append(r["loss"])
+log.enabled = True
+params = ranker.train_ranker(cfg=ranker_cfg(epochs=2, batch_size=6, dropout=0.0), tables=ranker_tables(),
+                             positives=positives, ed_observed=np.zeros(20, np.float32),
+                             candidates=np.arange(10, 40), ckpt_dir=None, log=log,
+                             mesh=sharding.make_mesh())
+print(json.dumps({"widths": widths, "losses": records,
+                  "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(params)]}))
+"""
+
+
+def _on_1_and_4_devices(script: str) -> dict[int, dict]:
+  """The JSON last line that ``script`` prints on 1 and on 4 forced host devices."""
+  runs = {}
+  for n in (1, 4):
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=subprocess_env(n),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+  return runs
+
+
+def test_a_batch_the_devices_do_not_divide_trains_the_same_on_1_and_4_devices():
+  """--batch_size=6 on 4 devices: every step still trains on 6 triplets (4 steps an epoch for 20
+  positives), padded to 8 rows; the losses and parameters are the single device's."""
+  runs = _on_1_and_4_devices(_RANKER_BATCH_6)
+  assert runs[1]["widths"] == [[6, 4, 6]] * 2 and runs[4]["widths"] == [[6, 4, 8]] * 2
+  np.testing.assert_allclose(runs[4]["losses"], runs[1]["losses"], rtol=1e-5)
+  for a, b in zip(runs[4]["params"], runs[1]["params"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+_IMAGE_BATCH_6 = """
+import io, json, sys
+import jax
+import numpy as np
+from PIL import Image
+from camera_jax.data import input_pipeline
+from camera_jax.models import concept_generator as cg_lib
+from camera_jax.training import concepts, sharding, trainer
+rng = np.random.default_rng(0)
+source = []
+for i in range(20):
+  buf = io.BytesIO()
+  Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
+  source.append({"image": buf.getvalue(), "row": i})
+labels = (rng.random((20, 5)) > 0.5).astype(np.float32)
+sizes = []
+real = input_pipeline.ImageBatches.__iter__
+def spy(self):
+  for batch in real(self):
+    sizes.append(int(batch["mask"].sum()))
+    yield batch
+input_pipeline.ImageBatches.__iter__ = spy
+log = trainer.TrainLog(None)
+records = []
+log.write = lambda **r: records.append(r["loss"])
+log.enabled = True
+state = concepts.fit_image_model(
+    stage="concept_generator", model=cg_lib.ConceptGenerator(5, channels=(4, 4, 4, 4, 4), fc=8),
+    source=source, indices=np.arange(20), targets={"target": labels},
+    loss_fn=lambda logits, b: cg_lib.multilabel_bce(logits, b["target"], b["mask"]),
+    cfg=concepts.ImageStageConfig(epochs=2, batch_size=6, learning_rate=1e-3, image_size=16),
+    ckpt_dir=None, log=log, mesh=sharding.make_mesh())
+print(json.dumps({"sizes": sizes, "losses": records,
+                  "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)]}))
+"""
+
+
+def test_an_image_batch_the_devices_do_not_divide_trains_the_same_on_1_and_4_devices():
+  """The image stages likewise: batch 6 on 4 devices is 6 images a step (padded to 8 rows, kept
+  out of BatchNorm's statistics), so the losses and parameters are the single device's."""
+  runs = _on_1_and_4_devices(_IMAGE_BATCH_6)
+  assert runs[1]["sizes"] == runs[4]["sizes"] == [6, 6, 6, 2] * 2
+  np.testing.assert_allclose(runs[4]["losses"], runs[1]["losses"], rtol=1e-4)
+  # Adam moves a weight whose gradient is float noise (the convolution biases before BatchNorm)
+  # by up to the learning rate a step: 8 steps of 1e-3.
+  for a, b in zip(runs[4]["params"], runs[1]["params"]):
+    np.testing.assert_allclose(a, b, rtol=0, atol=8e-3)
 
 
 # --------------------------------------------------------------------------- kill and resume
@@ -296,3 +394,18 @@ def test_a_diverging_ranker_stops_and_keeps_the_last_good_checkpoint(tiny_run, t
   _, meta = checkpointer.restore()
   assert meta["epoch"] == last_good and np.isfinite(meta["loss"])
   assert losses(log_path, "ranker") == losses(workdir / "train_log.jsonl", "ranker")
+
+
+def test_train_log_truncation_keeps_other_records_and_drops_a_torn_last_line(tmp_path):
+  from camera_jax.training import trainer
+
+  path = tmp_path / "train_log.jsonl"
+  log = trainer.TrainLog(path)
+  for stage, epoch in [("cosmic", 1), ("cosmic", 2), ("ranker", 1), ("ranker", 2), ("ranker", 3)]:
+    log.write(stage=stage, epoch=epoch, loss=float(epoch))
+  with open(path, "a", encoding="utf-8") as f:
+    f.write('{"stage": "ranker", "epo')  # a run killed while appending
+  log.truncate_stage("ranker", after_epoch=1)
+  records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+  assert [(r["stage"], r["epoch"]) for r in records] == [("cosmic", 1), ("cosmic", 2), ("ranker", 1)]
+  assert [p.name for p in tmp_path.iterdir()] == ["train_log.jsonl"]  # no temporary file left

@@ -105,23 +105,24 @@ def account_engagement(dataset: "Dataset", posts: np.ndarray | None = None) -> d
     Args:
       dataset: the dataset.
       posts: optional bool [P]: the posts the engagement statistics average over (e.g.
-        :func:`history_post_mask`); every post when None. ``n_posts`` always counts every post.
+        :func:`history_post_mask`); every post when None. ``n_posts`` counts the same posts.
 
     Returns:
       A dict of arrays indexed by account row (``dataset.accounts`` order):
         ``followers`` float64 [A]; ``mean_engagement`` float64 [A], ``E_bar(a)``, the mean of
         eq. (10) over the account's (selected) posts, 0 for an account without posts;
         ``post_engagement_std`` float64 [A], the population standard deviation of eq. (10) over
-        the same posts (0 without posts); ``n_posts`` int64 [A], the account's number of posts.
+        the same posts (0 without posts); ``n_posts`` int64 [A], the account's number of
+        (selected) posts.
     """
     owner, likes, comments, followers = _post_arrays(dataset)
     n_accounts = len(dataset.accounts)
     rates = engagement_rate(likes, comments, followers[owner])
-    n_posts = np.bincount(owner, minlength=n_accounts).astype(np.int64)
     if posts is not None:
         keep = np.asarray(posts, bool)
         owner, rates = owner[keep], rates[keep]
     count = np.bincount(owner, minlength=n_accounts)
+    n_posts = count.astype(np.int64)
     totals = np.bincount(owner, weights=rates, minlength=n_accounts)
     mean = np.divide(totals, count, out=np.zeros(n_accounts), where=count > 0)
     sq = np.bincount(owner, weights=(rates - mean[owner]) ** 2, minlength=n_accounts)

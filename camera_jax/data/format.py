@@ -51,10 +51,15 @@ TEST_BRANDS = 74
 ALL_BRANDS = 360
 TEST_FRACTION = TEST_BRANDS / ALL_BRANDS
 
-IMAGE_FORMATS = ("PNG", "JPEG")
+#: Pillow's names of the accepted image formats. MPO is a JPEG with extra frames (phone and
+#: camera photos with a depth map or a gain map): its first frame is the JPEG image.
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO")
 
 # At most this many error lines per file; the rest are counted in one "... N more problems" line.
 MAX_ERRORS_PER_FILE = 50
+#: The largest follower, like or comment count accepted: 2^53, above which a float64 (the
+#: engagement rate of eq. 10) no longer holds every integer.
+MAX_COUNT = 2**53
 
 _SHOW_MAX = 60
 
@@ -225,7 +230,9 @@ class _FileErrors:
 
     def lines(self) -> list[str]:
         kept = sorted(((-l, -s, m) for l, s, m in self._heap))
-        out = [f"{self.name}:{line}: {message}" for line, _, message in kept]
+        # An unpaired surrogate (a JSON "\\ud83d") quoted in a message is written as its escape.
+        out = [f"{self.name}:{line}: {message}".encode("utf-8", "backslashreplace").decode("utf-8")
+               for line, _, message in kept]
         if self.count > len(kept):
             out.append(
                 f"{self.name}:0: ... {self.count - len(kept)} more problems "
@@ -319,9 +326,43 @@ def _iter_jsonl(path: pathlib.Path, errs: _FileErrors) -> Iterator[tuple[int, di
                 if not isinstance(obj, dict):
                     errs.add(lineno, f"expected a JSON object, got {_json_type(obj)}")
                     continue
+                bad = _surrogate_field(obj)
+                if bad is not None:
+                    errs.add(lineno, f'field "{bad[0]}" holds an unpaired UTF-16 surrogate '
+                                     f'{bad[1]} (text cut inside a character?): not valid Unicode')
+                    continue
                 yield lineno, obj
     except OSError as e:
         errs.add(lineno, f"cannot read file ({e.strerror or e})")
+
+
+def _surrogate_field(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, escape) of the first string in ``obj`` (keys, values, nested) that holds a lone
+    surrogate such as JSON's ``"\\ud83d"``: Python's json accepts it, but it is not text that
+    UTF-8 can encode (the TFDS build and every file written later would fail on it).
+
+    >>> _surrogate_field({"id": "p1", "caption": "ok \\ud83d"})
+    ('caption', '\\\\ud83d')
+    >>> _surrogate_field({"id": "p1", "concepts": ["a"]}) is None
+    True
+    """
+    def bad(x: Any) -> str | None:
+        if isinstance(x, str):
+            for ch in x:
+                if "\ud800" <= ch <= "\udfff":
+                    return ch.encode("utf-8", "backslashreplace").decode("ascii")
+            return None
+        if isinstance(x, list):
+            return next((b for b in map(bad, x) if b), None)
+        if isinstance(x, dict):
+            return next((b for k, v in x.items() for b in (bad(k), bad(v)) if b), None)
+        return None
+
+    for key, value in obj.items():
+        found = bad(key) or bad(value)
+        if found:
+            return key, found
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,9 +410,13 @@ class _Record:
         return value
 
     def integer(self, name: str, *, minimum: int, note: str = "") -> int | None:
-        """An int field >= minimum; bools, floats (even 3.0) and non-finite numbers are errors."""
+        """An int field in [minimum, MAX_COUNT]; bools, floats (even 3.0) and non-finite numbers
+        are errors."""
         present, value = self._get(name, True)
         if not present:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_COUNT:
+            self.error(f'field "{name}" must be an int <= 2^53 = {MAX_COUNT}, got {_show(value)}')
             return None
         if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
             return value
@@ -486,7 +531,7 @@ def decode_problem(path: pathlib.Path) -> str | None:
         with Image.open(path) as im:
             if im.format not in IMAGE_FORMATS:
                 return f"{im.format} image, expected PNG or JPEG"
-            if im.format == "JPEG":
+            if im.format in ("JPEG", "MPO"):
                 im.draft(None, (1, 1))  # Decodes every coefficient, but skips the full-size IDCT.
             im.load()
     except Exception as e:  # pylint: disable=broad-except

@@ -112,11 +112,15 @@ def decode_uint8(data: bytes, size: int) -> np.ndarray:
     The image is converted to RGB and, when it is not already ``size`` x ``size``, resized with
     bilinear filtering to exactly that (the aspect ratio is not kept, as in the authors' Keras
     ``load_img(target_size=...)``). Large JPEGs are decoded at a reduced scale first (PIL's draft
-    mode), which is faster and keeps at least ``size`` pixels on each side.
+    mode), which is faster and keeps at least ``size`` pixels on each side. A 16-bit greyscale
+    image keeps its 8 high bits (Pillow's own conversion would clip every value above 255).
     """
     with Image.open(io.BytesIO(data)) as im:
-        if im.format == "JPEG":
+        if im.format in ("JPEG", "MPO"):
             im.draft("RGB", (size, size))
+        if im.mode.startswith("I;16") or im.mode == "I":
+            grey = np.clip(np.asarray(im, dtype=np.int64), 0, 65535) >> 8
+            im = Image.fromarray(grey.astype(np.uint8), "L")
         im = im.convert("RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.BILINEAR)

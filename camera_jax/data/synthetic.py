@@ -136,6 +136,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MANIFEST = "synthetic.json"
+MIN_IMAGE_SIZE = 24   # the smallest image side the shapes are drawn at
 _GENERATOR_VERSION = 2
 """2: post JPEGs keep full-resolution colour (4:4:4, quality 95); version 1 saved them with
 Pillow's default 4:2:0 chroma subsampling, which smeared the 2-pixel colour cells of the
@@ -942,7 +943,7 @@ def generate(out_dir: str | os.PathLike[str], preset: str | Preset = "tiny", see
         completed by this function with the same preset, seed and image size (returned as is).
       preset: a name in :data:`PRESETS` or a :class:`Preset`.
       seed: seed of every random choice; the same arguments give the same bytes.
-      image_size: image side in pixels (>= 24).
+      image_size: image side in pixels (>= MIN_IMAGE_SIZE, 24).
       workers: rendering processes; ``None`` picks 1 for small jobs and up to 2 otherwise. The
         output does not depend on it.
 
@@ -951,8 +952,8 @@ def generate(out_dir: str | os.PathLike[str], preset: str | Preset = "tiny", see
       ValueError: bad preset, seed or image size.
     """
     p = get_preset(preset)
-    if image_size < 24:
-        raise ValueError(f"image_size must be >= 24, got {image_size}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     out = pathlib.Path(out_dir)

@@ -5,7 +5,8 @@ semantic embedding ``t`` of a caption and the concept embedding ``l`` of every s
 both from Word2Vec [37]. This module trains that Word2Vec (gensim) on the captions plus the concept
 names and turns text into unit-norm vectors.
 
-Tokenizer (:func:`tokenize`), applied identically to captions, concept names and search keywords:
+Tokenizer (:func:`tokenize`), applied to captions and search keywords; concept names follow the
+same word rules (:func:`concept_tokens`, which keeps single characters):
 
 * lowercase;
 * URLs (``http://...``, ``https://...``, ``www....``) and e-mail addresses are dropped;
@@ -93,16 +94,21 @@ def tokenize(text: str) -> list[str]:
 
 
 def concept_tokens(name: str) -> list[str]:
-    """Tokens of a concept name: split on ``_`` and whitespace, lowercase.
+    """Tokens of a concept name: :func:`tokenize`'s word rules (lowercase, apostrophes inside a
+    word removed, every other non-letter, non-digit separates), so that a name and the captions
+    share tokens (``t-shirt`` -> ``t``, ``shirt``; ``women's_wear`` -> ``womens``, ``wear``).
 
-    Unlike :func:`tokenize`, single-character parts are kept (a concept name is curated text).
+    Unlike :func:`tokenize`, single-character parts are kept (a concept name is curated text),
+    and nothing is dropped as a URL, e-mail address or mention.
 
     >>> concept_tokens("ready_to_eat")
     ['ready', 'to', 'eat']
     >>> concept_tokens("High_Angle view")
     ['high', 'angle', 'view']
+    >>> concept_tokens("t-shirt"), concept_tokens("women's_wear")
+    (['t', 'shirt'], ['womens', 'wear'])
     """
-    return [part for part in re.split(r"[_\s]+", name.lower()) if part]
+    return _WORD.findall(_APOSTROPHE.sub("", name.lower()))
 
 
 def stable_hash(text: str) -> int:

@@ -131,7 +131,7 @@ def recommend(
 
     Raises:
       UnknownNameError: unknown brand id (or an influencer id given as brand),
-        or an unknown candidate id.
+        or an unknown candidate id (or a brand id given as candidate).
     """
     accounts = _accounts(run)
     brands = _brand_ids(run, accounts)
@@ -147,6 +147,9 @@ def recommend(
         for c in cands:
             if c not in run.account_index:
                 raise UnknownNameError("influencer", c, influencers)
+            if c in accounts and accounts[c].kind != _INFLUENCER:
+                raise UnknownNameError("influencer", c, influencers,
+                                       note=f" (it is a {accounts[c].kind})")
     cands = [c for c in dict.fromkeys(cands) if c != brand_id]
     if not cands:
         return []
@@ -195,14 +198,18 @@ def _nonneg_int(obj: Mapping[str, Any], key: str, where: str, errors: list[str])
     return int(v)
 
 
-def read_brand_dir(brand_dir: str | pathlib.Path) -> tuple[dict[str, Any], list[Any]]:
+def read_brand_dir(brand_dir: str | pathlib.Path,
+                   concepts: Sequence[str] | None = None) -> tuple[dict[str, Any], list[Any]]:
     """Reads a new brand's folder: ``(account, posts)``.
 
     The folder holds ``posts.jsonl`` (format v1 post lines: ``id``, ``image``
     relative to the folder, ``caption``, ``likes``, ``comments``, optional
-    ``account``) and its images, and optionally ``account.json`` with ``id``,
-    ``followers`` and ``category``.  The brand id is ``account.json``'s ``id``,
-    else the posts' common ``account``, else the folder name.
+    ``account`` and ``concepts``) and its images, and optionally ``account.json``
+    with ``id``, ``followers`` and ``category``.  The brand id is ``account.json``'s
+    ``id``, else the posts' common ``account``, else the folder name.  A post's
+    ``concepts`` (its ground-truth concepts, as in ``posts.jsonl`` of a dataset;
+    what a ``--use_gt_concepts`` run reads) must be names of ``concepts`` (the
+    run's vocabulary) when that is given.
 
     Returns:
       ``account`` dict (``id``, ``followers`` or ``None``, ``category``) and a
@@ -306,7 +313,18 @@ def read_brand_dir(brand_dir: str | pathlib.Path) -> tuple[dict[str, Any], list[
             continue
         likes = _nonneg_int(obj, "likes", where, errors)
         comments = _nonneg_int(obj, "comments", where, errors)
-        posts.append(Post(id=pid, account=account["id"], image=image, caption=caption, likes=likes, comments=comments))
+        names = obj.get("concepts")
+        if names is not None:
+            if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+                errors.append(f'{where}: field "concepts" must be a list of concept names')
+                continue
+            unknown = [c for c in names if concepts is not None and c not in set(concepts)]
+            if unknown:
+                errors.append(f'{where}: field "concepts": {unknown[0]!r} is not a concept of the run')
+                continue
+            names = tuple(dict.fromkeys(names))
+        posts.append(Post(id=pid, account=account["id"], image=image, caption=caption, likes=likes,
+                          comments=comments, concepts=names))
     if not errors and not posts:
         errors.append("posts.jsonl:0: no posts (a new brand needs at least one post)")
     if errors:
@@ -333,7 +351,7 @@ def recommend_new_brand(
       FileNotFoundError, DatasetError: see :func:`read_brand_dir`.
       ValueError: the brand id already belongs to an account of the run.
     """
-    account, posts = read_brand_dir(brand_dir)
+    account, posts = read_brand_dir(brand_dir, run.concepts)
     brand_id = account["id"]
     if brand_id in run.account_index:
         raise ValueError(

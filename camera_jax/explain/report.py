@@ -482,6 +482,29 @@ def _run_section(run: Any) -> str:
     return html_
 
 
+#: The file that marks a folder as written by :func:`write_report` (which may rewrite it).
+MARKER = ".camera_report"
+_REPORT_ENTRIES = {"index.html", "charts", "images", "figures", MARKER}
+
+
+def check_out_dir(out: pathlib.Path) -> None:
+    """Refuses (ValueError) a report folder that :func:`write_report` would damage: one that
+    exists, is not empty, and is neither marked as a report (:data:`MARKER`) nor holds only a
+    report's entries with its ``index.html`` (a report written before the marker existed).
+    The report deletes its ``charts/``, ``images/`` and ``figures/`` subfolders first, so a
+    website folder with an ``images/`` of its own must never be taken for one."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out}: not a directory")
+    names = {p.name for p in out.iterdir()}
+    if not names or MARKER in names or ("index.html" in names and names <= _REPORT_ENTRIES):
+        return
+    raise ValueError(f"{out}: not empty and not a report folder (no {MARKER}); the report "
+                     "rewrites its charts/, images/ and figures/ subfolders: use a new or "
+                     "empty --out_dir")
+
+
 def write_report(run: Any, out_dir: str | pathlib.Path | None = None, *, n_cases: int = 3, seed: int = 0) -> pathlib.Path:
     """Writes the HTML report of ``run`` and returns the path of ``index.html``.
 
@@ -489,13 +512,19 @@ def write_report(run: Any, out_dir: str | pathlib.Path | None = None, *, n_cases
       run: a :class:`camera_jax.run.Run` (``workdir``, ``dataset``, ``concepts``,
         ``w_a``, ``top_idx``, ``account_index``, ``score``).
       out_dir: output folder; default ``<run.workdir>/report``.  Its
-        ``charts/``, ``images/`` and ``figures/`` subfolders are rewritten.
+        ``charts/``, ``images/`` and ``figures/`` subfolders are rewritten, so it must be new,
+        empty or a report folder (:func:`check_out_dir`).
       n_cases: number of test brands in the case studies.
       seed: seed of the brand draw.
+
+    Raises:
+      ValueError: ``out_dir`` holds other files than a report's.
     """
     workdir = pathlib.Path(run.workdir)
     out = pathlib.Path(out_dir) if out_dir is not None else workdir / "report"
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
     # A report that fails half-way leaves no index.html that points at half-written charts.
     (out / "index.html").unlink(missing_ok=True)
     for sub in ("charts", "images", "figures"):

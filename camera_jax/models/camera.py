@@ -57,35 +57,50 @@ def historical_distribution(z_prime_sum: jax.Array) -> jax.Array:
   return jax.nn.softmax(jnp.asarray(z_prime_sum, jnp.float32), axis=-1)
 
 
-def top_concepts(w_a: jax.Array, k: int = 10) -> tuple[jax.Array, jax.Array]:
+def top_concepts(z_prime_sum: jax.Array, k: int = 10) -> tuple[jax.Array, jax.Array]:
   """The top-k concepts U_a of an account and their w_a weights (eq. 6 keeps the top 10).
 
-  The weights are NOT renormalised: eq. 6 sums w_a^k u_k with the original w_a weights, so the
-  top-10 weights sum to at most 1. Ties are resolved towards the lower concept index.
+  The concepts are ranked by the summed z' of eq. 5, not by w_a: softmax is monotone, so the
+  order is the same, but a float32 w_a is exactly 0 for every concept more than about 87 below
+  the account's largest sum (an account whose posts all show one concept), and ranking those
+  zeros would put concepts the account never showed before its real secondary ones. Any
+  per-row shift of the sums ranks the same (``log w_a`` of a saved w_a included).
+
+  The weights are w_a = softmax(sums) at those concepts, NOT renormalised: eq. 6 sums
+  w_a^k u_k with the original weights, so the top-10 weights sum to at most 1. Ties are
+  resolved towards the lower concept index.
 
   Args:
-    w_a: [..., n] historical distributions.
+    z_prime_sum: [..., n] the input of eq. 5 (or any per-row shift of it).
     k: number of concepts kept.
 
   Returns:
-    (idx int32 [..., k], weights float32 [..., k]) in descending weight order.
+    (idx int32 [..., k], weights float32 [..., k]) in descending order.
   """
-  weights, idx = jax.lax.top_k(jnp.asarray(w_a, jnp.float32), k)
+  s = jnp.asarray(z_prime_sum, jnp.float32)
+  _, idx = jax.lax.top_k(s, k)
+  weights = jnp.take_along_axis(historical_distribution(s), idx, axis=-1)
   return idx.astype(jnp.int32), weights
 
 
-def supported_concepts(w_a: jax.Array, top_weights: jax.Array) -> jax.Array:
-  """Which of an account's top-k concepts it actually showed: bool [..., k].
+def supported_concepts(z_prime_sum: jax.Array, idx: jax.Array) -> jax.Array:
+  """Which of an account's top-k concepts (:func:`top_concepts`) it actually showed: bool [..., k].
 
   Eq. 5 gives every concept some mass (softmax of a sum that is 0 for a concept the account
   never showed), so an account with fewer than k concepts gets padding concepts in its top-k,
-  ordered by index.  Those slots have exactly the row's minimum weight exp(0)/Z; they are masked
-  out of the BCAM attention (eq. 7) so that the marketing-direction weights only spread over
-  concepts of the account's history.  The first slot is always valid.
+  ordered by index. Those have the row's minimum sum; a slot is supported when its sum is above
+  that minimum by more than 1e-5 (w_a above the minimum w_a by a factor 1 + 1e-5). Padding slots
+  are masked out of the BCAM attention (eq. 7) so that the marketing-direction weights only
+  spread over concepts of the account's history. The first slot is always valid.
+
+  Args:
+    z_prime_sum: [..., n] the input of eq. 5, or any per-row shift of it (``log w_a``, where
+      -inf marks an underflowed weight).
+    idx: [..., k] the top-k concepts.
   """
-  w_a = jnp.asarray(w_a, jnp.float32)
-  floor = jnp.min(w_a, axis=-1, keepdims=True)
-  mask = jnp.asarray(top_weights, jnp.float32) > floor * (1.0 + 1e-5)
+  s = jnp.asarray(z_prime_sum, jnp.float32)
+  floor = jnp.min(s, axis=-1, keepdims=True)
+  mask = jnp.take_along_axis(s, jnp.asarray(idx), axis=-1) > floor + 1e-5
   return mask.at[..., 0].set(True)
 
 

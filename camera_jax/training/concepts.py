@@ -99,8 +99,10 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
   ``targets`` maps batch keys to host arrays indexed by the record's ``row``; each batch gets
   ``targets[k][row]``.  Resumes from the latest checkpoint in ``ckpt_dir`` when there is one.
   """
-  n_dev = mesh.devices.size
-  batch_size = sharding.round_up(cfg.batch_size, n_dev)
+  # Each step trains on cfg.batch_size images whatever the device count; the rows are padded
+  # to a multiple of it (masked, out of BatchNorm's statistics too).
+  batch_size = cfg.batch_size
+  width = sharding.round_up(batch_size, mesh.devices.size)
   steps_per_epoch = max(1, -(-len(indices) // batch_size))
   tx = trainer.make_optimizer(cfg.learning_rate, cfg.lr_decay, steps_per_epoch)
   key = jax.random.PRNGKey(cfg.seed)
@@ -125,6 +127,8 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
       rows = np.where(batch["mask"], batch["row"], 0)
       for name, table in targets.items():
         host[name] = table[rows]
+      if width > batch_size:
+        host, _ = sharding.pad_batch(host, width)
       host = sharding.process_local(host)
       state, metrics = train_step(state, sharding.shard_batch(host, mesh), step_key)
       acc = trainer.add_metrics(acc, metrics)

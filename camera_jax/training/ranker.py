@@ -237,9 +237,10 @@ def make_train_epoch(cfg: RankerConfig, model: RankerModel | None = None, *,
   between steps. ``batches`` holds the step batches stacked on axis 1, the batch axis staying
   first so that it shards over ``'data'`` as a step's batch does (:func:`epoch_batches`):
   brand, pos, mask, ed_obs [B, S]; neg [B, S, N]. ``sums`` are the step metrics summed in
-  step order (the same floats as adding them after each step). The parameters equal those of
-  calling the step once per batch (tested bit for bit); one compiled program serves every
-  epoch (same S).
+  step order (as adding them after each step, to float rounding: XLA may round the reported
+  rank loss differently in the two programs). The parameters and the optimiser state equal
+  those of calling the step once per batch (tested bit for bit); one compiled program serves
+  every epoch (same S).
   """
   step = make_train_step(cfg, model, grouped=grouped, jit=False)
 
@@ -262,17 +263,32 @@ def make_train_epoch(cfg: RankerConfig, model: RankerModel | None = None, *,
 
 
 def epoch_batches(trip: dict[str, np.ndarray], ed_obs: np.ndarray, batch_size: int,
-                  steps: int) -> dict[str, np.ndarray]:
-  """An epoch's host batches for :func:`make_train_epoch`: [B, S] arrays (neg [B, S, N]).
+                  steps: int, width: int | None = None) -> dict[str, np.ndarray]:
+  """An epoch's host batches for :func:`make_train_epoch`: [W, S] arrays (neg [W, S, N]).
 
-  Step ``s`` takes triplets ``s * B`` to ``(s + 1) * B``; the last step's missing rows are
-  zero padding with ``mask`` False (nothing is dropped).
+  Step ``s`` takes triplets ``s * B`` to ``(s + 1) * B`` (B = ``batch_size``); the last step's
+  missing rows are zero padding with ``mask`` False (nothing is dropped). ``width`` W >= B (the
+  batch rounded up to a multiple of the device count, default B) adds W - B padding rows to
+  every step, so every device holds as many rows while each step still trains on B triplets.
+
+  >>> trip = {"brand": np.arange(5), "pos": np.arange(5), "neg": np.zeros((5, 1), int)}
+  >>> b = epoch_batches(trip, np.zeros(5, np.float32), batch_size=2, steps=3, width=4)
+  >>> b["brand"].T.tolist(), b["mask"].T.astype(int).tolist()
+  ([[0, 1, 0, 0], [2, 3, 0, 0], [4, 0, 0, 0]], [[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
   """
+  width = batch_size if width is None else width
+  if width < batch_size:
+    raise ValueError(f"width {width} < batch_size {batch_size}")
   host = {"brand": trip["brand"], "pos": trip["pos"], "neg": trip["neg"], "ed_obs": ed_obs}
   host, mask = sharding.pad_batch(host, steps * batch_size)
   host["mask"] = mask
-  return {k: np.ascontiguousarray(np.swapaxes(v.reshape((steps, batch_size) + v.shape[1:]), 0, 1))
-          for k, v in host.items()}
+  out = {}
+  for k, v in host.items():
+    v = v.reshape((steps, batch_size) + v.shape[1:])
+    if width > batch_size:  # zeros (mask False) for the extra rows of every step
+      v = np.concatenate([v, np.zeros((steps, width - batch_size) + v.shape[2:], v.dtype)], axis=1)
+    out[k] = np.ascontiguousarray(np.swapaxes(v, 0, 1))
+  return out
 
 
 class CatalogueScorer:
@@ -483,7 +499,10 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
   positive_sets: dict[int, set[int]] = {}
   for b, m in positives:
     positive_sets.setdefault(int(b), set()).add(int(m))
-  batch_size = sharding.round_up(cfg.batch_size, mesh.devices.size)
+  # Each step trains on cfg.batch_size triplets whatever the device count; the rows are padded
+  # to a multiple of it (masked), so the schedule and the results do not depend on the hardware.
+  batch_size = cfg.batch_size
+  width = sharding.round_up(batch_size, mesh.devices.size)
   steps_per_epoch = max(1, -(-len(positives) // batch_size))
   tx = make_optimizer(cfg, steps_per_epoch)
   key = jax.random.PRNGKey(cfg.seed)
@@ -502,7 +521,7 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
     ed_obs = ed_observed[trip["order"]].astype(np.float32)
     acc = None
     if len(trip["brand"]):
-      host = epoch_batches(trip, ed_obs, batch_size, steps_per_epoch)
+      host = epoch_batches(trip, ed_obs, batch_size, steps_per_epoch, width)
       state, acc = train_epoch(state, sharding.shard_batch(sharding.process_local(host), mesh),
                                dev_tables, step_key)
     sums = trainer.host_sums(acc)
@@ -523,15 +542,25 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
   return jax.device_get(state.params)
 
 
-def restore_params(cfg: RankerConfig, tables: Tables, ckpt_dir: pathlib.Path) -> Any:
-  """The params of the latest ranker checkpoint (for evaluate/recommend)."""
+def restore_params(cfg: RankerConfig, tables: Tables, ckpt_dir: pathlib.Path, *,
+                   finished: bool = False) -> Any:
+  """The params of the latest ranker checkpoint (for evaluate/recommend).
+
+  ``finished``: raise ValueError when the latest checkpoint is of an epoch before
+  ``cfg.epochs`` (a run stopped before its end).
+  """
   params = init_params(cfg, tables, jax.random.PRNGKey(0))
   tx = make_optimizer(cfg, 1)
   state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)
-  checkpointer = ckpt_lib.Checkpointer(ckpt_dir)
-  if checkpointer.latest_step() is None:
-    raise FileNotFoundError(f"{ckpt_dir}: no ranker checkpoint")
-  state, _ = checkpointer.restore(target=state)
+  with ckpt_lib.Checkpointer(ckpt_dir) as checkpointer:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{ckpt_dir}: no ranker checkpoint")
+    if finished and step < cfg.epochs:
+      raise ValueError(f"{ckpt_dir}: the ranker stopped after epoch {step} of {cfg.epochs} "
+                       "(an unfinished run); finish it with python experiments/train.py "
+                       "--flagfile=WORKDIR/flags.txt")
+    state, _ = checkpointer.restore(target=state)
   return jax.device_get(state.params)
 
 

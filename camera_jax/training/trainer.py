@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from camera_jax import atomic
 from camera_jax import strict_json
 
 
@@ -64,15 +65,19 @@ def learning_rate_schedule(learning_rate: float, decay_rate: float, steps_per_ep
 
 
 def l1_penalty(params: Any) -> jax.Array:
-  """Sum of |w| over every weight matrix (leaves named ``kernel`` or ``concept_matrix``).
+  """Sum of |w| over every weight matrix: the leaves with 2 or more axes (dense and convolution
+  kernels, the concept matrix U_C, COSMIC's embedding W_v, the phi score MLPs' W_1 and W_2).
 
   The paper "tuned the L1 regularization with the regularization rate of 0.001"; the authors'
-  code applies it to weight matrices only, not to biases or BatchNorm scales.
+  code applies it to weight matrices only, not to biases or BatchNorm scales (1 axis).
+
+  >>> float(l1_penalty({"dense": {"kernel": jnp.array([[1.0, -2.0]]), "bias": jnp.array([5.0])},
+  ...                   "phi": {"w1": jnp.array([[-3.0]]), "b1": jnp.array([7.0])}}))
+  6.0
   """
   total = jnp.zeros((), jnp.float32)
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    name = str(getattr(path[-1], "key", path[-1]))
-    if name in ("kernel", "concept_matrix"):
+  for leaf in jax.tree_util.tree_leaves(params):
+    if jnp.ndim(leaf) >= 2:
       total = total + jnp.sum(jnp.abs(leaf))
   return total
 
@@ -165,18 +170,25 @@ class TrainLog:
       f.write(strict_json.dumps(record, sort_keys=True) + "\n")
 
   def truncate_stage(self, stage: str, after_epoch: int) -> None:
-    """Drops the stage's records for epochs > after_epoch (a resumed run rewrites them)."""
+    """Drops the stage's records for epochs > after_epoch (a resumed run rewrites them).
+
+    A line that is not a JSON object (the torn last line of a run killed while appending) is
+    dropped too. The file is replaced atomically.
+    """
     if self.path is None or not self.enabled or not self.path.exists():
       return
     keep = []
     for line in self.path.read_text(encoding="utf-8").splitlines():
-      if not line.strip():
+      try:
+        rec = json.loads(line)
+      except ValueError:
         continue
-      rec = json.loads(line)
+      if not isinstance(rec, dict):
+        continue
       if rec.get("stage") == stage and int(rec.get("epoch", 0)) > after_epoch:
         continue
       keep.append(line)
-    self.path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+    atomic.write_bytes(self.path, "".join(l + "\n" for l in keep).encode("utf-8"))
 
 
 def resume(stage: str, state: TrainState, ckpt_dir, log: "TrainLog"):
