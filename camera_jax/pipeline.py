@@ -109,9 +109,8 @@ def check_config(cfg: Config, *, evaluate_loss: bool = True) -> list[str]:
     errors.append(f"--cnn_channels={','.join(map(str, cfg.cnn_channels))} --cnn_pools="
                   f"{','.join(map(str, pools))}: every channel count and pool must be >= 1")
   elif cfg.image_size >= 1 and visual_lib.output_side(cfg.image_size, pools) < 1:
-    smallest = next(s for s in range(1, 10**6) if visual_lib.output_side(s, pools) >= 1)
     errors.append(f"--image_size={cfg.image_size}: the CNN's pools (--cnn_pools="
-                  f"{','.join(map(str, pools))}) need images of >= {smallest} px")
+                  f"{','.join(map(str, pools))}) need images of >= {math.prod(pools)} px")
   for name in ("psi_features", "gamma_features"):
     widths = tuple(getattr(cfg, name))
     if not widths or any(not w >= 1 for w in widths):

@@ -23,7 +23,7 @@ import _cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory of a finished run")
 _KEYWORDS = flags.DEFINE_list("keywords", None, "comma-separated keywords")
-_TOP_K = flags.DEFINE_integer("top_k", 3, "results per method")
+_TOP_K = flags.DEFINE_integer("top_k", 3, "results per method", lower_bound=1)
 _TOP_CONCEPTS = flags.DEFINE_integer("top_concepts", 10, "concepts per influencer in the score")
 _FORMAT = flags.DEFINE_enum("format", "table", ["table", "json"], "output format")
 _RELEVANT = flags.DEFINE_list("relevant", None, "concepts that count as relevant for the precision line")
@@ -52,9 +52,6 @@ def main(argv) -> int:
   del argv
   from camera_jax.explain import search
 
-  if _TOP_K.value < 1:
-    print(f"--top_k={_TOP_K.value}: must be >= 1", file=sys.stderr)
-    return 1
   try:
     run = _cli.open_run(_WORKDIR.value)
     influencers = [a for a in run.dataset.accounts if a.kind == "influencer" and a.id in run.account_index]

@@ -15,16 +15,13 @@ from absl import flags  # noqa: E402
 import _cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a finished run", required=True)
-_TOP_K = flags.DEFINE_integer("top_k", 5, "results per query")
+_TOP_K = flags.DEFINE_integer("top_k", 5, "results per query", lower_bound=1)
 _OUT = flags.DEFINE_string("out", "", "optional JSON output path")
 
 
 def main(argv) -> int:
   del argv
   from camera_jax.explain import search_eval
-  if _TOP_K.value < 1:
-    print(f"--top_k={_TOP_K.value}: must be >= 1", file=sys.stderr)
-    return 1
   try:
     run = _cli.open_run(_WORKDIR.value)
     result = search_eval.evaluate_search(run, top_k=_TOP_K.value)

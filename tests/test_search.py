@@ -220,3 +220,6 @@ def test_cli_table_json_and_errors(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = _cli(tmp_path, f"--workdir={tmp_path / 'nope'}", "--keywords=food")
     assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _cli(tmp_path, f"--workdir={tmp_path}", "--keywords=food", "--top_k=0")
+    assert proc.returncode == 1 and "--top_k=0: 0 is not a positive integer" in proc.stderr
+    assert "Traceback" not in proc.stderr

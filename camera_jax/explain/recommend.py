@@ -222,6 +222,7 @@ def read_brand_dir(brand_dir: str | pathlib.Path,
     from camera_jax.data.format import Post, decode_problem
 
     root = pathlib.Path(brand_dir)
+    vocabulary = None if concepts is None else set(concepts)
     if not root.is_dir():
         raise FileNotFoundError(f"brand folder {str(root)!r} does not exist")
     posts_file = root / "posts.jsonl"
@@ -318,7 +319,7 @@ def read_brand_dir(brand_dir: str | pathlib.Path,
             if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
                 errors.append(f'{where}: field "concepts" must be a list of concept names')
                 continue
-            unknown = [c for c in names if concepts is not None and c not in set(concepts)]
+            unknown = [c for c in names if vocabulary is not None and c not in vocabulary]
             if unknown:
                 errors.append(f'{where}: field "concepts": {unknown[0]!r} is not a concept of the run')
                 continue

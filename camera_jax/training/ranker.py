@@ -276,19 +276,15 @@ def epoch_batches(trip: dict[str, np.ndarray], ed_obs: np.ndarray, batch_size: i
   >>> b["brand"].T.tolist(), b["mask"].T.astype(int).tolist()
   ([[0, 1, 0, 0], [2, 3, 0, 0], [4, 0, 0, 0]], [[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
   """
-  width = batch_size if width is None else width
-  if width < batch_size:
+  extra = (batch_size if width is None else width) - batch_size
+  if extra < 0:
     raise ValueError(f"width {width} < batch_size {batch_size}")
   host = {"brand": trip["brand"], "pos": trip["pos"], "neg": trip["neg"], "ed_obs": ed_obs}
   host, mask = sharding.pad_batch(host, steps * batch_size)
   host["mask"] = mask
-  out = {}
-  for k, v in host.items():
-    v = v.reshape((steps, batch_size) + v.shape[1:])
-    if width > batch_size:  # zeros (mask False) for the extra rows of every step
-      v = np.concatenate([v, np.zeros((steps, width - batch_size) + v.shape[2:], v.dtype)], axis=1)
-    out[k] = np.ascontiguousarray(np.swapaxes(v, 0, 1))
-  return out
+  return {k: np.ascontiguousarray(np.swapaxes(np.pad(  # zeros (mask False): the extra rows
+      v.reshape((steps, batch_size) + v.shape[1:]), [(0, 0), (0, extra)] + [(0, 0)] * (v.ndim - 1)),
+      0, 1)) for k, v in host.items()}
 
 
 class CatalogueScorer:
