@@ -511,6 +511,7 @@ class Bench:
     jax, jnp, sharding, trainer = self.jax, self.jnp, self.sharding, self.trainer
     from camera_jax.models import concept_generator as cg_lib
     from camera_jax.models import cosmic as cosmic_lib
+    from camera_jax.data import augmentation
     from camera_jax.training import concepts as concepts_lib
     channels, pools, fc = (32, 64, 64, 128, 128), (3, 1, 2, 1, 2), 1024
     if model_name == "cosmic":
@@ -537,8 +538,12 @@ class Bench:
         target /= target.sum(1, keepdims=True)
       else:
         target = (target < 0.02).astype(np.float32)
+      m = int(image_size * augmentation.MAX_SHIFT_FRACTION)
+      shift = np.stack([rng.integers(0, 2, real), rng.integers(-m, m + 1, real),
+                        rng.integers(-m, m + 1, real)], axis=1).astype(np.int32)
       host = {"image": rng.integers(0, 256, (real, image_size, image_size, 3), np.uint8),
-              "target": target}   # uint8 pixels, as training sends them
+              "target": target, "shift": shift}   # uint8 pixels and the augmentation's
+                                                  # draws, as training sends them
       host, mask = sharding.pad_batch(host, b)
       host["mask"] = mask
       batches.append(sharding.shard_batch(host, self.mesh))
@@ -551,7 +556,8 @@ class Bench:
 
     t = timed(run, jax.block_until_ready, self.sizes.reps, self.sizes.rep_seconds)
     flops = b * cnn_train_flops(image_size, channels, pools, fc, head)
-    extra = {"jit_cache_size": int(step._cache_size()), "image_dtype": "uint8"}
+    extra = {"jit_cache_size": int(step._cache_size()), "image_dtype": "uint8",
+             "augment": "in the step"}
     authors = AUTHORS.get(f"{model_name}_train_step", {}).get(image_size)
     if authors:
       extra["authors_throughput"] = authors
@@ -677,6 +683,7 @@ class Bench:
           n = 0
           for batch in input_pipeline.ImageBatches(src, IMAGE_BATCH, size, shuffle=True,
                                                    seed=0, epoch=i, augment=augment,
+                                                   device_augment=True,   # as training
                                                    num_threads=threads, prefetch=threads > 0,
                                                    dtype=np.uint8):   # as training
             n += int(batch["mask"].sum())
@@ -698,7 +705,8 @@ class Bench:
         self.add(row("input_pipeline", variant,
                      f"{size} px from {stored} px JPEG, batch {IMAGE_BATCH}", "images/s",
                      n_images, t, None, None, self.peak_gflops, stored_px=stored,
-                     records=len(source), threads=threads, image_dtype="uint8", **extra))
+                     records=len(source), threads=threads, image_dtype="uint8",
+                     augment="draws" if augment else None, **extra))
 
   # -- bf16 ------------------------------------------------------------------------------------
 
@@ -807,6 +815,16 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     c = r.get("jit_cache_size")
     if c is not None:
       caches.extend(c.values() if isinstance(c, dict) else [c])
+  backend = report["meta"]["backend"]
+  if backend != "cpu":
+    # The speed targets are set on the 2-core CPU: elsewhere the rows are reported
+    # (vs_authors then says what the machine buys) but not judged.
+    for t in out.values():
+      for entry in (t, (t or {}).get("bf16")):
+        if entry is not None:
+          entry["met"] = None
+      if t is not None:
+        t["note"] = f"a target for the 2-core CPU; not judged on {backend}"
   out["no_recompilation"] = {"max_jit_cache_size": max(caches) if caches else None,
                              "met": bool(caches) and max(caches) == 1}
   return out

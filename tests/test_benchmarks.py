@@ -85,6 +85,11 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
   assert {r["variant"]: r["threads"] for r in report["results"] if r["path"] == "input_pipeline"} == {
       "plain": 0, "augment": 0, f"plain, {auto} threads": auto, f"augment, {auto} threads": auto,
       "plain, decoded file": auto, "augment, decoded file": auto}
+  # augmented as training runs: draws on the host, the flips and shifts inside the image step
+  assert {r["variant"]: r["augment"] for r in report["results"] if r["path"] == "input_pipeline"
+          if r["variant"].startswith("augment")} == {
+      "augment": "draws", f"augment, {auto} threads": "draws", "augment, decoded file": "draws"}
+  assert row["augment"] == "in the step" and row["jit_cache_size"] == 1
   decoded = [r for r in report["results"] if r["variant"].endswith("decoded file")]
   assert len(decoded) == 2 and all(r["build_s"] > 0 for r in decoded)
   # measured as the experiments run: GPU determinism on
@@ -118,6 +123,37 @@ def test_bad_arguments_fail_with_one_line(tmp_path):
   proc = subprocess.run([sys.executable, "benchmarks/run.py", "--only=nope"], cwd=REPO,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nope" in proc.stderr
+
+
+def _target_report(backend):
+  """A hand-made report: ranker batch 8 at 3.5x the authors, the catalogue in 1.0 s at 80 %."""
+  ranker = {"path": "ranker_train_step", "variant": "ours", "size": "batch 8",
+            "items_per_call": 8, "authors_throughput": 395.0, "vs_authors": 3.5,
+            "flops_ours": 1.2e9, "gflops_achieved": 200.0, "peak_share": 0.5,
+            "median_s": 8 / (3.5 * 395.0), "jit_cache_size": 1}
+  catalogue = {"path": "catalogue_scoring", "variant": "ours", "size": "74 x 797",
+               "items_per_call": 74 * 797, "flops_ours": 3.6e11, "gflops_achieved": 360.0,
+               "peak_share": 0.8, "median_s": 1.0, "jit_cache_size": {"pair_scores": 1}}
+  return {"meta": {"backend": backend}, "results": [ranker, catalogue]}
+
+
+def test_targets_are_judged_on_the_cpu_only():
+  cpu = bench.targets(_target_report("cpu"))
+  assert cpu["ranker_train_step@8"]["met"] is True
+  # 3x the authors' 395 triplets/s at 1.2 GFLOP a batch of 8: 1.2e9 * 3 * 395 / 8 FLOP/s
+  assert cpu["ranker_train_step@8"]["required_gflops"] == pytest.approx(177.75)
+  assert cpu["ranker_train_step@8"]["required_peak_share"] == pytest.approx(177.75 / 400.0)
+  assert cpu["catalogue_scoring@74x797"]["met"] is True
+  assert cpu["catalogue_scoring@74x797"]["required_gflops"] == pytest.approx(240.0)
+  assert cpu["ranker_train_step@512"] is None and cpu["cosmic_train_step@64"] is None
+  assert cpu["no_recompilation"] == {"max_jit_cache_size": 1, "met": True}
+  gpu = bench.targets(_target_report("gpu"))
+  # on a GPU the same rows are reported, not judged (the targets are for the 2-core CPU)
+  for name in ("ranker_train_step@8", "catalogue_scoring@74x797"):
+    assert gpu[name]["met"] is None and "not judged on gpu" in gpu[name]["note"]
+    assert {k: v for k, v in gpu[name].items() if k not in ("met", "note")} == {
+        k: v for k, v in cpu[name].items() if k != "met"}
+  assert gpu["no_recompilation"]["met"] is True
 
 
 def test_flop_formulas_reproduce_the_authors_figures():

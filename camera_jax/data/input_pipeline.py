@@ -28,7 +28,14 @@ augmentation, 630 images/s in one thread, 1,350 with 4 and 1,080 with 16 (so
 Hence :class:`DecodedImages`: the training stages decode each image once into a uint8 file read
 by memory map (``--image_cache_gb``), after which a uint8 batch is a gather and the
 augmentation (about 24,000 images/s at 64 px with augmentation on the VM; 19,500 when the host
-also converted to float32). Without it
+also converted to float32). On a 16-core H200 host the file fed 396,000 images/s at 64 px
+plain but 13,300 with augmentation, against a COSMIC step of 28,400 there: the per-image
+generators and gathers of :func:`augment_batch`, which hold the GIL, were the bottleneck
+(benchmarks/README.md, fourth GPU run). Since then the image stages ask for
+``device_augment``: the host only draws, and the train step gathers the pixels
+(:mod:`camera_jax.data.augmentation`; on the 2-core VM 73,000 to 75,000 images/s at 64 px
+and 51,000 to 53,000 at 224 px from the file with the draws, against 38,000 and 7,400 to
+7,800 with the host's gathers). Without it
 (``num_threads`` > 0) a thread pool decodes the images of a batch; ``prefetch=True`` prepares
 batches in one background thread, overlapping the training step.
 """
@@ -51,6 +58,7 @@ from absl import logging
 from PIL import Image
 
 from camera_jax import atomic
+from camera_jax.data import augmentation
 
 __all__ = [
     "decode_image",
@@ -63,7 +71,7 @@ __all__ = [
     "MAX_SHIFT_FRACTION",
 ]
 
-MAX_SHIFT_FRACTION = 0.1  # augment(): largest shift, as a fraction of the image side
+MAX_SHIFT_FRACTION = augmentation.MAX_SHIFT_FRACTION  # augment(): largest shift / side
 
 
 def prepare(data_dir: str | os.PathLike, tfds_dir: str | os.PathLike,
@@ -161,7 +169,7 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     batch with :func:`augment_batch`; this is the reference form it is tested against.
     """
     h, w = image.shape[:2]
-    flip, dy, dx = _draw_augmentation(rng, h, w)
+    flip, dy, dx = augmentation.draw(rng, h, w)
     if flip:
         image = image[:, ::-1]
     my, mx = int(h * MAX_SHIFT_FRACTION), int(w * MAX_SHIFT_FRACTION)
@@ -169,15 +177,6 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.ascontiguousarray(image)
     padded = np.pad(image, ((my, my), (mx, mx), (0, 0)), mode="edge")
     return np.ascontiguousarray(padded[my + dy : my + dy + h, mx + dx : mx + dx + w])
-
-
-def _draw_augmentation(rng: np.random.Generator, h: int, w: int) -> tuple[bool, int, int]:
-    """(flip, dy, dx) of :func:`augment`, drawn from ``rng`` in its order."""
-    flip = bool(rng.random() < 0.5)
-    my, mx = int(h * MAX_SHIFT_FRACTION), int(w * MAX_SHIFT_FRACTION)
-    if my == 0 and mx == 0:
-        return flip, 0, 0
-    return flip, int(rng.integers(-my, my + 1)), int(rng.integers(-mx, mx + 1))
 
 
 def augment_batch(images: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
@@ -190,15 +189,9 @@ def augment_batch(images: np.ndarray, rngs: Sequence[np.random.Generator]) -> np
     bytes.
     """
     n, h, w = images.shape[:3]
-    draws = [_draw_augmentation(rng, h, w) for rng in rngs]
-    if len(draws) != n:
-        raise ValueError(f"{n} images but {len(draws)} generators")
-    flip = np.array([d[0] for d in draws], bool).reshape(n, 1)
-    dy = np.array([d[1] for d in draws], np.int64).reshape(n, 1)
-    dx = np.array([d[2] for d in draws], np.int64).reshape(n, 1)
-    ys = np.clip(np.arange(h) + dy, 0, h - 1)
-    xs = np.clip(np.arange(w) + dx, 0, w - 1)
-    xs = np.where(flip, w - 1 - xs, xs)
+    if len(rngs) != n:
+        raise ValueError(f"{n} images but {len(rngs)} generators")
+    ys, xs = augmentation.index_maps(augmentation.draw_shifts(rngs, h, w), h, w)
     out = np.empty_like(images)
     for j in range(n):
         np.take(np.take(images[j], ys[j], axis=0), xs[j], axis=1, out=out[j])
@@ -405,6 +398,10 @@ class ImageBatches:
       epoch: the epoch whose order to produce.
       augment: apply :func:`augment` (random per image, seeded by (seed, epoch, batch number,
         position in the batch), so threads give the same batches).
+      device_augment: with ``augment``, leave the pixels as they are and add the draws instead:
+        ``shift`` int32 [B, 3] of (flip, dy, dx) per image (padding rows (0, 0, 0), the
+        identity), which :func:`camera_jax.data.augmentation.apply_shifts` turns into the same
+        pixels inside the jitted step. The image stages use it.
       indices: restrict to these data-source indices (e.g. from :func:`split_indices`); default
         all.
       start_batch: skip the first ``start_batch`` batches of the epoch (resume).
@@ -415,8 +412,9 @@ class ImageBatches:
         device to the same numbers). The image stages use uint8.
 
     Iterating yields dicts ``image`` [B, S, S, 3] of ``dtype``, ``row`` int32 [B] (-1 for
-    padding), ``mask`` bool [B] (False for padding; padding images are 0). ``len()`` is the number of batches of the
-    epoch, including any skipped by ``start_batch``.
+    padding), ``mask`` bool [B] (False for padding; padding images are 0) and, with
+    ``device_augment``, ``shift``. ``len()`` is the number of batches of the epoch, including any
+    skipped by ``start_batch``.
     """
 
     def __init__(
@@ -429,6 +427,7 @@ class ImageBatches:
         seed: int,
         epoch: int = 0,
         augment: bool = False,
+        device_augment: bool = False,
         indices: Sequence[int] | np.ndarray | None = None,
         start_batch: int = 0,
         num_threads: int = 0,
@@ -447,6 +446,7 @@ class ImageBatches:
         self.seed = int(seed)
         self.epoch = int(epoch)
         self.augment = augment
+        self.device_augment = bool(device_augment)
         if indices is None:
             self.indices = np.arange(len(source), dtype=np.int64)
         else:
@@ -503,9 +503,13 @@ class ImageBatches:
             else:
                 list(pool.map(fill, range(n)))
             row[:n] = [int(r["row"]) for r in records]
-        if self.augment and n:  # Its own generator per image: the same result in any thread.
+        shift = None
+        if self.augment:  # Its own generator per image: the same result in any thread.
             rngs = [np.random.default_rng([self.seed, self.epoch, k, 1, j]) for j in range(n)]
-            pixels = augment_batch(pixels, rngs)
+            if self.device_augment:
+                shift = augmentation.draw_shifts(rngs, s, s, rows=b)
+            elif n:
+                pixels = augment_batch(pixels, rngs)
         if self.dtype == np.uint8 and n == b:
             image = pixels  # a fresh array (gathered or augmented): no second copy
         else:
@@ -515,7 +519,10 @@ class ImageBatches:
             else:
                 to_unit(pixels, out=image[:n])
         mask[:n] = True
-        return {"image": image, "row": row, "mask": mask}
+        batch = {"image": image, "row": row, "mask": mask}
+        if shift is not None:
+            batch["shift"] = shift
+        return batch
 
     def _batches(self, stop: threading.Event | None = None) -> Iterator[dict[str, np.ndarray]]:
         order = self.order()

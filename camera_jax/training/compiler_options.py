@@ -17,8 +17,9 @@ a tiny function), None elsewhere (GPU, or a jaxlib without the option).
 gradients of gathers, as in the ranker's table look-ups) may add in a different order each run.
 Measured on one H100 (jax 0.11.2): retraining only the ranker of the tiny run on the same
 concept layer gave other scores (CAMERA AUC 0.7307 and 0.7411) without the flag and
-byte-identical ``scores.csv`` twice with it; the image stages ran under it, their repeatability
-is not measured yet. The CPU ignores the flag. The experiments' entry points set it
+byte-identical ``scores.csv`` twice with it. On one H200 two whole tiny runs (every stage,
+the image stages included) gave byte-identical ``scores.csv``; the flag cost the ranker's train
+step 13 to 16 % there (benchmarks/README.md, fourth GPU run). The CPU ignores the flag. The experiments' entry points set it
 (``experiments/_cli.py``).
 """
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from camera_jax.data import augmentation
 from camera_jax.data import input_pipeline
 from camera_jax.models import concept_generator as cg_lib
 from camera_jax.models import cosmic as cosmic_lib
@@ -55,7 +56,9 @@ def create_image_state(model: Any, image_size: int, key: jax.Array, tx: Any) -> 
 def make_image_steps(loss_fn: Callable[[Any, dict[str, jax.Array]], jax.Array], l1: float):
   """Builds the jitted train step and the jitted predict step of an image stage.
 
-  ``loss_fn(outputs, batch) -> scalar`` is the task loss (masked by ``batch['mask']``).
+  ``loss_fn(outputs, batch) -> scalar`` is the task loss (masked by ``batch['mask']``). A batch
+  with ``shift`` (``ImageBatches(device_augment=True)``) is augmented in the step
+  (:func:`camera_jax.data.augmentation.apply_shifts`: the host's pixels, the host's draws).
 
   The NaN guard skips a non-finite step with ``lax.cond`` (``guarded_update(branch=True)``, as
   the ranker does): selecting between the new and the old state recomputed Adam's arithmetic in
@@ -66,9 +69,13 @@ def make_image_steps(loss_fn: Callable[[Any, dict[str, jax.Array]], jax.Array], 
   def train_step(state: trainer.TrainState, batch: dict[str, jax.Array], key: jax.Array):
     dropout_key = jax.random.fold_in(key, state.step)
 
+    images = batch["image"]
+    if "shift" in batch:
+      images = augmentation.apply_shifts(images, batch["shift"])
+
     def objective(params):
       outputs, mutated = state.apply_fn(
-          {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+          {"params": params, "batch_stats": state.batch_stats}, images, train=True,
           mask=batch["mask"], mutable=["batch_stats"], rngs={"dropout": dropout_key})
       task = loss_fn(outputs, batch)
       total = task + l1 * trainer.l1_penalty(params) if l1 else task
@@ -117,13 +124,13 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
   for epoch in range(start_epoch, cfg.epochs):
     batches = input_pipeline.ImageBatches(
         source, batch_size, cfg.image_size, shuffle=True, seed=cfg.seed, epoch=epoch,
-        augment=cfg.augment, indices=indices, num_threads=cfg.input_threads,
+        augment=cfg.augment, device_augment=True, indices=indices, num_threads=cfg.input_threads,
         prefetch=cfg.input_threads > 0, dtype=np.uint8)  # the encoder converts on the device
     batches.decoded()   # a decoded file's one decoding pass (logged) stays off the epoch's clock
     t0 = time.perf_counter()
     acc = None
     for batch in batches:
-      host = {"image": batch["image"], "mask": batch["mask"]}
+      host = {k: batch[k] for k in ("image", "mask", "shift") if k in batch}
       rows = np.where(batch["mask"], batch["row"], 0)
       for name, table in targets.items():
         host[name] = table[rows]

@@ -1,0 +1,83 @@
+"""The flip-and-shift augmentation: host draws, the jitted index map, and the batches that use it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camera_jax.data import augmentation
+from camera_jax.data import input_pipeline as ip
+
+
+
+def _noise_source(n: int, size: int) -> list[dict]:
+  """``n`` records of random-noise PNGs (lossless, and not uniform, so every shift shows)."""
+  import io
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  out = []
+  for row in range(n):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    out.append({"image": buf.getvalue(), "row": row})
+  return out
+
+
+def _all_batches(batches) -> list[dict[str, np.ndarray]]:
+  return [{k: v.copy() for k, v in b.items()} for b in batches]
+
+
+def test_index_maps_by_hand():
+  # 5 px side: no flip, shift right by 1 / down by -1; then a flip with no shift
+  ys, xs = augmentation.index_maps(np.array([[0, -1, 1], [1, 0, 0]]), 5, 5)
+  assert ys.tolist() == [[0, 0, 1, 2, 3], [0, 1, 2, 3, 4]]   # row y reads row clip(y - 1)
+  assert xs.tolist() == [[1, 2, 3, 4, 4], [4, 3, 2, 1, 0]]   # edge replicated; mirrored
+
+
+@pytest.mark.parametrize("size,dtype", [(20, np.uint8), (33, np.float32), (8, np.uint8)])
+def test_apply_shifts_is_augment_batch(size, dtype):
+  rng = np.random.default_rng(size)
+  images = (rng.integers(0, 256, (7, size, size, 3)).astype(dtype) if dtype == np.uint8
+            else rng.random((7, size, size, 3), dtype=np.float32))
+  seeds = [[3, size, j] for j in range(7)]
+  expected = ip.augment_batch(images, [np.random.default_rng(s) for s in seeds])
+  shifts = augmentation.draw_shifts([np.random.default_rng(s) for s in seeds], size, size)
+  assert shifts.dtype == np.int32 and shifts.shape == (7, 3)
+  assert set(shifts[:, 0]) <= {0, 1} and np.abs(shifts[:, 1:]).max() <= int(size * 0.1)
+  got = jax.jit(augmentation.apply_shifts)(jnp.asarray(images), jnp.asarray(shifts))
+  assert got.dtype == images.dtype
+  np.testing.assert_array_equal(np.asarray(got), expected)
+  if size >= 10:   # shifts of a pixel or more were drawn, and some images flipped
+    assert (shifts[:, 1:] != 0).any() and shifts[:, 0].any()
+    assert not np.array_equal(expected, images)
+
+
+def test_draw_shifts_pads_with_the_identity():
+  shifts = augmentation.draw_shifts([np.random.default_rng(j) for j in range(2)], 30, 30, rows=4)
+  assert shifts.shape == (4, 3) and (shifts[2:] == 0).all()
+  images = np.arange(4 * 30 * 30 * 3, dtype=np.float32).reshape(4, 30, 30, 3)
+  out = np.asarray(augmentation.apply_shifts(jnp.asarray(images), jnp.asarray(shifts)))
+  np.testing.assert_array_equal(out[2:], images[2:])
+  with pytest.raises(ValueError, match="3 generators for 2 rows"):
+    augmentation.draw_shifts([np.random.default_rng(0)] * 3, 30, 30, rows=2)
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_device_augment_batches_give_the_host_augmented_pixels(prefetch):
+  source = _noise_source(11, 20)
+  kw = dict(shuffle=True, seed=4, epoch=2, augment=True, dtype=np.uint8)
+  host = _all_batches(ip.ImageBatches(source, 4, 20, **kw))
+  device = _all_batches(ip.ImageBatches(source, 4, 20, device_augment=True,
+                                        prefetch=prefetch, num_threads=2 * prefetch, **kw))
+  plain = _all_batches(ip.ImageBatches(source, 4, 20, **{**kw, "augment": False}))
+  assert len(host) == len(device) == 3   # 11 posts: the last batch has 3 rows and a padding row
+  for h, d, p in zip(host, device, plain):
+    assert set(d) == {"image", "row", "mask", "shift"} and "shift" not in h
+    np.testing.assert_array_equal(d["image"], p["image"])   # the pixels leave the host as they are
+    np.testing.assert_array_equal(d["shift"][~d["mask"]], 0)
+    np.testing.assert_array_equal(
+        np.asarray(augmentation.apply_shifts(jnp.asarray(d["image"]), jnp.asarray(d["shift"]))),
+        h["image"])
+  assert any(not np.array_equal(h["image"], p["image"]) for h, p in zip(host, plain))
