@@ -538,9 +538,8 @@ class Bench:
         target /= target.sum(1, keepdims=True)
       else:
         target = (target < 0.02).astype(np.float32)
-      m = int(image_size * augmentation.MAX_SHIFT_FRACTION)
-      shift = np.stack([rng.integers(0, 2, real), rng.integers(-m, m + 1, real),
-                        rng.integers(-m, m + 1, real)], axis=1).astype(np.int32)
+      shift = augmentation.draw_shifts(
+          [np.random.default_rng([j, i]) for i in range(real)], image_size, image_size)
       host = {"image": rng.integers(0, 256, (real, image_size, image_size, 3), np.uint8),
               "target": target, "shift": shift}   # uint8 pixels and the augmentation's
                                                   # draws, as training sends them

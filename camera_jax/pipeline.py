@@ -101,20 +101,22 @@ def check_config(cfg: Config, *, evaluate_loss: bool = True) -> list[str]:
     if 1 <= cfg.image_size < synthetic.MIN_IMAGE_SIZE:
       errors.append(f"--image_size={cfg.image_size}: the synthetic data (no --data_dir) is drawn "
                     f"at >= {synthetic.MIN_IMAGE_SIZE} px")
+  def csv(values) -> str:
+    return ",".join(map(str, values))
+
   pools = tuple(cfg.cnn_pools)
+  cnn = f"--cnn_channels={csv(cfg.cnn_channels)} --cnn_pools={csv(pools)}"
   if len(cfg.cnn_channels) != len(pools) or not pools:
-    errors.append(f"--cnn_channels={','.join(map(str, cfg.cnn_channels))} --cnn_pools="
-                  f"{','.join(map(str, pools))}: one pool per convolution (the same count, >= 1)")
+    errors.append(f"{cnn}: one pool per convolution (the same count, >= 1)")
   elif any(not p >= 1 for p in pools) or any(not c >= 1 for c in cfg.cnn_channels):
-    errors.append(f"--cnn_channels={','.join(map(str, cfg.cnn_channels))} --cnn_pools="
-                  f"{','.join(map(str, pools))}: every channel count and pool must be >= 1")
+    errors.append(f"{cnn}: every channel count and pool must be >= 1")
   elif cfg.image_size >= 1 and visual_lib.output_side(cfg.image_size, pools) < 1:
-    errors.append(f"--image_size={cfg.image_size}: the CNN's pools (--cnn_pools="
-                  f"{','.join(map(str, pools))}) need images of >= {math.prod(pools)} px")
+    errors.append(f"--image_size={cfg.image_size}: the CNN's pools (--cnn_pools={csv(pools)}) "
+                  f"need images of >= {math.prod(pools)} px")
   for name in ("psi_features", "gamma_features"):
     widths = tuple(getattr(cfg, name))
     if not widths or any(not w >= 1 for w in widths):
-      errors.append(f"--{name}={','.join(map(str, widths))}: one or more layer widths, each >= 1")
+      errors.append(f"--{name}={csv(widths)}: one or more layer widths, each >= 1")
   for name in ("batch_size", "cg_batch_size", "cosmic_batch_size", "top_k", "num_negatives",
                "image_size", "w2v_dim", "d_u", "d_score", "num_processes", "cg_max_k", "cnn_fc"):
     if getattr(cfg, name) < 1:

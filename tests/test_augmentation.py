@@ -10,6 +10,8 @@ import pytest
 from camera_jax.data import augmentation
 from camera_jax.data import input_pipeline as ip
 
+from test_input_pipeline import _all_batches
+
 
 
 def _noise_source(n: int, size: int) -> list[dict]:
@@ -23,10 +25,6 @@ def _noise_source(n: int, size: int) -> list[dict]:
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
     out.append({"image": buf.getvalue(), "row": row})
   return out
-
-
-def _all_batches(batches) -> list[dict[str, np.ndarray]]:
-  return [{k: v.copy() for k, v in b.items()} for b in batches]
 
 
 def test_index_maps_by_hand():
