@@ -79,3 +79,56 @@ def test_device_augment_batches_give_the_host_augmented_pixels(prefetch):
         np.asarray(augmentation.apply_shifts(jnp.asarray(d["image"]), jnp.asarray(d["shift"]))),
         h["image"])
   assert any(not np.array_equal(h["image"], p["image"]) for h, p in zip(host, plain))
+
+
+def _generator_draws(seed, epoch, batch, position, h, w):
+  return np.array([augmentation.draw(augmentation.image_rng(seed, epoch, int(k), int(j)), h, w)
+                   for k, j in zip(batch, position)], np.int32).reshape(-1, 3)
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**32 - 1, 2**32, 3**50])   # one to three entropy words
+def test_image_draws_are_the_generators_draws(seed):
+  rng = np.random.default_rng(seed % 1000)
+  for h, w in [(64, 64), (224, 224), (20, 33), (9, 40), (40, 9), (5, 5), (1, 1)]:
+    batch, position = rng.integers(0, 3000, 50), rng.integers(0, 512, 50)
+    epoch = int(rng.integers(0, 100))
+    got = augmentation.image_draws(seed, epoch, batch, position, h, w)
+    assert got.dtype == np.int32 and got.shape == (50, 3)
+    np.testing.assert_array_equal(got, _generator_draws(seed, epoch, batch, position, h, w))
+    if h >= 20 and w >= 20:   # not a constant: flips and shifts both ways were drawn
+      assert set(got[:, 0]) == {0, 1} and got[:, 1].min() < 0 < got[:, 1].max()
+
+
+def test_image_draws_redraw_what_lemire_rejects():
+  # Found by a search over batches: at 2990 px (shifts up to 299, 599 values) the dy integer of
+  # image (epoch 0, batch 213738, position 56) of seed 0 is rejected once by Lemire's method,
+  # and that of (25223, 55) falls in the range that may be rejected but is not.
+  batch, position = np.array([213738, 25223, 5]), np.array([56, 55, 0])
+  got = augmentation.image_draws(0, 0, batch, position, 2990, 2990)
+  np.testing.assert_array_equal(got, _generator_draws(0, 0, batch, position, 2990, 2990))
+
+
+def test_image_draws_edge_cases():
+  assert augmentation.image_draws(0, 0, [], [], 64, 64).shape == (0, 3)
+  with pytest.raises(ValueError, match=r"\[0, 2\^32\)"):
+    augmentation.image_draws(0, 0, [-1], [0], 64, 64)
+  with pytest.raises(ValueError, match=r"\[0, 2\^32\)"):
+    augmentation.image_draws(0, 2**32, [0], [0], 64, 64)
+  with pytest.raises(ValueError, match="non-negative"):
+    augmentation.image_draws(-1, 0, [0], [0], 64, 64)
+
+
+@pytest.mark.parametrize("start_batch", [0, 2])
+def test_device_augment_draws_across_chunks(monkeypatch, start_batch):
+  # 3 batches' draws per vectorized call: chunk edges at batches 3, 6 (from 0) or 5, 8 (from 2)
+  source = _noise_source(35, 20)
+  kw = dict(shuffle=True, seed=1, epoch=3, augment=True, dtype=np.uint8, start_batch=start_batch)
+  host = _all_batches(ip.ImageBatches(source, 4, 20, **kw))
+  monkeypatch.setattr(ip.ImageBatches, "draw_batches", 3)
+  device = _all_batches(ip.ImageBatches(source, 4, 20, device_augment=True, **kw))
+  assert len(host) == len(device) == 9 - start_batch   # 35 posts: the last batch has 3 rows
+  for h, d in zip(host, device):
+    np.testing.assert_array_equal(d["shift"][~d["mask"]], 0)
+    np.testing.assert_array_equal(
+        np.asarray(augmentation.apply_shifts(jnp.asarray(d["image"]), jnp.asarray(d["shift"]))),
+        h["image"])

@@ -18,7 +18,9 @@ same float32 numbers.
   with one ``source.__getitems__(indices)`` call per batch and decoded with PIL.
 * Augmentation draws from a generator per image, seeded by (seed, epoch, batch, position), and is
   applied to the batch's uint8 pixels in one pass (:func:`augment_batch`), so threads, prefetch
-  and :class:`DecodedImages` give the same batches (tested).
+  and :class:`DecodedImages` give the same batches (tested). With ``device_augment`` the same
+  draws are computed for 256 batches at a time (:func:`augmentation.image_draws`) and the step
+  applies them.
 
 Where the time goes (benchmarks/README.md). Decoding a JPEG with PIL holds the GIL for much of
 its work: on the 2-core development VM a 224 px JPEG decoded to 64 px ran at about 1,050
@@ -33,9 +35,11 @@ plain but 13,300 with augmentation, against a COSMIC step of 28,400 there: the p
 generators and gathers of :func:`augment_batch`, which hold the GIL, were the bottleneck
 (benchmarks/README.md, fourth GPU run). Since then the image stages ask for
 ``device_augment``: the host only draws, and the train step gathers the pixels
-(:mod:`camera_jax.data.augmentation`; on the 2-core VM 73,000 to 75,000 images/s at 64 px
-and 51,000 to 53,000 at 224 px from the file with the draws, against 38,000 and 7,400 to
-7,800 with the host's gathers). Without it
+(:mod:`camera_jax.data.augmentation`). On an H100 host the per-image generators then still
+held it at 26,600 images/s at 64 px against a 34,300 images/s step, so the draws are now
+vectorized, the same numbers: on the 2-core VM, from the file with augmentation, 447,000 to
+503,000 images/s at 64 px and 131,000 to 136,000 at 224 px (72,000 to 73,000 and 39,000 to
+54,000 with a generator per image, 38,000 and 7,400 to 7,800 with the host's gathers). Without it
 (``num_threads`` > 0) a thread pool decodes the images of a batch; ``prefetch=True`` prepares
 batches in one background thread, overlapping the training step.
 """
@@ -459,6 +463,9 @@ class ImageBatches:
         self.num_threads = int(num_threads)
         self.prefetch = prefetch
 
+    #: ``device_augment`` draws this many batches' shifts in one vectorized call.
+    draw_batches = 256
+
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)
 
@@ -479,7 +486,7 @@ class ImageBatches:
 
     def _make_batch(
         self, k: int, order: np.ndarray, decoded: DecodedImages | None,
-        pool: concurrent.futures.Executor | None
+        pool: concurrent.futures.Executor | None, shift: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         b, s = self.batch_size, self.image_size
         idx = order[k * b : (k + 1) * b]
@@ -503,13 +510,10 @@ class ImageBatches:
             else:
                 list(pool.map(fill, range(n)))
             row[:n] = [int(r["row"]) for r in records]
-        shift = None
-        if self.augment:  # Its own generator per image: the same result in any thread.
-            rngs = [np.random.default_rng([self.seed, self.epoch, k, 1, j]) for j in range(n)]
-            if self.device_augment:
-                shift = augmentation.draw_shifts(rngs, s, s, rows=b)
-            elif n:
-                pixels = augment_batch(pixels, rngs)
+        if self.augment and not self.device_augment and n:
+            # Its own generator per image: the same result in any thread.
+            pixels = augment_batch(
+                pixels, [augmentation.image_rng(self.seed, self.epoch, k, j) for j in range(n)])
         if self.dtype == np.uint8 and n == b:
             image = pixels  # a fresh array (gathered or augmented): no second copy
         else:
@@ -524,6 +528,17 @@ class ImageBatches:
             batch["shift"] = shift
         return batch
 
+    def _draws(self, k0: int, k1: int) -> np.ndarray:
+        """The ``shift`` rows of batches [k0, k1) of the epoch, int32 [(k1 - k0) B, 3]: image j
+        of batch k draws from ``augmentation.image_rng(seed, epoch, k, j)``, computed for all
+        of them at once (:func:`augmentation.image_draws`); rows past the epoch's last image
+        (padding) are (0, 0, 0)."""
+        b, s = self.batch_size, self.image_size
+        i = np.arange(k0 * b, min(k1 * b, len(self.indices)))
+        out = np.zeros(((k1 - k0) * b, 3), np.int32)
+        out[: len(i)] = augmentation.image_draws(self.seed, self.epoch, i // b, i % b, s, s)
+        return out
+
     def _batches(self, stop: threading.Event | None = None) -> Iterator[dict[str, np.ndarray]]:
         order = self.order()
         decoded = self.decoded()
@@ -531,11 +546,19 @@ class ImageBatches:
             concurrent.futures.ThreadPoolExecutor(self.num_threads)
             if self.num_threads > 0 and decoded is None else None
         )
+        draws, first = None, 0
         try:
             for k in range(self.start_batch, len(self)):
                 if stop is not None and stop.is_set():
                     return
-                yield self._make_batch(k, order, decoded, pool)
+                shift = None
+                if self.augment and self.device_augment:
+                    if draws is None or k >= first + self.draw_batches:
+                        first = k
+                        draws = self._draws(k, min(k + self.draw_batches, len(self)))
+                    b = self.batch_size
+                    shift = draws[(k - first) * b : (k - first + 1) * b]
+                yield self._make_batch(k, order, decoded, pool, shift)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
