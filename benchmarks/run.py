@@ -819,11 +819,12 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     # The speed targets are set on the 2-core CPU: elsewhere the rows are reported
     # (vs_authors then says what the machine buys) but not judged.
     for t in out.values():
-      for entry in (t, (t or {}).get("bf16")):
+      if t is None:
+        continue
+      t["note"] = f"a target for the 2-core CPU; not judged on {backend}"
+      for entry in (t, t.get("bf16")):
         if entry is not None:
           entry["met"] = None
-      if t is not None:
-        t["note"] = f"a target for the 2-core CPU; not judged on {backend}"
   out["no_recompilation"] = {"max_jit_cache_size": max(caches) if caches else None,
                              "met": bool(caches) and max(caches) == 1}
   return out

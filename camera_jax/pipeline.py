@@ -101,22 +101,22 @@ def check_config(cfg: Config, *, evaluate_loss: bool = True) -> list[str]:
     if 1 <= cfg.image_size < synthetic.MIN_IMAGE_SIZE:
       errors.append(f"--image_size={cfg.image_size}: the synthetic data (no --data_dir) is drawn "
                     f"at >= {synthetic.MIN_IMAGE_SIZE} px")
-  def csv(values) -> str:
+  def commas(values) -> str:
     return ",".join(map(str, values))
 
   pools = tuple(cfg.cnn_pools)
-  cnn = f"--cnn_channels={csv(cfg.cnn_channels)} --cnn_pools={csv(pools)}"
+  cnn = f"--cnn_channels={commas(cfg.cnn_channels)} --cnn_pools={commas(pools)}"
   if len(cfg.cnn_channels) != len(pools) or not pools:
     errors.append(f"{cnn}: one pool per convolution (the same count, >= 1)")
   elif any(not p >= 1 for p in pools) or any(not c >= 1 for c in cfg.cnn_channels):
     errors.append(f"{cnn}: every channel count and pool must be >= 1")
   elif cfg.image_size >= 1 and visual_lib.output_side(cfg.image_size, pools) < 1:
-    errors.append(f"--image_size={cfg.image_size}: the CNN's pools (--cnn_pools={csv(pools)}) "
+    errors.append(f"--image_size={cfg.image_size}: the CNN's pools (--cnn_pools={commas(pools)}) "
                   f"need images of >= {math.prod(pools)} px")
   for name in ("psi_features", "gamma_features"):
     widths = tuple(getattr(cfg, name))
     if not widths or any(not w >= 1 for w in widths):
-      errors.append(f"--{name}={csv(widths)}: one or more layer widths, each >= 1")
+      errors.append(f"--{name}={commas(widths)}: one or more layer widths, each >= 1")
   for name in ("batch_size", "cg_batch_size", "cosmic_batch_size", "top_k", "num_negatives",
                "image_size", "w2v_dim", "d_u", "d_score", "num_processes", "cg_max_k", "cnn_fc"):
     if getattr(cfg, name) < 1:
@@ -529,14 +529,20 @@ def account_features(dataset: format_lib.Dataset, cfg: Config | None = None
   return feats
 
 
+def top_concept_table(z_prime_sum: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The accounts' top-k concepts from their z' sums: ids int32, w_a weights float32 and the
+  support mask bool, each [..., k] (``camera.top_concepts`` and ``camera.supported_concepts``)."""
+  idx, w = camera_lib.top_concepts(z_prime_sum, k)
+  return (np.asarray(idx, np.int32), np.asarray(w, np.float32),
+          np.asarray(camera_lib.supported_concepts(z_prime_sum, idx), bool))
+
+
 def build_tables(cfg: Config, z_prime_sum: np.ndarray, u_c: np.ndarray,
                  feats: dict[str, np.ndarray]) -> ranker_lib.Tables:
   """The ranker's per-account tables: top-k concepts, their w_a weights and support mask (from
   the z' sums of :func:`account_stage`), scaled engagement and followers, and U_C."""
-  idx, w = camera_lib.top_concepts(z_prime_sum, cfg.top_k)
-  mask = camera_lib.supported_concepts(z_prime_sum, idx)
-  return ranker_lib.Tables(top_idx=np.asarray(idx, np.int32), top_w=np.asarray(w, np.float32),
-                           top_mask=np.asarray(mask, bool),
+  idx, w, mask = top_concept_table(z_prime_sum, cfg.top_k)
+  return ranker_lib.Tables(top_idx=idx, top_w=w, top_mask=mask,
                            engagement=feats["engagement_scaled"],
                            followers=feats["followers_scaled"],
                            concepts=np.asarray(u_c, np.float32))

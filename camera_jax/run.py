@@ -82,14 +82,14 @@ class Run:
                                                   semantic=self.config.semantic, chunk=256)
     sums = z_prime.sum(0)
     w_a = np.asarray(camera_lib.historical_distribution(sums), np.float32)
-    idx, w = camera_lib.top_concepts(sums, self.config.top_k)
+    from camera_jax import pipeline
+    idx, w, mask = pipeline.top_concept_table(sums, self.config.top_k)
     fol = int(followers) if followers else int(np.median([self.dataset.accounts[i].followers
                                                           for i in range(len(self.dataset.accounts))]))
     rates = engagement_lib.engagement_rate(np.array([p.likes for p in posts], float),
                                            np.array([p.comments for p in posts], float),
                                            np.full(len(posts), fol, float))
-    return {"w_a": w_a, "top_idx": np.asarray(idx, np.int32), "top_w": np.asarray(w, np.float32),
-            "top_mask": np.asarray(camera_lib.supported_concepts(sums, idx), bool),
+    return {"w_a": w_a, "top_idx": idx, "top_w": w, "top_mask": mask,
             "mean_engagement": float(np.mean(rates)) if len(posts) else 0.0, "followers": fol}
 
   def _predict_concepts(self, paths: Sequence[pathlib.Path]) -> np.ndarray:

@@ -28,6 +28,20 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def noise_source(n: int, size: int) -> list[dict]:
+  """``n`` records of random-noise PNGs (lossless, and not uniform, so every shift shows)."""
+  import io
+  import numpy as np
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  out = []
+  for row in range(n):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    out.append({"image": buf.getvalue(), "row": row})
+  return out
+
+
 def tiny_config(data_dir: str, **overrides):
   """A fast configuration of the full pipeline for tests."""
   from camera_jax.config import Config

@@ -10,21 +10,9 @@ import pytest
 from camera_jax.data import augmentation
 from camera_jax.data import input_pipeline as ip
 
+from conftest import noise_source
 from test_input_pipeline import _all_batches
 
-
-
-def _noise_source(n: int, size: int) -> list[dict]:
-  """``n`` records of random-noise PNGs (lossless, and not uniform, so every shift shows)."""
-  import io
-  from PIL import Image
-  rng = np.random.default_rng(0)
-  out = []
-  for row in range(n):
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
-    out.append({"image": buf.getvalue(), "row": row})
-  return out
 
 
 def test_index_maps_by_hand():
@@ -62,15 +50,23 @@ def test_draw_shifts_pads_with_the_identity():
     augmentation.draw_shifts([np.random.default_rng(0)] * 3, 30, 30, rows=2)
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
-def test_device_augment_batches_give_the_host_augmented_pixels(prefetch):
-  source = _noise_source(11, 20)
-  kw = dict(shuffle=True, seed=4, epoch=2, augment=True, dtype=np.uint8)
+# 11 posts: the last batch has 3 rows and a padding row. 35 posts with the draws made 3 batches
+# at a time: chunk edges at batches 3, 6 (from batch 0) or 5, 8 (from batch 2).
+@pytest.mark.parametrize("n,seed,epoch,prefetch,start_batch,draw_batches", [
+    (11, 4, 2, False, 0, None), (11, 4, 2, True, 0, None),
+    (35, 1, 3, False, 0, 3), (35, 1, 3, False, 2, 3)])
+def test_device_augment_batches_give_the_host_augmented_pixels(
+    monkeypatch, n, seed, epoch, prefetch, start_batch, draw_batches):
+  source = noise_source(n, 20)
+  kw = dict(shuffle=True, seed=seed, epoch=epoch, augment=True, dtype=np.uint8,
+            start_batch=start_batch)
   host = _all_batches(ip.ImageBatches(source, 4, 20, **kw))
+  if draw_batches:
+    monkeypatch.setattr(ip.ImageBatches, "draw_batches", draw_batches)
   device = _all_batches(ip.ImageBatches(source, 4, 20, device_augment=True,
                                         prefetch=prefetch, num_threads=2 * prefetch, **kw))
   plain = _all_batches(ip.ImageBatches(source, 4, 20, **{**kw, "augment": False}))
-  assert len(host) == len(device) == 3   # 11 posts: the last batch has 3 rows and a padding row
+  assert len(host) == len(device) == -(-n // 4) - start_batch
   for h, d, p in zip(host, device, plain):
     assert set(d) == {"image", "row", "mask", "shift"} and "shift" not in h
     np.testing.assert_array_equal(d["image"], p["image"])   # the pixels leave the host as they are
@@ -82,8 +78,8 @@ def test_device_augment_batches_give_the_host_augmented_pixels(prefetch):
 
 
 def _generator_draws(seed, epoch, batch, position, h, w):
-  return np.array([augmentation.draw(augmentation.image_rng(seed, epoch, int(k), int(j)), h, w)
-                   for k, j in zip(batch, position)], np.int32).reshape(-1, 3)
+  return augmentation.draw_shifts(
+      [augmentation.image_rng(seed, epoch, int(k), int(j)) for k, j in zip(batch, position)], h, w)
 
 
 @pytest.mark.parametrize("seed", [0, 7, 2**32 - 1, 2**32, 3**50])   # one to three entropy words
@@ -116,19 +112,3 @@ def test_image_draws_edge_cases():
     augmentation.image_draws(0, 2**32, [0], [0], 64, 64)
   with pytest.raises(ValueError, match="non-negative"):
     augmentation.image_draws(-1, 0, [0], [0], 64, 64)
-
-
-@pytest.mark.parametrize("start_batch", [0, 2])
-def test_device_augment_draws_across_chunks(monkeypatch, start_batch):
-  # 3 batches' draws per vectorized call: chunk edges at batches 3, 6 (from 0) or 5, 8 (from 2)
-  source = _noise_source(35, 20)
-  kw = dict(shuffle=True, seed=1, epoch=3, augment=True, dtype=np.uint8, start_batch=start_batch)
-  host = _all_batches(ip.ImageBatches(source, 4, 20, **kw))
-  monkeypatch.setattr(ip.ImageBatches, "draw_batches", 3)
-  device = _all_batches(ip.ImageBatches(source, 4, 20, device_augment=True, **kw))
-  assert len(host) == len(device) == 9 - start_batch   # 35 posts: the last batch has 3 rows
-  for h, d in zip(host, device):
-    np.testing.assert_array_equal(d["shift"][~d["mask"]], 0)
-    np.testing.assert_array_equal(
-        np.asarray(augmentation.apply_shifts(jnp.asarray(d["image"]), jnp.asarray(d["shift"]))),
-        h["image"])

@@ -190,20 +190,16 @@ def test_a_batch_the_devices_do_not_divide_trains_the_same_on_1_and_4_devices():
 
 
 _IMAGE_BATCH_6 = """
-import io, json, sys
+import json, sys
 import jax
 import numpy as np
-from PIL import Image
+sys.path.insert(0, "tests")
 from camera_jax.data import input_pipeline
 from camera_jax.models import concept_generator as cg_lib
 from camera_jax.training import concepts, sharding, trainer
-rng = np.random.default_rng(0)
-source = []
-for i in range(20):
-  buf = io.BytesIO()
-  Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
-  source.append({"image": buf.getvalue(), "row": i})
-labels = (rng.random((20, 5)) > 0.5).astype(np.float32)
+from conftest import noise_source
+source = noise_source(20, 16)
+labels = (np.random.default_rng(1).random((20, 5)) > 0.5).astype(np.float32)
 sizes = []
 real = input_pipeline.ImageBatches.__iter__
 def spy(self):

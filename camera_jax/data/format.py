@@ -326,7 +326,8 @@ def _iter_jsonl(path: pathlib.Path, errs: _FileErrors) -> Iterator[tuple[int, di
                 if not isinstance(obj, dict):
                     errs.add(lineno, f"expected a JSON object, got {_json_type(obj)}")
                     continue
-                bad = _surrogate_field(obj)
+                # Strict UTF-8 decoding leaves a lone surrogate only to a \u escape.
+                bad = _surrogate_field(obj) if "\\u" in text else None
                 if bad is not None:
                     errs.add(lineno, f'field "{bad[0]}" holds an unpaired UTF-16 surrogate '
                                      f'{bad[1]} (text cut inside a character?): not valid Unicode')

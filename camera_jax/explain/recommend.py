@@ -98,6 +98,16 @@ def _brand_ids(run: Any, accounts: Mapping[str, Any]) -> list[str]:
     return [i for i in run.account_index if i not in accounts or accounts[i].kind == _BRAND]
 
 
+def _check_kind(run: Any, accounts: Mapping[str, Any], account_id: str, kind: str,
+                known: Sequence[str]) -> None:
+    """Raises UnknownNameError unless the run knows ``account_id`` and it is not another kind."""
+    if account_id not in run.account_index:
+        raise UnknownNameError(kind, account_id, known)
+    if account_id in accounts and accounts[account_id].kind != kind:
+        raise UnknownNameError(kind, account_id, known,
+                               note=f" (it is a {accounts[account_id].kind})")
+
+
 def _default_candidates(run: Any, accounts: Mapping[str, Any]) -> list[str]:
     cands = list(getattr(run.dataset.split, "candidates", ()) or ())
     if not cands:
@@ -135,21 +145,14 @@ def recommend(
     """
     accounts = _accounts(run)
     brands = _brand_ids(run, accounts)
-    if brand_id not in run.account_index:
-        raise UnknownNameError("brand", brand_id, brands)
-    if brand_id in accounts and accounts[brand_id].kind != _BRAND:
-        raise UnknownNameError("brand", brand_id, brands, note=f" (it is a {accounts[brand_id].kind})")
+    _check_kind(run, accounts, brand_id, _BRAND, brands)
     if candidates is None:
         cands = _default_candidates(run, accounts)
     else:
         cands = [str(c) for c in candidates]
         influencers = [a.id for a in run.dataset.accounts if a.kind == _INFLUENCER]
         for c in cands:
-            if c not in run.account_index:
-                raise UnknownNameError("influencer", c, influencers)
-            if c in accounts and accounts[c].kind != _INFLUENCER:
-                raise UnknownNameError("influencer", c, influencers,
-                                       note=f" (it is a {accounts[c].kind})")
+            _check_kind(run, accounts, c, _INFLUENCER, influencers)
     cands = [c for c in dict.fromkeys(cands) if c != brand_id]
     if not cands:
         return []

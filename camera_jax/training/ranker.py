@@ -276,15 +276,13 @@ def epoch_batches(trip: dict[str, np.ndarray], ed_obs: np.ndarray, batch_size: i
   >>> b["brand"].T.tolist(), b["mask"].T.astype(int).tolist()
   ([[0, 1, 0, 0], [2, 3, 0, 0], [4, 0, 0, 0]], [[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
   """
-  extra = (batch_size if width is None else width) - batch_size
-  if extra < 0:
-    raise ValueError(f"width {width} < batch_size {batch_size}")
   host = {"brand": trip["brand"], "pos": trip["pos"], "neg": trip["neg"], "ed_obs": ed_obs}
   host, mask = sharding.pad_batch(host, steps * batch_size)
   host["mask"] = mask
-  return {k: np.ascontiguousarray(np.swapaxes(np.pad(  # zeros (mask False): the extra rows
-      v.reshape((steps, batch_size) + v.shape[1:]), [(0, 0), (0, extra)] + [(0, 0)] * (v.ndim - 1)),
-      0, 1)) for k, v in host.items()}
+  host = {k: np.swapaxes(v.reshape((steps, batch_size) + v.shape[1:]), 0, 1)
+          for k, v in host.items()}
+  # the W - B extra rows of every step: zeros, mask False
+  return sharding.pad_batch(host, batch_size if width is None else width)[0]
 
 
 class CatalogueScorer:
