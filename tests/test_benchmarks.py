@@ -20,6 +20,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from camera_jax.models import camera
@@ -313,22 +314,45 @@ def test_grouped_train_step_equals_the_pair_step_without_dropout(endorsement):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_guarded_update_branch_equals_select_and_skips_non_finite():
-  params = {"w": jnp.arange(4.0)}
-  tx = trainer.make_optimizer(0.1, 1.0, 1)
+@pytest.mark.parametrize("scales", [None, {"w": 0.5}])
+def test_guarded_update_fold_cond_and_select_agree_and_skip_non_finite(scales):
+  params = {"w": jnp.arange(4.0) - 1.0, "b": jnp.array([-0.0, 2.0])}
+  tx = trainer.make_optimizer(0.1, 1.0, 1, lr_scales=scales)
   for loss in (1.0, float("nan")):
     states = []
-    for branch in (False, True):
-      state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)
-      update = jax.jit(lambda s, g, l, branch=branch: trainer.guarded_update(s, g, l, branch=branch))
-      state, bad = update(state, {"w": jnp.ones(4)}, jnp.float32(loss))
+    for skip in ("select", "cond", "fold"):
+      state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx,
+                                        batch_stats={"mean": jnp.zeros(3)})
+      update = jax.jit(lambda s, g, l, skip=skip: trainer.guarded_update(
+          s, g, l, skip=skip, batch_stats={"mean": s.batch_stats["mean"] + 1.0}))
+      for _ in range(2):
+        state, bad = update(state, {"w": jnp.array([1.0, -2.0, 0.5, 0.0]), "b": jnp.ones(2)},
+                            jnp.float32(loss))
       states.append((jax.device_get(state), int(bad)))
-    assert states[0][1] == states[1][1] == int(loss != loss)
-    for a, b in zip(jax.tree.leaves(states[0][0]), jax.tree.leaves(states[1][0])):
-      np.testing.assert_allclose(a, b, rtol=1e-6)
-    if loss != loss:   # skipped: the initial state, exactly
-      np.testing.assert_array_equal(states[1][0].params["w"], params["w"])
-      assert int(states[1][0].step) == 0
+    assert states[0][1] == states[1][1] == states[2][1] == int(loss != loss)
+    for other in states[1:]:
+      for a, b in zip(jax.tree.leaves(states[0][0]), jax.tree.leaves(other[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    if loss != loss:   # skipped: the initial state (a -0.0 may come back as +0.0)
+      for state, _ in states[1:]:
+        jax.tree.map(np.testing.assert_array_equal, state.params, params)
+        assert int(state.step) == 0
+        jax.tree.map(np.testing.assert_array_equal, state.opt_state, tx.init(params))
+        np.testing.assert_array_equal(state.batch_stats["mean"], np.zeros(3))
+    else:
+      assert int(states[2][0].step) == 2
+      np.testing.assert_array_equal(states[2][0].batch_stats["mean"], np.full(3, 2.0))
+      assert not np.array_equal(states[2][0].params["w"], params["w"])
+
+
+def test_guarded_update_fold_needs_a_guarded_optimiser():
+  state = trainer.TrainState.create(apply_fn=None, params={"w": jnp.ones(2)}, tx=optax.sgd(0.1))
+  with pytest.raises(TypeError, match=r"skip='fold'.*make_optimizer.*skip='cond' for"):
+    trainer.guarded_update(state, {"w": jnp.ones(2)}, jnp.float32(1.0))
+  new, bad = trainer.guarded_update(state, {"w": jnp.ones(2)}, jnp.float32(1.0), skip="cond")
+  np.testing.assert_allclose(new.params["w"], [0.9, 0.9])
+  with pytest.raises(ValueError, match="unknown skip 'maybe'"):
+    trainer.guarded_update(state, {"w": jnp.ones(2)}, jnp.float32(1.0), skip="maybe")
 
 
 def test_a_guard_without_gradient_check_still_stops_before_the_checkpoint():
@@ -336,7 +360,7 @@ def test_a_guard_without_gradient_check_still_stops_before_the_checkpoint():
   epoch's check_finite(params=...) raises, as the skipped step's count would have."""
   params = {"w": jnp.arange(4.0), "b": jnp.ones(2)}
   tx = trainer.make_optimizer(0.1, 1.0, 1)
-  update = jax.jit(lambda s, g, l: trainer.guarded_update(s, g, l, branch=True, check_grads=False))
+  update = jax.jit(lambda s, g, l: trainer.guarded_update(s, g, l, check_grads=False))
   grads = {"w": jnp.array([1.0, jnp.nan, 1.0, 1.0]), "b": jnp.ones(2)}
   for g in (grads, {"w": jnp.array([1.0, jnp.inf, 1.0, 1.0]), "b": jnp.ones(2)}):
     state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)

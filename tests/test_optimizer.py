@@ -30,6 +30,40 @@ def test_unit_scales_give_plain_adam():
     assert jax.tree.structure(state) == jax.tree.structure(plain)
 
 
+def test_guarded_adam_is_optax_adam_bit_for_bit():
+  """trainer.adam with ok=True: optax.adam's numbers and state, step after step, jitted."""
+  rng = np.random.default_rng(0)
+  params = {"k": jnp.asarray(rng.standard_normal((64, 32)), jnp.float32),
+            "b": jnp.asarray(rng.standard_normal(32), jnp.float32)}
+  schedule = trainer.learning_rate_schedule(1e-2, 0.5, 3)
+  ours, ref = trainer.adam(schedule), optax.adam(schedule)
+  jax.tree.map(np.testing.assert_array_equal, ours.init(params), ref.init(params))
+  step_ours = jax.jit(lambda g, s, p: ours.update(g, s, p, ok=jnp.array(True)))
+  step_ref = jax.jit(ref.update)
+  s_ours, s_ref = ours.init(params), ref.init(params)
+  for i in range(7):
+    g = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape) * 10.0 ** (i - 3),
+                                           jnp.float32), params)
+    u_ours, s_ours = step_ours(g, s_ours, params)
+    u_ref, s_ref = step_ref(g, s_ref, params)
+    jax.tree.map(np.testing.assert_array_equal, u_ours, u_ref)
+    jax.tree.map(np.testing.assert_array_equal, s_ours, s_ref)
+  assert int(s_ours[1].count) == 7
+
+
+def test_guarded_adam_skips_per_group_with_scales():
+  """ok=False reaches every group of the lr_scales optimizer: no update, no count, no moment."""
+  params = {"psi": {"w": jnp.ones(3)}, "phi": {"w": jnp.ones(2)}}
+  grads = {"psi": {"w": jnp.array([2.0, jnp.nan, 0.5])}, "phi": {"w": jnp.array([-1.0, 4.0])}}
+  tx = trainer.make_optimizer(0.01, 0.5, 10, lr_scales={"psi": 0.1})
+  state = tx.init(params)
+  updates, new = tx.update(grads, state, params, ok=jnp.array(False))
+  assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(updates))
+  jax.tree.map(np.testing.assert_array_equal, new, state)
+  updates, new = tx.update(grads, state, params)          # ok defaults to True
+  assert np.isnan(updates["psi"]["w"][1]) and float(updates["phi"]["w"][0]) > 0
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.1])
 def test_ranker_checkpoint_restores_with_its_optimizer(scale, tmp_path):
   """restore_params rebuilds the same optimizer state layout the training run saved."""

@@ -60,10 +60,11 @@ def make_image_steps(loss_fn: Callable[[Any, dict[str, jax.Array]], jax.Array], 
   with ``shift`` (``ImageBatches(device_augment=True)``) is augmented in the step
   (:func:`camera_jax.data.augmentation.apply_shifts`: the host's pixels, the host's draws).
 
-  The NaN guard skips a non-finite step with ``lax.cond`` (``guarded_update(branch=True)``, as
-  the ranker does): selecting between the new and the old state recomputed Adam's arithmetic in
-  three select fusions per parameter (the fully connected 3200 x 1024 kernel alone: 12 ms of a
-  traced step). The COSMIC step at 64 px, batch 32 ran 105 against 118 ms (benchmarks/README.md).
+  The NaN guard skips a non-finite step with ``lax.cond`` (``guarded_update(skip="cond")``):
+  selecting between the new and the old state recomputed Adam's arithmetic in three select
+  fusions per parameter (the fully connected 3200 x 1024 kernel alone: 12 ms of a traced step;
+  the COSMIC step at 64 px, batch 32 ran 105 against 118 ms), and the ranker's ``"fold"`` made
+  it slower here (64.6 to 64.7 against 61.5 to 62.0 ms, 2 alternating rounds; benchmarks/README.md).
   """
 
   def train_step(state: trainer.TrainState, batch: dict[str, jax.Array], key: jax.Array):
@@ -82,7 +83,7 @@ def make_image_steps(loss_fn: Callable[[Any, dict[str, jax.Array]], jax.Array], 
       return total, (task, mutated)
 
     (_, (task, mutated)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    new_state, bad = trainer.guarded_update(state, grads, task, branch=True,
+    new_state, bad = trainer.guarded_update(state, grads, task, skip="cond",
                                             batch_stats=mutated["batch_stats"])
     rows = jnp.sum(batch["mask"].astype(jnp.float32))
     return new_state, {"loss": task * rows, "rows": rows, "nonfinite": bad}

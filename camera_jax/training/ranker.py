@@ -220,7 +220,7 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
     (total, rank_loss), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     # The loss is checked per step, the gradients through the parameters once per epoch
     # (train_ranker's check_finite): a pass over 3 M gradients is 10 % of a batch-8 step.
-    new_state, bad = trainer.guarded_update(state, grads, total, branch=True, check_grads=False)
+    new_state, bad = trainer.guarded_update(state, grads, total, check_grads=False)
     rows = jnp.sum(batch["mask"].astype(jnp.float32))
     return new_state, {"loss": rank_loss * rows, "total": total * rows, "rows": rows,
                        "nonfinite": bad}
