@@ -19,6 +19,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # equal paths at rtol 1e-5 fail there (4 of them on an H100, benchmarks/README.md, fifth GPU
 # run); with "highest" they passed on GPUs in earlier runs. No effect on a CPU.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+# Several processes share one GPU in the tests (the suite, the benchmark and training subprocesses
+# it starts): without this, the first takes 75 % of the GPU's memory at start-up and the next
+# fails to allocate (an H100 run: "INTERNAL: BlasLt is unavailable" in the quick benchmark's
+# subprocess). No effect on a CPU.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def free_port() -> int:

@@ -79,7 +79,10 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
   row = next(r for r in report["results"] if r["path"] == "cosmic_train_step")
   assert cosmic["required_gflops"] == pytest.approx(
       row["flops_ours"] / row["items_per_call"] * bench.AUTHORS["cosmic_train_step"][64] / 1e9)
-  assert cosmic["met"] == (row["gflops_achieved"] >= cosmic["required_gflops"])
+  if report["meta"]["backend"] == "cpu":
+    assert cosmic["met"] == (row["gflops_achieved"] >= cosmic["required_gflops"])
+  else:   # the speed targets are the 2-core CPU's: reported, not judged, on a GPU
+    assert cosmic["met"] is None and "not judged" in cosmic["note"]
   # the input pipeline as training feeds it (auto threads, prefetch) and in one thread
   from camera_jax.data import input_pipeline
   auto = input_pipeline.auto_threads()
