@@ -89,7 +89,9 @@ def adam(learning_rate: optax.Schedule, b1: float = 0.9, b2: float = 0.999,
   >>> [round(x, 4) for x in u["w"].tolist()], int(new[0].count), int(new[1].count)
   ([-0.1, 0.1], 1, 1)
   """
-  reference = optax.scale_by_adam(b1, b2, eps)
+  # optax's own transformations give the initial states (optax.adam's chain of the two)
+  adam_init = optax.scale_by_adam(b1, b2, eps).init
+  schedule_init = optax.scale_by_learning_rate(learning_rate).init
 
   def adam_update(updates, state, params=None, *, ok=True, **_):
     del params
@@ -103,10 +105,6 @@ def adam(learning_rate: optax.Schedule, b1: float = 0.9, b2: float = 0.999,
     updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v + 0.0) + eps), mu_hat, nu_hat)
     return updates, optax.ScaleByAdamState(count=keep(count_inc, state.count), mu=mu, nu=nu)
 
-  def schedule_init(params):
-    del params
-    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
-
   def schedule_update(updates, state, params=None, *, ok=True, **_):
     del params
     step_size = -1 * learning_rate(state.count)
@@ -116,7 +114,7 @@ def adam(learning_rate: optax.Schedule, b1: float = 0.9, b2: float = 0.999,
     count = jnp.where(ok, optax.safe_increment(state.count), state.count)
     return updates, optax.ScaleByScheduleState(count=count)
 
-  tx = optax.chain(optax.GradientTransformationExtraArgs(reference.init, adam_update),
+  tx = optax.chain(optax.GradientTransformationExtraArgs(adam_init, adam_update),
                    optax.GradientTransformationExtraArgs(schedule_init, schedule_update))
   return GuardedTransformation(tx.init, tx.update)
 
@@ -161,9 +159,9 @@ def guarded_update(state: TrainState, grads: Any, loss: jax.Array, *,
   (non-finite) step. The training loop reads the flag's epoch sum and stops the run with
   ``NonFiniteError`` before checkpointing.
 
-  ``skip`` says how a skipped step keeps the old state; all three give the same state (to the
-  last bit for a skipped step; an applied step may round differently in the last bit, as the
-  programs fuse differently):
+  ``skip`` says how a skipped step keeps the old state. All three keep it exactly (``"fold"``
+  may turn a -0.0 parameter into +0.0); an applied step may round differently in the last bit,
+  as the programs fuse differently:
 
   * ``"fold"`` (the default) passes the flag into the optimiser (``tx.update(..., ok=flag)``,
     a :class:`GuardedTransformation` such as :func:`make_optimizer`'s), which selects per
