@@ -417,6 +417,55 @@ def test_hash_dropout_scales_and_is_off_when_deterministic():
   assert kernel.shape == (64, 32)
 
 
+def test_feature_major_hash_mask_is_the_transposed_row_mask():
+  key = jax.random.key(3)
+  rows = camera.hash_keep_mask(key, (6, 7, 5), 0.4)
+  cols = camera.hash_keep_mask(key, (5, 6, 7), 0.4, feature_major=True)
+  np.testing.assert_array_equal(np.moveaxis(np.asarray(cols), 0, -1), rows)
+
+
+@pytest.mark.parametrize("dropout_layers", [None, 1])
+def test_mlp_layouts_give_the_same_function_masks_and_gradients(dropout_layers):
+  """MLP(layout="features") is the row layout's function: the same parameter tree, the same
+  dropout masks (so equal outputs to float rounding in training mode), the same gradients."""
+  x = jax.random.normal(jax.random.key(0), (2, 24, 3, 20))
+  rows = camera.MLP((48, 32, 16), rate=0.4, dropout_layers=dropout_layers, dropout_rng="hash",
+                    layout="rows")
+  feats = rows.clone(layout="features")
+  v = rows.init(jax.random.key(1), x, deterministic=True)
+  v_f = feats.init(jax.random.key(1), x, deterministic=True)
+  assert jax.tree.structure(v) == jax.tree.structure(v_f)
+  jax.tree.map(np.testing.assert_array_equal, v, v_f)
+  rngs = {"dropout": jax.random.key(5)}
+
+  def loss(m, p):
+    return jnp.sum(jnp.sin(m.apply(p, x, deterministic=False, rngs=rngs)))
+
+  y_r = rows.apply(v, x, deterministic=False, rngs=rngs)
+  y_f = feats.apply(v, x, deterministic=False, rngs=rngs)
+  assert y_f.shape == y_r.shape == (2, 24, 3, 16)
+  np.testing.assert_allclose(y_f, y_r, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(y_r, rows.apply(v, x, deterministic=True))     # dropout was on
+  g_r, g_f = jax.grad(lambda p: loss(rows, p))(v), jax.grad(lambda p: loss(feats, p))(v)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5), g_r, g_f)
+
+
+def test_mlp_auto_layout_is_feature_major_only_for_large_float32_training_calls():
+  big = jnp.zeros((camera.FEATURE_MAJOR_MIN_ROWS, 4))
+  small = jnp.zeros((camera.FEATURE_MAJOR_MIN_ROWS - 1, 4))
+  mlp = camera.MLP((8,), rate=0.5, dropout_rng="hash")
+  on_cpu = jax.default_backend() == "cpu"
+  assert mlp.feature_major(big, deterministic=False) == on_cpu
+  assert not mlp.feature_major(small, deterministic=False)
+  assert not mlp.feature_major(big, deterministic=True)                  # scoring keeps rows
+  assert not mlp.clone(dtype=jnp.bfloat16).feature_major(big, deterministic=False)
+  assert not mlp.clone(dropout_rng="threefry").feature_major(big, deterministic=False)
+  assert mlp.clone(layout="features").feature_major(small, deterministic=True)
+  assert not mlp.clone(layout="rows").feature_major(big, deterministic=False)
+  with pytest.raises(ValueError, match="hash dropout"):
+    mlp.clone(layout="features", dropout_rng="threefry").feature_major(big, deterministic=False)
+
+
 # --------------------------------------------------------------------------- no recompilation
 
 

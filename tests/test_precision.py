@@ -62,6 +62,21 @@ def test_bf16_matmul_and_its_gradients_on_bf16_exact_inputs_equal_float32(transp
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_feature_major_matmul_and_its_gradients_by_hand():
+  # integer-valued inputs: every product and sum is exact in float32, so the three dots of the
+  # feature-major layout must equal numpy's row-major x w, (x w)^T-cotangent gradients exactly
+  rng = np.random.default_rng(0)
+  x = rng.integers(-3, 4, (6, 5)).astype(np.float32)              # [rows, k]
+  w = rng.integers(-3, 4, (5, 3)).astype(np.float32)              # [k, n]
+  c = rng.integers(-3, 4, (6, 3)).astype(np.float32)              # cotangent of x w
+  y_t = jax.jit(precision.feature_major_matmul)(x.T, w)
+  np.testing.assert_array_equal(y_t, (x @ w).T)
+  dx_t, dw = jax.jit(jax.grad(lambda a, b: jnp.sum(precision.feature_major_matmul(a, b) * c.T),
+                              argnums=(0, 1)))(x.T, w)
+  np.testing.assert_array_equal(dx_t, (c @ w.T).T)
+  np.testing.assert_array_equal(dw, x.T @ c)
+
+
 def test_bf16_matmul_rounds_its_operands_to_bfloat16():
   # 1 + 2^-10 is not a bfloat16 (8 significant bits): it rounds to 1, so the product is 3, not
   # 3 + 3 * 2^-10; float32 keeps it
