@@ -107,6 +107,7 @@ def _bf16_matmul_bwd(transpose_w, res, g):
 
 bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
 
+
 @jax.custom_vjp
 def feature_major_matmul(x_t: jax.Array, w: jax.Array) -> jax.Array:
   """w^T x_t for feature-major activations: x_t [k, ...] (features first), w [k, n] -> [n, ...].
@@ -139,6 +140,7 @@ def _feature_major_bwd(res, g_t):
 
 
 feature_major_matmul.defvjp(_feature_major_fwd, _feature_major_bwd)
+
 
 MATMUL_DTYPES = ("float32", "bfloat16")
 
