@@ -538,8 +538,8 @@ class Bench:
         target /= target.sum(1, keepdims=True)
       else:
         target = (target < 0.02).astype(np.float32)
-      shift = augmentation.draw_shifts(
-          [np.random.default_rng([j, i]) for i in range(real)], image_size, image_size)
+      shift = augmentation.image_draws(0, 0, np.full(real, j), np.arange(real), image_size,
+                                       image_size)   # batch j's draws, as ImageBatches makes them
       host = {"image": rng.integers(0, 256, (real, image_size, image_size, 3), np.uint8),
               "target": target, "shift": shift}   # uint8 pixels and the augmentation's
                                                   # draws, as training sends them

@@ -695,7 +695,6 @@ class CAMERA(nn.Module):
     b_idx, m_idx = batch["brand_idx"], batch["inf_idx"]
     b, k = b_idx.shape
     m = m_idx.shape[1]
-    idx = jnp.concatenate([b_idx, m_idx.reshape(b * m, k)]).astype(jnp.int32)     # [R, K]
     # the concept rows of each side gathered once, unchecked (top-k ids are in range), and
     # never sliced (a checked gather of all R K rows and its slices took about 6 ms of a
     # traced batch-512 step; the untraced step moved within its noise)
@@ -708,8 +707,8 @@ class CAMERA(nn.Module):
     psi = self.psi(e_h, deterministic=deterministic).astype(jnp.float32)          # [R, p]
     p = psi.shape[-1]
     psi_b, psi_m = psi[:b], psi[b:].reshape(b, m, p)
-    use_table = {"auto": idx.size > n, "table": True, "rows": False}[self.rho_path]
-    if use_table:  # rho once per concept; logits as columns of q = psi rho(U_C)^T
+    use_table = {"auto": b * (1 + m) * k > n, "table": True, "rows": False}[self.rho_path]
+    if use_table:  # R K rows > n: rho once per concept; logits as columns of q = psi rho(U_C)^T
       table = self.concept_table(concepts, deterministic=deterministic)          # [n, p]
       q = precision.matmul(psi, table, self.dtype, transpose_w=True)              # [R, n]
       q_b, q_m = q[:b], q[b:].reshape(b, m, n)
