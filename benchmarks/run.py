@@ -138,10 +138,13 @@ def ranker_flops_authors(batch: int, negatives: int, psi: Sequence[int], gamma: 
 
 def ranker_flops_ours(batch: int, negatives: int, psi: Sequence[int], gamma: Sequence[int],
                       d_u: int = D_U, k: int = TOP_K, n: int = N_CONCEPTS,
-                      rho_path: str = "auto", grouped: bool = True) -> dict[str, int]:
+                      rho_path: str = "auto", grouped: bool = True,
+                      constant_e_h: bool = False) -> dict[str, int]:
   """Our step (``CAMERA.score_groups``): psi once per encoded account, rho per concept (table
   path, logits from q = psi rho^T) or per (account, slot) (row path), gamma per pair side.
-  ``grouped=False`` is the pair-by-pair reference path (``CAMERA.__call__``)."""
+  ``grouped=False`` is the pair-by-pair reference path (``CAMERA.__call__``).
+  ``constant_e_h``: gamma's input gradient leaves out its e_h half (the feature-major path,
+  ``CAMERA.groups_feature_major``)."""
   m = 1 + negatives
   p = psi[-1]
   rows = batch * (1 + m) if grouped else 2 * batch * m          # encoded accounts
@@ -154,7 +157,8 @@ def ranker_flops_ours(batch: int, negatives: int, psi: Sequence[int], gamma: Seq
   else:
     out["rho"] = rows * k * dense_train_flops(d_u, psi, False)
     out["logits"] = 3 * 2 * 2 * batch * m * k * p
-  out["gamma"] = 2 * batch * m * dense_train_flops(2 * d_u, gamma, True)
+  out["gamma"] = 2 * batch * m * (dense_train_flops(2 * d_u, gamma, True)
+                                  - (2 * d_u * gamma[0] if constant_e_h else 0))
   out["total"] = sum(out.values())
   out["rho_path"] = "table" if table else "rows"
   return out
@@ -486,8 +490,10 @@ class Bench:
     t = timed(run, jax.block_until_ready, reps, self.sizes.rep_seconds,
               max_iters=5 if variant == "op by op" else 1000)
     sums = trainer.host_sums(box["acc"])
+    feature_major = grouped and ranker.make_model(cfg).bind({}).groups_feature_major(
+        batch, 1 + cfg.num_negatives, TOP_K, N_CONCEPTS, deterministic=False)
     flops = ranker_flops_ours(batch, cfg.num_negatives, cfg.psi_features, cfg.gamma_features,
-                              grouped=grouped)
+                              grouped=grouped, constant_e_h=feature_major)
     extra = {"rho_path": flops["rho_path"], "flops_ours_parts": {
         k: v for k, v in flops.items() if k not in ("total", "rho_path")},
         "nonfinite_steps": int(sums.get("nonfinite", 0)), "steps_per_call": steps}

@@ -170,7 +170,13 @@ def test_flop_formulas_reproduce_the_authors_figures():
   assert bench.ranker_flops_authors(512, 1, psi, gamma) / 512 * 1692 / 1e9 == pytest.approx(352, rel=0.01)
   ours8 = bench.ranker_flops_ours(8, 1, psi, gamma)
   assert ours8["rho_path"] == "rows" and ours8["total"] < step8
-  assert bench.ranker_flops_ours(512, 1, psi, gamma)["rho_path"] == "table"
+  ours512 = bench.ranker_flops_ours(512, 1, psi, gamma)
+  assert ours512["rho_path"] == "table"
+  # the feature-major path leaves out the e_h half of gamma's input gradient: 2 B M rows x
+  # 2 x 100 x 1024 (0.42 GFLOP)
+  lean = bench.ranker_flops_ours(512, 1, psi, gamma, constant_e_h=True)
+  assert ours512["gamma"] - lean["gamma"] == 2 * 512 * 2 * 2 * 100 * 1024
+  assert ours512["total"] - lean["total"] == 2 * 512 * 2 * 2 * 100 * 1024
   # catalogue: about 6.3 MFLOP per pair after the algebra
   per_pair = (bench.catalogue_flops_ours(10 ** 6, 0, psi, gamma)
               - bench.catalogue_flops_ours(0, 0, psi, gamma)) / 10 ** 6
@@ -448,6 +454,72 @@ def test_mlp_layouts_give_the_same_function_masks_and_gradients(dropout_layers):
   assert not np.allclose(y_r, rows.apply(v, x, deterministic=True))     # dropout was on
   g_r, g_f = jax.grad(lambda p: loss(rows, p))(v), jax.grad(lambda p: loss(feats, p))(v)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5), g_r, g_f)
+  # transposed=True: feature-major in and out, rows in the row layout's flattened order
+  x_t = x.reshape(-1, 20).T
+  y_t = rows.apply(v, x_t, deterministic=False, rngs=rngs, transposed=True)
+  np.testing.assert_allclose(y_t, y_r.reshape(-1, 16).T, rtol=1e-5, atol=1e-6)
+  # constant_inputs: no gradient reaches the first 5 input features, in either layout
+  for m, arg in ((rows, x), (rows, x_t), (feats, x)):
+    kw = dict(deterministic=False, rngs=rngs, transposed=arg is x_t)
+    dx = jax.grad(lambda a: jnp.sum(jnp.sin(m.apply(v, a, **kw))))(arg)
+    dx_c = jax.grad(lambda a: jnp.sum(jnp.sin(m.apply(v, a, constant_inputs=5, **kw))))(arg)
+    lead, rest = (dx_c[:5], dx_c[5:]) if arg is x_t else (dx_c[..., :5], dx_c[..., 5:])
+    np.testing.assert_array_equal(lead, 0.0)
+    np.testing.assert_allclose(rest, dx[5:] if arg is x_t else dx[..., 5:], rtol=1e-5, atol=1e-7)
+    assert float(jnp.max(jnp.abs(dx))) > 0
+
+
+@pytest.mark.parametrize("masks", [True, False])
+def test_score_groups_feature_major_path_equals_the_row_path_in_training(monkeypatch, masks):
+  """score_groups' feature-major table path (psi's and gamma's activations never transposed
+  back to rows) is the row path's function in training mode: the same dropout masks, so the
+  same outputs to float rounding, and the same parameter gradients."""
+  if jax.default_backend() != "cpu" or jax.device_count() != 1:
+    pytest.skip("the feature-major layout runs on a single CPU device")
+  b, m, k, n, d = 4, 3, 4, 30, 6                    # R K = 64 > n: the table path
+  t = _tables(n_accounts=b + b * m, n=n, k=k, d_u=d)
+  dev = {f.name: jnp.asarray(getattr(t, f.name)) for f in dataclasses.fields(t)}
+  grouped = ranker.group_inputs(dev, jnp.arange(b), b + jnp.arange(b * m).reshape(b, m))
+  if not masks:
+    grouped = {key: v for key, v in grouped.items() if key not in ("brand_mask", "inf_mask")}
+  model = camera.CAMERA(**SMALL, dropout=0.4, dropout_rng="hash")
+  v = model.init(jax.random.key(0), grouped, dev["concepts"], deterministic=True,
+                 method=camera.CAMERA.score_groups)
+  weights = jax.random.normal(jax.random.key(7), (b, m))
+
+  def run(min_rows):
+    monkeypatch.setattr(camera, "FEATURE_MAJOR_MIN_ROWS", min_rows)
+
+    def loss(p):
+      out = model.apply(p, grouped, dev["concepts"], deterministic=False,
+                        rngs={"dropout": jax.random.key(3)}, method=camera.CAMERA.score_groups)
+      return jnp.sum(out["S"] * weights), out
+
+    (_, out), grads = jax.value_and_grad(loss, has_aux=True)(v)
+    return out, grads
+
+  calls = []
+  feature_major_path = camera.CAMERA._score_groups_feature_major
+  monkeypatch.setattr(camera.CAMERA, "_score_groups_feature_major",
+                      lambda *a, **kw: calls.append(1) or feature_major_path(*a, **kw))
+  psi_rows = b * (1 + m)
+  rows_out, rows_grads = run(10 ** 9)
+  assert not calls
+  feats_out, feats_grads = run(psi_rows)           # psi (16 rows) and gamma (24) feature-major
+  assert calls
+  for key in rows_out:
+    np.testing.assert_allclose(feats_out[key], rows_out[key], rtol=1e-5, atol=1e-6)
+  deterministic = model.apply(v, grouped, dev["concepts"], deterministic=True,
+                              method=camera.CAMERA.score_groups)
+  assert not np.allclose(rows_out["S"], deterministic["S"])               # dropout was on
+  jax.tree.map(lambda a, c: np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-6),
+               rows_grads, feats_grads)
+  assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(rows_grads))
+  # psi below the threshold keeps the row path (gamma alone may still go feature-major)
+  calls.clear()
+  mid_out, _ = run(psi_rows + 1)
+  assert not calls
+  np.testing.assert_allclose(mid_out["S"], rows_out["S"], rtol=1e-5, atol=1e-6)
 
 
 def test_mlp_auto_layout_is_feature_major_only_for_large_float32_training_calls():

@@ -75,6 +75,25 @@ def test_feature_major_matmul_and_its_gradients_by_hand():
                               argnums=(0, 1)))(x.T, w)
   np.testing.assert_array_equal(dx_t, (c @ w.T).T)
   np.testing.assert_array_equal(dw, x.T @ c)
+  # constant_inputs=2: the first 2 input features get no gradient, the rest and dw are unchanged
+  dx_t, dw = jax.jit(jax.grad(lambda a, b: jnp.sum(precision.feature_major_matmul(a, b, 2) * c.T),
+                              argnums=(0, 1)))(x.T, w)
+  np.testing.assert_array_equal(dx_t[:2], 0.0)
+  np.testing.assert_array_equal(dx_t[2:], (c @ w.T).T[2:])
+  np.testing.assert_array_equal(dw, x.T @ c)
+
+
+def test_feature_major_product_and_its_gradients_by_hand():
+  # a [n, k] in rows times feature-major x_t [k, rows]; integer inputs, so exact
+  rng = np.random.default_rng(1)
+  a = rng.integers(-3, 4, (4, 5)).astype(np.float32)
+  x_t = rng.integers(-3, 4, (5, 6)).astype(np.float32)
+  c = rng.integers(-3, 4, (4, 6)).astype(np.float32)              # cotangent of a x_t
+  np.testing.assert_array_equal(jax.jit(precision.feature_major_product)(a, x_t), a @ x_t)
+  da, dx_t = jax.jit(jax.grad(lambda p, q: jnp.sum(precision.feature_major_product(p, q) * c),
+                              argnums=(0, 1)))(a, x_t)
+  np.testing.assert_array_equal(da, c @ x_t.T)
+  np.testing.assert_array_equal(dx_t, a.T @ c)
 
 
 def test_bf16_matmul_rounds_its_operands_to_bfloat16():

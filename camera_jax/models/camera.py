@@ -31,6 +31,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from camera_jax.models import precision
 from camera_jax.models.cosmic import uniform_init
@@ -249,9 +250,9 @@ def influence_score(phi_followers: jax.Array, phi_engagement: jax.Array) -> jax.
   return jax.nn.sigmoid(phi_followers + phi_engagement)
 
 
-def content_score(e_a_brand: jax.Array, e_a_influencer: jax.Array) -> jax.Array:
-  """Eq. 17: S_con = e_a^b . e_a^m (inner product over the last axis)."""
-  return jnp.sum(e_a_brand.astype(jnp.float32) * e_a_influencer.astype(jnp.float32), axis=-1)
+def content_score(e_a_brand: jax.Array, e_a_influencer: jax.Array, axis: int = -1) -> jax.Array:
+  """Eq. 17: S_con = e_a^b . e_a^m (inner product over the feature axis, the last by default)."""
+  return jnp.sum(e_a_brand.astype(jnp.float32) * e_a_influencer.astype(jnp.float32), axis=axis)
 
 
 def ranking_score(s_con: jax.Array, s_ed: jax.Array, s_in: jax.Array) -> jax.Array:
@@ -331,13 +332,14 @@ class FeatureMajorDense(nn.Module):
 
   features: int
   init_scale: float
+  constant_inputs: int = 0   # see precision.feature_major_matmul
 
   @nn.compact
   def __call__(self, x_t: jax.Array) -> jax.Array:
     init = uniform_init(self.init_scale)
     kernel = self.param("kernel", init, (x_t.shape[0], self.features))
     bias = self.param("bias", init, (self.features,))
-    y = precision.feature_major_matmul(x_t, kernel)
+    y = precision.feature_major_matmul(x_t, kernel, self.constant_inputs)
     return y + bias.reshape((self.features,) + (1,) * (y.ndim - 1))
 
 
@@ -378,10 +380,14 @@ class MLP(nn.Module):
   dropout_rng: Literal["threefry", "hash"] = "threefry"
   layout: MLPLayout = "auto"
 
-  def feature_major(self, x: jax.Array, deterministic: bool) -> bool:
-    """Whether a call on ``x`` runs feature-major (see ``layout``)."""
-    possible = (jnp.dtype(self.dtype) == jnp.float32
-                and (self.rate == 0 or deterministic or self.dropout_rng == "hash"))
+  def _feature_major_possible(self, deterministic: bool) -> bool:
+    return (jnp.dtype(self.dtype) == jnp.float32
+            and (self.rate == 0 or deterministic or self.dropout_rng == "hash"))
+
+  def feature_major(self, x: Any, deterministic: bool) -> bool:
+    """Whether a call on ``x`` (an array or anything with its ``shape``) runs feature-major
+    (see ``layout``)."""
+    possible = self._feature_major_possible(deterministic)
     if self.layout == "features":
       if not possible:
         raise ValueError("MLP layout 'features' needs float32 matmuls and hash dropout")
@@ -404,21 +410,39 @@ class MLP(nn.Module):
     return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-    """[..., d_in] -> [..., features[-1]]."""
+  def __call__(self, x: jax.Array, *, deterministic: bool, transposed: bool = False,
+               constant_inputs: int = 0) -> jax.Array:
+    """[..., d_in] -> [..., features[-1]].
+
+    ``transposed``: x is already feature-major, [d_in, rows], and so is the result,
+    [features[-1], rows] (the feature-major layout, whatever ``layout`` says; a caller that
+    keeps its own activations feature-major saves the two transposes). Rows are in the order
+    of the row layout's flattened leading axes, so the dropout masks are the same.
+    ``constant_inputs``: the first c input features are constants (``lax.stop_gradient``), for
+    inputs that depend on no parameter; in the feature-major layout their part of layer 0's
+    input gradient is then never formed.
+    """
     n_drop = len(self.features) if self.dropout_layers is None else self.dropout_layers
     init = uniform_init(self.init_scale)
     x = x.astype(jnp.float32)
-    if self.feature_major(x, deterministic):
+    if transposed and not self._feature_major_possible(deterministic):
+      raise ValueError("MLP(transposed=True) needs float32 matmuls and hash dropout")
+    if transposed or self.feature_major(x, deterministic):
       # the leading axes flattened into rows: with them kept (dots with several free axes)
       # the batch-512 step ran 91.6 to 93.8 ms against 83.4 to 84.5 ms
       lead = x.shape[:-1]
-      x_t = precision.materialized_transpose(x.reshape(-1, x.shape[-1]))          # [d_in, rows]
+      x_t = x if transposed else precision.materialized_transpose(x.reshape(-1, x.shape[-1]))
       for i, f in enumerate(self.features):
         x_t = self._keep(x_t, i, n_drop, deterministic, feature_major=True)
-        x_t = FeatureMajorDense(f, self.init_scale, name=f"dense{i}")(x_t)
+        x_t = FeatureMajorDense(f, self.init_scale, constant_inputs if i == 0 else 0,
+                                name=f"dense{i}")(x_t)
         x_t = nn.leaky_relu(x_t, negative_slope=LEAKY_SLOPE)
+      if transposed:
+        return x_t
       return precision.materialized_transpose(x_t).reshape(lead + (x_t.shape[0],))
+    if constant_inputs:
+      x = jnp.concatenate([lax.stop_gradient(x[..., :constant_inputs]),
+                           x[..., constant_inputs:]], axis=-1)
     dot_general = precision.dense_dot_general(self.dtype)
     for i, f in enumerate(self.features):
       if i < n_drop and self.rate > 0:
@@ -567,17 +591,20 @@ class CAMERA(nn.Module):
 
   # -- per-pair part ---------------------------------------------------------------------------
 
-  def _interaction(self, batch: Mapping[str, jax.Array], shape: tuple[int, ...]):
+  def _result(self, batch: Mapping[str, jax.Array], s_con: jax.Array, w_b: jax.Array,
+              w_m: jax.Array) -> dict[str, jax.Array]:
+    """S_ed, S_in (eq. 11, 14; ones for C-w/o-MR) and S (eq. 18) around s_con: the outputs."""
     if not self.use_interaction:
-      one = jnp.ones(shape, jnp.float32)
-      return one, one
+      one = jnp.ones(s_con.shape, jnp.float32)
+      return dict(S=s_con, S_con=s_con, S_ed=one, S_in=one, w_b=w_b, w_m=w_m)
     s_ed = endorsement_score(self.phi_ed_post(batch["ed_post"]),
                              self.phi_ed_brand(batch["ed_brand"]))
     if batch.get("ed_mask") is not None:
       s_ed = s_ed * jnp.asarray(batch["ed_mask"], jnp.float32)
     s_in = influence_score(self.phi_followers(batch["followers"]),
                            self.phi_eng_inf(batch["eng_inf"]))
-    return s_ed, s_in
+    return dict(S=ranking_score(s_con, s_ed, s_in), S_con=s_con, S_ed=s_ed, S_in=s_in,
+                w_b=w_b, w_m=w_m)
 
   def _pairs(self, brand: Mapping[str, jax.Array], influencer: Mapping[str, jax.Array],
              rho_b: jax.Array, rho_m: jax.Array, features: Mapping[str, jax.Array],
@@ -592,9 +619,7 @@ class CAMERA(nn.Module):
     e_a = fuse(lambda x: self.gamma_mlp(x, deterministic=deterministic), e_h, e_r)
     e_a = e_a.astype(jnp.float32)
     s_con = content_score(e_a[0], e_a[1])
-    s_ed, s_in = self._interaction(features, s_con.shape)
-    s = ranking_score(s_con, s_ed, s_in) if self.use_interaction else s_con
-    return dict(S=s, S_con=s_con, S_ed=s_ed, S_in=s_in, w_b=w_b, w_m=w_m)
+    return self._result(features, s_con, w_b, w_m)
 
   def score_pairs(self, brand: Mapping[str, jax.Array], influencer: Mapping[str, jax.Array],
                   rho_table: jax.Array, features: Mapping[str, jax.Array], *,
@@ -667,7 +692,10 @@ class CAMERA(nn.Module):
   #   * the attention logits psi . rho(u_i) as columns of q = psi rho(U_C)^T on the table path;
   #   * scoring a catalogue: gamma's first layer is linear in concat(e_h, e_r) and
   #     e_r = sum_i w_i u_i, so gamma_0(concat(e_h, e_r)) = (e_h W_h + b) + sum_i w_i (u_i W_r):
-  #     e_h W_h + b per account, u W_r per concept, only the weighted sum per pair.
+  #     e_h W_h + b per account, u W_r per concept, only the weighted sum per pair;
+  #   * large float32 training batches on one CPU device: psi's and gamma's activations
+  #     feature-major from e_h to S_con (_score_groups_feature_major), gamma's input gradient
+  #     without its e_h half (e_h depends on no parameter).
 
   def score_groups(self, batch: Mapping[str, jax.Array], concepts: jax.Array, *,
                    deterministic: bool) -> dict[str, jax.Array]:
@@ -704,10 +732,12 @@ class CAMERA(nn.Module):
     e_h_b = self._history(batch["brand_w"], u_b)                                  # eq. 6
     e_h_m = self._history(batch["inf_w"], u_m)
     e_h = jnp.concatenate([e_h_b, e_h_m.reshape(b * m, d)])                       # [R, d]
+    if self.groups_feature_major(b, m, k, n, deterministic=deterministic):
+      return self._score_groups_feature_major(batch, concepts, u_b, u_m, e_h, deterministic)
+    use_table = self._groups_use_table(b, m, k, n)
     psi = self.psi(e_h, deterministic=deterministic).astype(jnp.float32)          # [R, p]
     p = psi.shape[-1]
     psi_b, psi_m = psi[:b], psi[b:].reshape(b, m, p)
-    use_table = {"auto": b * (1 + m) * k > n, "table": True, "rows": False}[self.rho_path]
     if use_table:  # R K rows > n: rho once per concept; logits as columns of q = psi rho(U_C)^T
       table = self.concept_table(concepts, deterministic=deterministic)          # [n, p]
       q = precision.matmul(psi, table, self.dtype, transpose_w=True)              # [R, n]
@@ -720,20 +750,77 @@ class CAMERA(nn.Module):
       rho_b, rho_m = rho[:b], rho[b:].reshape(b, m, k, p)
       logits_b = jnp.einsum("bjp,bkp->bjk", psi_m, rho_b)
       logits_m = jnp.einsum("bp,bjkp->bjk", psi_b, rho_m)
+    w_b, w_m, e_r = self._group_attention(batch, logits_b, logits_m, p, u_b, u_m)
+    e_a = fuse(lambda x: self.gamma_mlp(x, deterministic=deterministic),          # eq. 9
+               jnp.stack([jnp.broadcast_to(e_h_b[:, None, :], e_r.shape[1:]), e_h_m]),
+               e_r).astype(jnp.float32)
+    s_con = content_score(e_a[0], e_a[1])
+    return self._result(batch, s_con, w_b, w_m)
+
+  def _groups_use_table(self, b: int, m: int, k: int, n: int) -> bool:
+    """score_groups' rho path: the table when its B (1 + M) K concept rows outnumber n."""
+    return {"auto": b * (1 + m) * k > n, "table": True, "rows": False}[self.rho_path]
+
+  def groups_feature_major(self, b: int, m: int, k: int, n: int, *, deterministic: bool) -> bool:
+    """Whether :meth:`score_groups` on B groups of M candidates, top-K concepts out of n, runs
+    its feature-major path: the table path with psi's B (1 + M) rows feature-major
+    (:attr:`MLP.layout`). Static; works on an unbound model (``CAMERA(...).bind({})``)."""
+    rows = jax.ShapeDtypeStruct((b * (1 + m), 1), jnp.float32)
+    return self._groups_use_table(b, m, k, n) and self.psi.feature_major(rows, deterministic)
+
+  def _group_attention(self, batch: Mapping[str, jax.Array], logits_b: jax.Array,
+                       logits_m: jax.Array, p: int, u_b: jax.Array, u_m: jax.Array
+                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Eq. 7 and 8 for :meth:`score_groups`: w_b, w_m [B, M, K] from the [B, M, K] logits, and
+    e_r [2, B, M, d] (the brand sides, then the influencer sides) from u_b [B, K, d] (shared by
+    the brand's group) and u_m [B, M, K, d]."""
     mask_b = batch.get("brand_mask")
-    w_b = marketing_weights_from_logits(                                          # eq. 7
+    w_b = marketing_weights_from_logits(
         logits_b, p, None if mask_b is None else mask_b[:, None, :], scale=self.attention_scale)
     w_m = marketing_weights_from_logits(logits_m, p, batch.get("inf_mask"),
                                         scale=self.attention_scale)
-    e_r_b = jnp.einsum("bjk,bkd->bjd", w_b, u_b)                                  # eq. 8
-    e_r_m = marketing_representation(w_m, u_m)
-    e_a = fuse(lambda x: self.gamma_mlp(x, deterministic=deterministic),          # eq. 9
-               jnp.stack([jnp.broadcast_to(e_h_b[:, None, :], e_r_b.shape), e_h_m]),
-               jnp.stack([e_r_b, e_r_m])).astype(jnp.float32)
-    s_con = content_score(e_a[0], e_a[1])
-    s_ed, s_in = self._interaction(batch, s_con.shape)
-    s = ranking_score(s_con, s_ed, s_in) if self.use_interaction else s_con
-    return dict(S=s, S_con=s_con, S_ed=s_ed, S_in=s_in, w_b=w_b, w_m=w_m)
+    e_r = jnp.stack([jnp.einsum("bjk,bkd->bjd", w_b, u_b), marketing_representation(w_m, u_m)])
+    return w_b, w_m, e_r
+
+  def _score_groups_feature_major(self, batch: Mapping[str, jax.Array], concepts: jax.Array,
+                                  u_b: jax.Array, u_m: jax.Array, e_h: jax.Array,
+                                  deterministic: bool) -> dict[str, jax.Array]:
+    """:meth:`score_groups`' table path with psi's and gamma's activations feature-major.
+
+    For the training calls whose psi runs feature-major (:attr:`MLP.layout`; gamma, with at
+    least as many rows, does too): psi's output stays [p, R], the logits are entries of
+    ``q^T = rho(U_C) psi^T`` [n, R], gamma's input is assembled as [2 d, 2 B M] and its output
+    [g, 2 B M] goes straight into eq. 17, so no activation is transposed back to rows (in the
+    batch-512 step those transposes, and the gradients' transposes into the layout, took about
+    5 ms). Rows keep the row path's order (the brands, then the influencers (b, j); gamma's
+    brand sides, then its influencer sides), so the dropout masks are the row path's and only
+    the float rounding differs. e_h depends on no parameter, so gamma's input gradient skips
+    its half (``constant_inputs``).
+    """
+    b, k, d = u_b.shape
+    m = u_m.shape[1]
+    bm = b * m
+    e_h_t = precision.materialized_transpose(e_h)                                  # [d, R]
+    psi_t = self.psi(e_h_t, deterministic=deterministic, transposed=True)          # [p, R]
+    p = psi_t.shape[0]
+    table = self.concept_table(concepts, deterministic=deterministic)              # [n, p]
+    q_t = precision.feature_major_product(table, psi_t)                             # [n, R]
+    # eq. 7's inner products psi(e_h^{m/b}) . rho(u_i): entries of q^T [n, R]
+    inf_col = b + jnp.arange(bm, dtype=jnp.int32).reshape(b, m)
+    logits_b = q_t.at[batch["brand_idx"][:, None, :], inf_col[:, :, None]].get(
+        mode="promise_in_bounds")                                                 # [B, M, K]
+    logits_m = q_t.at[batch["inf_idx"], jnp.arange(b, dtype=jnp.int32)[:, None, None]].get(
+        mode="promise_in_bounds")
+    w_b, w_m, e_r = self._group_attention(batch, logits_b, logits_m, p, u_b, u_m)
+    # e_r in rows, then transposed (eq. 8 written as "bjk,bkd->dbj" ran on XLA's Eigen dot,
+    # 0.8 ms each way in the batch-512 step, against 0.2 to 0.3 ms)
+    e_r_t = precision.materialized_transpose(e_r.reshape(2 * bm, d))              # [d, 2 B M]
+    e_h_pairs = jnp.concatenate(
+        [jnp.broadcast_to(e_h_t[:, :b, None], (d, b, m)).reshape(d, bm), e_h_t[:, b:]], axis=1)
+    e_a_t = self.gamma_mlp(jnp.concatenate([e_h_pairs, e_r_t]),                    # eq. 9
+                           deterministic=deterministic, transposed=True, constant_inputs=d)
+    s_con = content_score(e_a_t[:, :bm], e_a_t[:, bm:], axis=0).reshape(b, m)
+    return self._result(batch, s_con, w_b, w_m)
 
   def catalogue_concepts(self, concepts: jax.Array) -> dict[str, jax.Array]:
     """Per-concept parts of catalogue scoring (deterministic).
@@ -802,6 +889,4 @@ class CAMERA(nn.Module):
           mode="promise_in_bounds")
     e_a = self.gamma_mlp.from_first_preactivation(pre).astype(jnp.float32)
     s_con = content_score(e_a[0], e_a[1])
-    s_ed, s_in = self._interaction(features, s_con.shape)
-    s = ranking_score(s_con, s_ed, s_in) if self.use_interaction else s_con
-    return dict(S=s, S_con=s_con, S_ed=s_ed, S_in=s_in, w_b=w_b, w_m=w_m)
+    return self._result(features, s_con, w_b, w_m)
