@@ -797,7 +797,7 @@ class CAMERA(nn.Module):
     the float rounding differs. e_h depends on no parameter, so gamma's input gradient skips
     its half (``constant_inputs``).
     """
-    b, k, d = u_b.shape
+    b, _, d = u_b.shape
     m = u_m.shape[1]
     bm = b * m
     e_h_t = precision.materialized_transpose(e_h)                                  # [d, R]

@@ -119,9 +119,13 @@ def feature_major_matmul(x_t: jax.Array, w: jax.Array, constant_inputs: int = 0)
   row-major layout XLA runs the weight gradient x^T g, which contracts the rows' leading axis,
   on its Eigen dot: alone at 2048 x 1024 x 1024 that took 11.3 ms against 9.0 to 9.7 ms for
   the YNNPACK forms (2-core AMD EPYC, benchmarks/README.md). The weight gradient is computed
-  before the input gradient and ordered ahead of it, so that the two do not run concurrently
-  on the same cores (two independent 2048 x 1024 x 1024 dots in one program took 20.6 ms
-  against 17.6 ms one after the other).
+  before the input gradient and ordered ahead of it in XLA's schedule (an
+  ``optimization_barrier``), meant to keep the two from running side by side on the same cores
+  (two independent 2048 x 1024 x 1024 dots in one program took 20.6 ms against 17.6 ms one
+  after the other). XLA:CPU's thunk executor follows data, not the schedule, and in a
+  batch-512 trace psi's two still overlapped; a real data dependency (dx from ``w + 0 *
+  dw[0, 0]``) serialised them without moving the step (81.4 to 85.1 ms against 82.1 to 85.2,
+  two alternating rounds).
 
   ``constant_inputs``: the first c input features are constants (as under
   ``lax.stop_gradient``): their input gradient is zero and its product is never formed (gamma's
