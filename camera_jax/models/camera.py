@@ -208,17 +208,19 @@ def marketing_representation(w: jax.Array, vectors: jax.Array) -> jax.Array:
   return jnp.einsum("...k,...kd->...d", w, vectors)
 
 
-def fuse(gamma: Callable[[jax.Array], jax.Array], e_h: jax.Array, e_r: jax.Array) -> jax.Array:
+def fuse(gamma: Callable[[jax.Array], jax.Array], e_h: jax.Array, e_r: jax.Array,
+         axis: int = -1) -> jax.Array:
   """Eq. 9: e_a = gamma(concat(e_h, e_r)) (the paper's order; the authors concat(e_r, e_h)).
 
   Args:
     gamma: the 3-layer MLP.
-    e_h: [..., d_h]; e_r: [..., d_r].
+    e_h: [..., d_h]; e_r: [..., d_r] (features on ``axis``: the last, or 0 for feature-major
+      [d, rows] arrays).
 
   Returns:
     e_a: [..., d_a].
   """
-  return gamma(jnp.concatenate([e_h, e_r], axis=-1))
+  return gamma(jnp.concatenate([e_h, e_r], axis=axis))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -817,8 +819,8 @@ class CAMERA(nn.Module):
     e_r_t = precision.materialized_transpose(e_r.reshape(2 * bm, d))              # [d, 2 B M]
     e_h_pairs = jnp.concatenate(
         [jnp.broadcast_to(e_h_t[:, :b, None], (d, b, m)).reshape(d, bm), e_h_t[:, b:]], axis=1)
-    e_a_t = self.gamma_mlp(jnp.concatenate([e_h_pairs, e_r_t]),                    # eq. 9
-                           deterministic=deterministic, transposed=True, constant_inputs=d)
+    e_a_t = fuse(lambda x: self.gamma_mlp(x, deterministic=deterministic, transposed=True,
+                                          constant_inputs=d), e_h_pairs, e_r_t, axis=0)
     s_con = content_score(e_a_t[:, :bm], e_a_t[:, bm:], axis=0).reshape(b, m)
     return self._result(batch, s_con, w_b, w_m)
 
