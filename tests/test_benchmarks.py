@@ -589,6 +589,29 @@ def test_an_epoch_in_one_call_equals_one_call_per_step(matmul_dtype):
   assert epoch._cache_size() == 1
 
 
+def test_the_ranker_step_and_epoch_compile_with_the_ranker_step_options(monkeypatch):
+  """Both jitted ranker programs take compiler_options.ranker_step_options(): with an option
+  XLA does not know, compiling either one fails on it."""
+  from camera_jax.training import compiler_options
+  monkeypatch.setattr(compiler_options, "ranker_step_options",
+                      lambda backend=None: {"xla_not_an_option_of_any_version": True})
+  cfg = _cfg()
+  t = _tables()
+  mesh = sharding.make_mesh()
+  tx = trainer.make_optimizer(1e-3, 1.0, 10)
+  state = sharding.replicate(trainer.TrainState.create(
+      apply_fn=None, params=ranker.init_params(cfg, t, jax.random.PRNGKey(0)), tx=tx), mesh)
+  trip = {"brand": np.zeros(4, np.int32), "pos": np.full(4, 10, np.int32),
+          "neg": np.full((4, 1), 11, np.int32)}
+  batches = ranker.epoch_batches(trip, np.zeros(4, np.float32), 4, 1)
+  step_batch = {k: v[:, 0] for k, v in batches.items()}
+  key = sharding.replicate(jax.random.PRNGKey(1), mesh)
+  for fn, batch in ((ranker.make_train_step(cfg), step_batch),
+                    (ranker.make_train_epoch(cfg), batches)):
+    with pytest.raises(Exception, match="xla_not_an_option_of_any_version"):
+      fn.lower(state, sharding.shard_batch(batch, mesh), t.device(mesh), key).compile()
+
+
 def test_no_recompilation_after_the_first_step():
   from camera_jax.models import cosmic as cosmic_lib
   from camera_jax.training import concepts as concepts_lib

@@ -209,6 +209,11 @@ def test_image_step_options_on_cpu_and_elsewhere():
     assert opts == compiler_options.CPU_IMAGE_STEP
   bad = (("xla_cpu_experimental_ynn_fusion_type", "NOT_A_TYPE"),)
   assert compiler_options._accepted(bad) is False
+  assert compiler_options.ranker_step_options("gpu") is None
+  opts = compiler_options.ranker_step_options("cpu")
+  assert opts in (None, compiler_options.CPU_RANKER_STEP)
+  if jax.__version__.startswith("0.10."):
+    assert opts == {"xla_cpu_prefer_vector_width": 512}
 
 
 def test_deterministic_gpu_ops_are_added_once_and_a_users_setting_is_kept():

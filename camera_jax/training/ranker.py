@@ -31,6 +31,7 @@ from absl import logging
 from camera_jax import losses as losses_lib
 from camera_jax.models import camera as camera_lib
 from camera_jax.training import checkpoint as ckpt_lib
+from camera_jax.training import compiler_options
 from camera_jax.training import sharding
 from camera_jax.training import trainer
 
@@ -225,7 +226,10 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
     return new_state, {"loss": rank_loss * rows, "total": total * rows, "rows": rows,
                        "nonfinite": bad}
 
-  return jax.jit(train_step, donate_argnums=0) if jit else train_step
+  if not jit:
+    return train_step
+  return jax.jit(train_step, donate_argnums=0,
+                 compiler_options=compiler_options.ranker_step_options())
 
 
 def make_train_epoch(cfg: RankerConfig, model: RankerModel | None = None, *,
@@ -259,7 +263,7 @@ def make_train_epoch(cfg: RankerConfig, model: RankerModel | None = None, *,
     (state, sums), _ = jax.lax.scan(body, (state, zeros), xs)
     return state, sums
 
-  return jax.jit(run, donate_argnums=0)
+  return jax.jit(run, donate_argnums=0, compiler_options=compiler_options.ranker_step_options())
 
 
 def epoch_batches(trip: dict[str, np.ndarray], ed_obs: np.ndarray, batch_size: int,
