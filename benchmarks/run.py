@@ -227,6 +227,24 @@ def compile_seconds() -> float:
   return _compile_seconds[0]
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+  """The CPU's model name from ``cpuinfo`` (Linux), None where there is none.
+
+  Runs on different VM types differ by their CPU more than by anything else recorded (the
+  2-core AVX-512 Xeon with AMX and the 2-core AMD EPYC of benchmarks/README.md), so the report
+  names it.
+  """
+  try:
+    with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+          return value.strip()
+  except OSError:
+    pass
+  return platform.processor() or None
+
+
 def load_average() -> list[float] | None:
   try:
     return [round(x, 2) for x in os.getloadavg()]
@@ -933,6 +951,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
       r["peak_share"] = r["gflops_achieved"] / bench.peak_for(r["variant"])
   import flax
   import jaxlib
+  from camera_jax.training import compiler_options
   report = {
       "schema": SCHEMA,
       "meta": {
@@ -945,6 +964,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
           "jaxlib": jaxlib.__version__, "flax": flax.__version__,
           "load_average_before": load_before, "load_average_after": load_average(),
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "cpu_model": cpu_model(),
+          "compiler_options": {
+              "ranker_step": compiler_options.ranker_step_options(),
+              "image_step": compiler_options.image_step_options()},
           "seconds": time.perf_counter() - t_start,
       },
       "model": {"psi": list(bench.cfg.psi_features), "rho": list(bench.cfg.psi_features),

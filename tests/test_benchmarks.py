@@ -98,6 +98,12 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
   assert len(decoded) == 2 and all(r["build_s"] > 0 for r in decoded)
   # measured as the experiments run: GPU determinism on
   assert "--xla_gpu_deterministic_ops=true" in report["meta"]["xla_flags"].split()
+  # the per-jit compiler options the timed programs were compiled with
+  from camera_jax.training import compiler_options
+  assert report["meta"]["compiler_options"] == {
+      "ranker_step": compiler_options.ranker_step_options(),
+      "image_step": compiler_options.image_step_options()}
+  assert "cpu_model" in report["meta"]
   # the table went to stdout
   assert "ranker_train_step" in proc.stdout and "catalogue_scoring" in proc.stdout
 
@@ -158,6 +164,15 @@ def test_targets_are_judged_on_the_cpu_only():
     assert {k: v for k, v in gpu[name].items() if k not in ("met", "note")} == {
         k: v for k, v in cpu[name].items() if k != "met"}
   assert gpu["no_recompilation"]["met"] is True
+
+
+def test_cpu_model_reads_the_model_name_line(tmp_path):
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B45\n"
+                  "flags\t\t: fpu avx512f\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9B45\n")
+  assert bench.cpu_model(str(info)) == "AMD EPYC 9B45"
+  info.write_text("processor\t: 0\nmodel name\t:   \n")    # an empty name is no name
+  assert bench.cpu_model(str(info)) == (__import__("platform").processor() or None)
 
 
 def test_flop_formulas_reproduce_the_authors_figures():
