@@ -447,11 +447,10 @@ class MLP(nn.Module):
                            x[..., constant_inputs:]], axis=-1)
     dot_general = precision.dense_dot_general(self.dtype)
     for i, f in enumerate(self.features):
-      if i < n_drop and self.rate > 0:
-        if self.dropout_rng == "hash":
-          x = self._keep(x, i, n_drop, deterministic)
-        else:
-          x = nn.Dropout(self.rate, deterministic=deterministic)(x)
+      if self.dropout_rng == "hash":
+        x = self._keep(x, i, n_drop, deterministic)
+      elif i < n_drop and self.rate > 0:
+        x = nn.Dropout(self.rate, deterministic=deterministic)(x)
       x = nn.Dense(f, kernel_init=init, bias_init=init, dot_general=dot_general,
                    name=f"dense{i}")(x)
       x = nn.leaky_relu(x, negative_slope=LEAKY_SLOPE)
