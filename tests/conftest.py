@@ -24,6 +24,34 @@ os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 # fails to allocate (an H100 run: "INTERNAL: BlasLt is unavailable" in the quick benchmark's
 # subprocess). No effect on a CPU.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# Deterministic GPU reductions and scatter-adds in the test process, as every experiment runs
+# (compiler_options.use_deterministic_gpu_ops): tests compare an in-process run with another
+# (resumed, rescored) at rtol 1e-6 or bit for bit. Kept where XLA_FLAGS set it; no effect on a CPU.
+from camera_jax.training import compiler_options as _compiler_options  # noqa: E402
+
+_compiler_options.use_deterministic_gpu_ops()
+
+
+def repo_on_pythonpath(env: dict[str, str] | None = None) -> dict[str, str]:
+  """A copy of ``env`` (default ``os.environ``) whose PYTHONPATH starts with the repository.
+
+  The entries already there stay, so a stack installed on PYTHONPATH (as on the GPU machines,
+  where gensim came from carried wheels) is still importable in the subprocess.
+  """
+  out = dict(os.environ if env is None else env)
+  rest = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
+  out["PYTHONPATH"] = os.pathsep.join([str(REPO), *rest])
+  return out
+
+
+def without_gpu_determinism(env: dict[str, str] | None = None) -> dict[str, str]:
+  """A copy of ``env`` (default ``os.environ``) whose XLA_FLAGS no longer set GPU determinism:
+  for a subprocess whose own code must set it (this conftest sets it for the test process)."""
+  out = dict(os.environ if env is None else env)
+  flag = _compiler_options.GPU_DETERMINISM_FLAG
+  words = [w for w in out.get("XLA_FLAGS", "").split() if w != flag and not w.startswith(flag + "=")]
+  out["XLA_FLAGS"] = " ".join(words)
+  return out
 
 
 def free_port() -> int:

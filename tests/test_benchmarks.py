@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import run as bench  # noqa: E402
 from conftest import ranker_cfg as _cfg, ranker_tables as _tables  # noqa: E402
+from conftest import without_gpu_determinism  # noqa: E402
 
 SMALL = dict(d_hidden=(16, 8), gamma=(16, 16, 8), d_score=4)
 RESULT_KEYS = {"path", "variant", "size", "unit", "items_per_call", "median_s", "min_s", "max_s",
@@ -50,8 +51,10 @@ PAIR_PATH = ranker.RankerModel(make=ranker.make_model, inputs=ranker.pair_inputs
 
 def test_quick_benchmark_writes_the_documented_json(tmp_path):
   out = tmp_path / "bench.json"
+  # without the test process's GPU determinism (conftest), which run.py must set itself
   proc = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", f"--out={out}"],
-                        cwd=REPO, capture_output=True, text=True, timeout=900)
+                        cwd=REPO, env=without_gpu_determinism(), capture_output=True, text=True,
+                        timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   report = json.loads(out.read_text())
   assert report["schema"] == bench.SCHEMA

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -170,7 +171,14 @@ def test_scores_do_not_depend_on_which_test_pairs_are_positive(tiny_run, tiny_da
 
   before, after = read_scores(workdir / "scores.csv"), read_scores(out / "scores.csv")
   assert len(before) == len(after) > 1
-  assert [r[:3] for r in before] == [r[:3] for r in after]  # same pairs, same scores, row for row
+  assert [r[:2] for r in before] == [r[:2] for r in after]  # same pairs, row for row
+  if jax.default_backend() == "cpu":
+    assert [r[2] for r in before] == [r[2] for r in after]  # and the same scores, bit for bit
+  else:
+    # A GPU autotunes each compilation, so the rescoring process may pick other matmul kernels
+    # than the training process did (XLA's determinism notes); the scores then differ by rounding.
+    np.testing.assert_allclose([float(r[2]) for r in after[1:]],
+                               [float(r[2]) for r in before[1:]], rtol=1e-5, atol=1e-6)
   labels_before = np.array([int(r[3]) for r in before[1:]])
   labels_after = np.array([int(r[3]) for r in after[1:]])
   assert (labels_before != labels_after).sum() > 0

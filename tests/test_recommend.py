@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from PIL import Image
 
 from camera_jax.data import format as fmt
 from camera_jax.explain import recommend as rec
+from conftest import repo_on_pythonpath
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONCEPTS = ("food", "ready_to_eat", "watch", "beauty", "hairstyle", "sunlight", "wood", "car", "eye_shadow", "travel", "snack", "portrait")
@@ -247,7 +247,7 @@ def test_cli_errors_are_one_line(tmp_path):
     script = REPO / "experiments" / "recommend.py"
     proc = subprocess.run(
         [sys.executable, str(script), f"--workdir={tmp_path / 'missing'}", "--brand=x"],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=repo_on_pythonpath(),
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert proc.returncode == 1

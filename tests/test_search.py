@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from gensim.models import KeyedVectors
 from camera_jax.data import format as fmt
 from camera_jax.data.text import TextEmbedder
 from camera_jax.explain import search
+from conftest import repo_on_pythonpath
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONCEPTS = ("food", "snack", "ready_to_eat", "watch", "car", "beauty", "hairstyle", "eye_shadow", "portrait", "travel", "sunlight", "wood")
@@ -202,7 +202,7 @@ def _cli(tmp_path, *args):
         f"runpy.run_path({str(REPO / 'experiments' / 'search.py')!r}, run_name='__main__')\n"
     )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+                          env=repo_on_pythonpath())  # fmt: skip
 
 
 def test_cli_table_json_and_errors(tmp_path):

@@ -6,7 +6,6 @@ import collections
 import dataclasses
 import hashlib
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from PIL import Image
 
 from camera_jax.data import format as fmt
 from camera_jax.data import synthetic
+from conftest import repo_on_pythonpath
 
 TINY = synthetic.PRESETS["tiny"]
 # A very small preset for the checks that generate several datasets.
@@ -260,9 +260,7 @@ def test_bad_arguments(tmp_path):
 
 def test_cli_refuses_non_empty_directory_without_traceback(tmp_path):
     (tmp_path / "x").write_text("occupied")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(pathlib.Path(__file__).resolve().parents[1])] + env.get("PYTHONPATH", "").split(os.pathsep))
+    env = repo_on_pythonpath()
     proc = subprocess.run(
         [sys.executable, "-m", "camera_jax.data.synthetic", f"--out={tmp_path}", "--preset=tiny"],
         capture_output=True, text=True, env=env, timeout=120)
