@@ -16,8 +16,8 @@ def test_the_repository_goes_first_on_pythonpath_and_the_callers_entries_stay():
 
 
 def test_the_test_process_runs_with_gpu_determinism_and_a_subprocess_can_go_without():
-  flag = "--xla_gpu_deterministic_ops"  # =true, unless the caller's XLA_FLAGS chose
-  assert any(w == flag or w.startswith(flag + "=") for w in os.environ["XLA_FLAGS"].split())
+  # conftest set the flag (=true, unless the caller's XLA_FLAGS chose): removing it changes them
+  assert without_gpu_determinism()["XLA_FLAGS"] != os.environ["XLA_FLAGS"]
   env = {"XLA_FLAGS": "--xla_a=1 --xla_gpu_deterministic_ops=true --xla_b --xla_gpu_deterministic_ops"}
   assert without_gpu_determinism(env) == {"XLA_FLAGS": "--xla_a=1 --xla_b"}
   assert without_gpu_determinism({}) == {"XLA_FLAGS": ""}

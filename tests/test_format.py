@@ -15,7 +15,7 @@ from PIL import Image
 
 from camera_jax.data import format as fmt
 from camera_jax.data import validate as validate_cli
-from conftest import repo_on_pythonpath
+from conftest import REPO, repo_on_pythonpath
 
 CONCEPTS = ["car", "road", "food", "snack", "beauty", "ready_to_eat"]
 # (id, kind, category, followers)
@@ -554,11 +554,9 @@ def test_main_lines(dataset_dir, tmp_path):
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    env = repo_on_pythonpath()
     return subprocess.run(
         [sys.executable, "-m", "camera_jax.data.validate", *args],
-        capture_output=True, text=True, timeout=120, cwd=repo, env=env,
+        capture_output=True, text=True, timeout=120, cwd=REPO, env=repo_on_pythonpath(),
     )
 
 

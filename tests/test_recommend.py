@@ -15,9 +15,8 @@ from PIL import Image
 
 from camera_jax.data import format as fmt
 from camera_jax.explain import recommend as rec
-from conftest import repo_on_pythonpath
+from conftest import REPO, repo_on_pythonpath
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 CONCEPTS = ("food", "ready_to_eat", "watch", "beauty", "hairstyle", "sunlight", "wood", "car", "eye_shadow", "travel", "snack", "portrait")
 K = 4
 

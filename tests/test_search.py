@@ -15,9 +15,8 @@ from gensim.models import KeyedVectors
 from camera_jax.data import format as fmt
 from camera_jax.data.text import TextEmbedder
 from camera_jax.explain import search
-from conftest import repo_on_pythonpath
+from conftest import REPO, repo_on_pythonpath
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 CONCEPTS = ("food", "snack", "ready_to_eat", "watch", "car", "beauty", "hairstyle", "eye_shadow", "portrait", "travel", "sunlight", "wood")
 # A hand-made 5-d word space: axes food, watch, beauty, travel, male.
 WORDS = {
