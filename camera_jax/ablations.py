@@ -261,6 +261,7 @@ def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path) -> d
                                   keys=("S",))
   result = pipeline.evaluate_methods(cfg, dataset, pairs, {"Hp+MR": scored["S"]})
   result.update(pipeline.test_set_counts(dataset, pairs))
+  result["ranker_loss"] = pipeline.ranker_loss_record(cfg)
   result["seconds"] = time.perf_counter() - t0
   pipeline.write_scores(out_dir / "scores.csv", dataset, pairs, scored["S"])
   pipeline.write_metrics(out_dir / "metrics.json", result)

@@ -72,6 +72,7 @@ __all__ = [
     "parse_hparams",
     "register",
     "sanitize",
+    "settings_of",
     "triplet",
     "triplet_authors",
 ]
@@ -169,9 +170,28 @@ def get_loss(name: str, **hparams: Any) -> LossFn:
     ValueError: unknown loss 'nope'; available: ...
     """
     fn = _lookup(name)
+    return functools.partial(fn, **_given(name, hparams))
+
+
+def _given(name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``hparams`` that :func:`get_loss` binds: accepted by ``name``, not None."""
     accepted = hparams_of(name)
-    bound = {k: v for k, v in hparams.items() if k in accepted and v is not None}
-    return functools.partial(fn, **bound)
+    return {k: v for k, v in hparams.items() if k in accepted and v is not None}
+
+
+def settings_of(name: str, **hparams: Any) -> dict[str, Any]:
+    """Every keyword setting of the loss ``name`` as ``get_loss(name, **hparams)`` runs it: its
+    defaults, overridden by the given values it binds (the main job records this in
+    metrics.json, so a default the flags left unset is on record too).
+
+    >>> settings_of("triplet")
+    {'margin': 7.0}
+    >>> settings_of("hinge", margin=None, temperature=0.5)   # hinge's own margin; no temperature
+    {'margin': 1.0, 'squared': False}
+    >>> settings_of("infonce", margin=3.0, temperature=0.5)
+    {'temperature': 0.5}
+    """
+    return {**hparams_of(name), **_given(name, hparams)}
 
 
 def check(name: str, hparams: Mapping[str, Any] | None = None, *, evaluate: bool = True

@@ -550,11 +550,19 @@ def build_tables(cfg: Config, z_prime_sum: np.ndarray, u_c: np.ndarray,
 
 def loss_hparams(cfg: Config) -> tuple[tuple[str, Any], ...]:
   """The settings the run hands to ``losses.get_loss``: --margin and --temperature when set (the
-  loss takes those it accepts; unset, it keeps its own defaults), then --loss_hparams."""
+  loss takes those it accepts; unset, it keeps its own defaults), and --loss_hparams.
+
+  A setting given both ways (``--margin=3 --loss_hparams=margin=2``) raises ``ValueError``
+  rather than letting one silently win.
+  """
   from camera_jax import losses as losses_lib
   out = {k: v for k, v in (("margin", cfg.margin), ("temperature", cfg.temperature))
          if v is not None}
-  out.update(losses_lib.parse_hparams(cfg.loss, cfg.loss_hparams))
+  extra = dict(losses_lib.parse_hparams(cfg.loss, cfg.loss_hparams))
+  both = sorted(set(out) & set(extra))
+  if both:
+    raise ValueError(f"{both[0]} is also set by --{both[0]}={out[both[0]]}; set it once")
+  out.update(extra)
   return tuple(sorted(out.items()))
 
 
@@ -636,6 +644,18 @@ def test_set_counts(dataset: format_lib.Dataset, pairs: dict[str, np.ndarray]) -
   return {"n_test_pairs": int(len(pairs["label"])), "n_test_positives": n_positives,
           "n_test_brands": len(dataset.split.test), "n_test_positives_not_candidates": len(outside),
           "warnings": warnings}
+
+
+def ranker_loss_record(cfg: Config) -> dict[str, Any]:
+  """metrics.json's ``ranker_loss``: the loss's name and every setting it trained with, its
+  own defaults included (``losses.settings_of``), so a default the flags left unset is on
+  record.
+
+  >>> ranker_loss_record(Config(loss="hinge"))
+  {'name': 'hinge', 'settings': {'margin': 1.0, 'squared': False}}
+  """
+  from camera_jax import losses as losses_lib
+  return {"name": cfg.loss, "settings": losses_lib.settings_of(cfg.loss, **dict(loss_hparams(cfg)))}
 
 
 def write_metrics(path: pathlib.Path, result: dict[str, Any]) -> None:
@@ -897,6 +917,7 @@ def evaluate_tables(cfg: Config, dataset: format_lib.Dataset, tables: ranker_lib
         name, {"brand": pairs["brand"], "influencer": pairs["influencer"]}, base_feats, rng), np.float64)
   result = evaluate_methods(cfg, dataset, pairs, method_scores)
   result["concept_layer"] = concept_metrics
+  result["ranker_loss"] = ranker_loss_record(cfg)
   result.update(test_set_counts(dataset, pairs))
   if is_main():
     out_dir = pathlib.Path(out_dir)

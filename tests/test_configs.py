@@ -102,6 +102,18 @@ def test_unset_loss_flags_keep_each_losss_own_defaults_and_loss_hparams_reach_th
       "'squared' (it has: margin)"]
   assert pipeline.check_config(config_lib.Config(loss="hinge", loss_hparams="margin=x")) == [
       "--loss_hparams=margin=x: 'margin=x': margin must be float, like its default 1.0"]
+  # --loss_hparams may set margin or temperature, but not one its own flag sets too
+  assert value(config_lib.Config(loss="hinge", loss_hparams="margin=2.0")) == 2.0
+  assert pipeline.check_config(config_lib.Config(loss="hinge", margin=3.0, loss_hparams="margin=2.0")) == [
+      "--loss_hparams=margin=2.0: margin is also set by --margin=3.0; set it once"]
+  assert pipeline.check_config(config_lib.Config(loss="infonce", temperature=0.5,
+                                                 loss_hparams="temperature=0.5")) == [
+      "--loss_hparams=temperature=0.5: temperature is also set by --temperature=0.5; set it once"]
+  # metrics.json's record of the loss: every setting, the loss's own defaults included
+  assert pipeline.ranker_loss_record(config_lib.Config(loss="hinge")) == {
+      "name": "hinge", "settings": {"margin": 1.0, "squared": False}}
+  assert pipeline.ranker_loss_record(sq) == {"name": "hinge", "settings": {"margin": 3.0, "squared": True}}
+  assert pipeline.ranker_loss_record(config_lib.Config(loss="bpr", margin=3.0)) == {"name": "bpr", "settings": {}}
 
   # a setting the loss cannot train with is refused before any work, whichever flag set it
   assert pipeline.check_config(config_lib.Config(loss="infonce", temperature=0.0)) == [

@@ -153,6 +153,7 @@ def test_paper_tables_smoke_on_the_tiny_run(tmp_path, tiny_run, tiny_data):
     metrics = json.loads((work / "seed_0" / seed_dir / "metrics.json").read_text())
     assert metrics["n_test_pairs"] > metrics["n_test_positives"] > 0, seed_dir
     assert metrics["warnings"] == [] and metrics["n_test_brands"] > 0, seed_dir
+    assert metrics["ranker_loss"] == pipeline.ranker_loss_record(cfg), seed_dir
   # The ablations changed what they should: C-w/o-SI a new U_C, C-w/o-MR the CAMERA one.
   u_c = np.load(work / "seed_0" / "camera" / "concepts" / "U_C.npy")
   assert not np.allclose(np.load(work / "seed_0" / "wo_si" / "concepts" / "U_C.npy"), u_c)

@@ -103,6 +103,9 @@ def test_workdir_has_every_documented_file(tiny_run, tiny_data):
   assert metrics["n_test_brands"] == len(dataset.split.test) > 0
   assert metrics["n_test_positives_not_candidates"] == 0 and metrics["warnings"] == []
   assert np.isfinite([float(r[2]) for r in rows[1:]]).all()
+  # the loss and every setting it trained with: the triplet's own margin, which no flag set
+  assert (cfg.loss, cfg.margin, cfg.loss_hparams) == ("triplet", None, "")
+  assert metrics["ranker_loss"] == {"name": "triplet", "settings": {"margin": 7.0}}
 
 
 def test_train_log_has_every_epoch_and_the_ranker_loss_goes_down(tiny_run, tiny_data):
