@@ -132,13 +132,34 @@ class RunError(ValueError):
   """A work directory (or a dataset given with it) that a finished run cannot be loaded from."""
 
 
+def _check_same_accounts_and_posts(workdir: pathlib.Path, ddir: pathlib.Path) -> None:
+  """Raises RunError when ``ddir``'s accounts.jsonl or posts.jsonl is not the file the run was
+  trained on (its sha256 against the run's ``data_digests.json``; a run without that record is
+  not checked): the concept layer's outputs and the account features are the run's."""
+  from camera_jax import pipeline
+  record = workdir / pipeline.DATA_RECORD
+  try:
+    before = json.loads(record.read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    return
+  for name in (format_lib.ACCOUNTS_FILE, format_lib.POSTS_FILE):
+    if isinstance(before, dict) and name in before and \
+        pipeline.file_sha256(ddir / name) != before[name]:
+      raise RunError(
+          f"{ddir / name}: not the file the run was trained on (its sha256 differs from "
+          f"{record}'s); the run's concept layer and account features come from its own accounts "
+          "and posts, so a dataset to rescore may differ from the run's only in its "
+          "cooperations and split.json")
+
+
 def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = None) -> Run:
   """Loads a finished run; ``data_dir`` overrides the run's dataset.
 
   The concept layer's outputs (``concepts/w_a.npy``) are reused as they are, so ``data_dir`` must
   hold the run's accounts in the run's order (``concepts/accounts.txt``) and as many posts as the
-  run's ``concepts/h.npy`` (its posts are assumed to be the run's); its cooperations and split may
-  differ.  Raises RunError otherwise (an unseen account goes through ``Run.represent_posts`` and
+  run's ``concepts/h.npy``, in the very files the run was trained on (``accounts.jsonl`` and
+  ``posts.jsonl`` byte for byte, checked against the run's ``data_digests.json``); its
+  cooperations and split may differ.  Raises RunError otherwise (an unseen account goes through ``Run.represent_posts`` and
   ``Run.add_account``), FileNotFoundError for a missing file, DatasetError for an invalid dataset,
   ValueError for a run whose ranker stopped before its ``--epochs`` (an unfinished run).
   """
@@ -167,6 +188,7 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
   if n_posts is not None and len(dataset.posts) != n_posts:
     raise RunError(f"{ddir}: {len(dataset.posts)} posts, the run's concept layer has {n_posts}; "
                    "a dataset with other posts than the run's is not supported yet")
+  _check_same_accounts_and_posts(workdir, ddir)
   concepts = tuple(x for x in (cdir / "concepts.txt").read_text(encoding="utf-8").splitlines() if x)
   u_c = np.load(cdir / "U_C.npy")
   w_a = np.load(cdir / "w_a.npy")

@@ -535,6 +535,49 @@ def test_errors_are_capped_per_file(tmp_path):
     assert errors[-1] == f"posts.jsonl:0: ... 26 more problems (only the first 50 are shown)"
 
 
+def _utf16(path: pathlib.Path) -> None:
+    path.write_bytes(path.read_text(encoding="utf-8").encode("utf-16"))
+
+
+def _empty(path: pathlib.Path) -> None:
+    path.write_bytes(b"")
+
+
+def _directory(path: pathlib.Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+@pytest.mark.parametrize("file, damage, first", [
+    (P, _empty, ["posts.jsonl:0: no post could be read (the file is empty)"]),
+    (P, _directory, ["posts.jsonl:0: cannot read file (Is a directory)"]),
+    (P, _utf16, ["posts.jsonl:0: no post could be read (line 1: not valid UTF-8 (invalid start "
+                 "byte at byte 0))", "posts.jsonl:1: not valid UTF-8 (invalid start byte at byte 0)"]),
+    (A, _empty, ["accounts.jsonl:0: no account could be read (the file is empty)"]),
+    (A, _utf16, ["accounts.jsonl:0: no account could be read (line 1: not valid UTF-8 (invalid "
+                 "start byte at byte 0))"]),
+])
+def test_an_unreadable_records_file_is_reported_first_without_a_cascade(tmp_path, file, damage, first):
+    """A posts or accounts file none of whose lines can be read (empty, a directory, another
+    encoding) is one problem of that file: the checks of the other files against it are skipped,
+    so that no "has no posts" or "unknown account" line per record comes before it (the
+    entry points that print only the first problem would name the wrong file)."""
+    root = write_dataset(tmp_path / "ds")
+    damage(root / file)
+    errors = fmt.validate(root)
+    assert errors[:len(first)] == first
+    assert all(e.startswith(file + ":") for e in errors), errors
+
+
+def test_an_image_path_that_is_a_directory_is_not_a_file(tmp_path):
+    rec = base_records()
+    rel = rec["posts"][0]["image"]
+    rec["skip_images"].add(rel)
+    root = write_dataset(tmp_path / "ds", rec)
+    (root / rel).mkdir(parents=True)
+    assert fmt.validate(root) == [f'posts.jsonl:1: field "image": file {rel!r} is not a file']
+
+
 def test_missing_directory(tmp_path):
     missing = tmp_path / "nope"
     assert fmt.validate(missing) == [f"{missing}: dataset directory does not exist"]

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import REPO, repo_on_pythonpath, tiny_config
 
 METHOD_KEYS = {"auc", "cauc", "recall@10", "recall@50", "mrr", "map", "medr"}
 
@@ -273,6 +273,40 @@ def test_rescoring_other_accounts_is_refused_clearly(tiny_run, tiny_data, tmp_pa
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines() == [f"{tmp_path / 'missing'}: work directory does not exist"]
+
+
+def test_rescoring_other_posts_or_accounts_is_refused_clearly(tiny_run, tiny_data, tmp_path):
+  """The same accounts in the same order and as many posts, but not the files the run was trained
+  on: evaluate would otherwise score them with the run's concept layer and write metrics a user
+  would trust. The refusal names the file; another split or other cooperations stay welcome."""
+  from camera_jax import run as run_lib
+
+  workdir, _ = tiny_run
+  for name, edit in (("posts.jsonl", lambda p: {**p, "likes": p["likes"] * 50 + 1}),
+                     ("accounts.jsonl", lambda a: {**a, "followers": a["followers"] + 1})):
+    copy = tmp_path / name
+    shutil.copytree(tiny_data, copy, ignore=shutil.ignore_patterns("images"))
+    os.symlink(pathlib.Path(tiny_data, "images").resolve(), copy / "images")
+    lines = [json.loads(l) for l in (copy / name).read_text().splitlines()]
+    (copy / name).write_text("".join(json.dumps(edit(x)) + "\n" for x in lines))
+    with pytest.raises(run_lib.RunError, match=f"{name}: not the file the run was trained on"):
+      run_lib.load_run(workdir, data_dir=copy)
+    out = tmp_path / f"out_{name}"
+    proc = subprocess.run([sys.executable, "experiments/evaluate.py", f"--workdir={workdir}",
+                           f"--data_dir={copy}", f"--out_dir={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=repo_on_pythonpath())
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"{copy / name}: not the file the run was trained on"), proc.stderr
+    assert not (out / "metrics.json").exists() and not (out / "scores.csv").exists()
+  # cooperations and split.json may differ
+  copy = tmp_path / "other_split"
+  shutil.copytree(tiny_data, copy, ignore=shutil.ignore_patterns("images"))
+  os.symlink(pathlib.Path(tiny_data, "images").resolve(), copy / "images")
+  lines = (copy / "cooperations.jsonl").read_text().splitlines()
+  (copy / "cooperations.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+  run_lib.load_run(workdir, data_dir=copy)
 
 
 def test_an_unfinished_or_misread_run_is_refused_in_one_line(tiny_run, tmp_path):

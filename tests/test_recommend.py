@@ -242,6 +242,51 @@ def test_new_brand_followers_are_checked_as_in_accounts_jsonl(tmp_path, follower
                               f"got {json.dumps(followers)}{why}"]
 
 
+def _replace_post_line(d: pathlib.Path, index: int, raw: bytes) -> None:
+    lines = (d / "posts.jsonl").read_bytes().splitlines()
+    lines[index] = raw
+    (d / "posts.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+
+
+@pytest.mark.parametrize("raw, error", [
+    # read as a dataset's posts.jsonl is (format.py): every problem on its line, no traceback
+    (b'{"id": "nb1", "image": "img/1.jpg", "caption": "caf\xe9", "likes": 5, "comments": 1}',
+     "posts.jsonl:2: not valid UTF-8 (invalid continuation byte at byte 51)"),
+    (b"[" * 100_000, "posts.jsonl:2: malformed JSON: RecursionError: maximum recursion depth exceeded"),
+    (b'{"id": "nb1", "image": "img/1.jpg", "caption": "x", "likes": 1e300, "comments": 1}',
+     'posts.jsonl:2: field "likes" must be an int >= 0, got 1e+300 (a float, not an int)'),
+    (b'{"id": "nb1", "image": "img/1.jpg", "caption": "x", "likes": 3.0, "comments": 1}',
+     'posts.jsonl:2: field "likes" must be an int >= 0, got 3.0 (a float, not an int)'),
+    (b'{"id": "nb1", "image": "img/1.jpg", "caption": "\\ud83d", "likes": 5, "comments": 1}',
+     'posts.jsonl:2: field "caption" holds an unpaired UTF-16 surrogate'),
+    (b'{"id": "nb1", "image": "img", "caption": "x", "likes": 5, "comments": 1}',
+     "posts.jsonl:2: field \"image\": file 'img' is not a file"),
+])
+def test_new_brand_posts_are_checked_as_a_datasets_posts(tmp_path, raw, error):
+    d = _brand_dir(tmp_path)
+    _replace_post_line(d, 1, raw)
+    with pytest.raises(fmt.DatasetError) as e:
+        rec.read_brand_dir(d)
+    assert len(e.value.errors) == 1 and e.value.errors[0].startswith(error), e.value.errors
+
+
+def test_new_brand_account_json_problems_name_their_line(tmp_path):
+    d = _brand_dir(tmp_path)
+    (d / "account.json").write_text(json.dumps({"id": "acme", "category": "a", "followers": "12k"},
+                                               indent=2))
+    with pytest.raises(fmt.DatasetError) as e:
+        rec.read_brand_dir(d)
+    assert e.value.errors == ['account.json:4: field "followers" must be an int > 0, got "12k"']
+    (d / "account.json").write_bytes(b'{\n  "id": "acme",\n  "category": "caf\xe9"\n}')
+    with pytest.raises(fmt.DatasetError) as e:
+        rec.read_brand_dir(d)
+    assert e.value.errors == ["account.json:3: not valid UTF-8 (invalid continuation byte at byte 18)"]
+    (d / "account.json").write_text('{"id": "acme", "id": "acme2"}')
+    with pytest.raises(fmt.DatasetError) as e:
+        rec.read_brand_dir(d)
+    assert e.value.errors == ['account.json:1: field "id" appears more than once']
+
+
 def test_cli_errors_are_one_line(tmp_path):
     script = REPO / "experiments" / "recommend.py"
     proc = subprocess.run(

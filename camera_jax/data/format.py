@@ -228,6 +228,13 @@ class _FileErrors:
         elif item > self._heap[0]:
             heapq.heapreplace(self._heap, item)
 
+    def first(self) -> tuple[int, str] | None:
+        """(line, message) of the lowest-numbered problem kept, None when there is none."""
+        if not self._heap:
+            return None
+        line, _, message = min((-l, -s, m) for l, s, m in self._heap)
+        return line, message
+
     def lines(self) -> list[str]:
         kept = sorted(((-l, -s, m) for l, s, m in self._heap))
         # An unpaired surrogate (a JSON "\\ud83d") quoted in a message is written as its escape.
@@ -518,7 +525,8 @@ def _image_problem(rel: str, root: pathlib.Path, check_images: bool) -> str | No
         return None
     path = root / rel
     if not path.is_file():
-        return f'field "image": file {rel!r} does not exist'
+        what = "is not a file" if path.exists() else "does not exist"
+        return f'field "image": file {rel!r} {what}'
     reason = decode_problem(path)
     if reason is not None:
         return f'field "image": cannot decode {rel!r} ({reason})'
@@ -556,6 +564,21 @@ class _Scan:
     cooperations: list[Cooperation]
     labeled_posts: list[LabeledPost]
     split: Split | None
+
+
+def _none_read(kind: str, path: pathlib.Path, errs: _FileErrors) -> None:
+    """Reports a records file from which no record's id could be read, once, on line 0 (so
+    that it is the file's first line), with the first line's problem when there is one; a file
+    that could not be read at all has that problem on line 0 already."""
+    first = errs.first()
+    if first is not None and first[0] == 0:
+        return
+    try:
+        empty = path.is_file() and path.stat().st_size == 0
+    except OSError:
+        empty = False
+    why = " (the file is empty)" if empty else f" (line {first[0]}: {first[1]})" if first else ""
+    errs.add(0, f"no {kind} could be read{why}")
 
 
 def _read_concepts(root: pathlib.Path, errs: _FileErrors) -> list[str] | None:
@@ -641,10 +664,17 @@ def _scan(data_dir: str | os.PathLike[str], check_images: bool) -> _Scan:
             if rec.ok:
                 scan.accounts.append(Account(aid, kind, category, followers, bio or ""))
         kinds = set(account_kind.values())
-        if BRAND not in kinds:
-            errs.add(0, "no brand accounts")
-        if INFLUENCER not in kinds:
-            errs.add(0, "no influencer accounts")
+        if not account_line:
+            _none_read("account", root / ACCOUNTS_FILE, errs)
+        else:
+            if BRAND not in kinds:
+                errs.add(0, "no brand accounts")
+            if INFLUENCER not in kinds:
+                errs.add(0, "no influencer accounts")
+    # A file none of whose lines gave an id (unreadable, empty, another encoding) is reported
+    # once, above; the checks against it are skipped, as for a missing file, so that its own
+    # problem is the first line, not one "unknown account" per post.
+    have_accounts = bool(account_line)
 
     # posts.jsonl
     post_line: dict[str, int] = {}
@@ -682,7 +712,10 @@ def _scan(data_dir: str | os.PathLike[str], check_images: bool) -> _Scan:
             _, concepts = rec.concept_list("concepts", vocab, required=False)
             if rec.ok:
                 scan.posts.append(Post(pid, account, image, caption, likes, comments, concepts))
-        if have_accounts:
+        if not post_line:
+            _none_read("post", root / POSTS_FILE, errs)
+        have_posts = bool(post_line)
+        if have_accounts and have_posts:
             for aid, line in account_line.items():
                 if n_posts.get(aid, 0) == 0:
                     files[ACCOUNTS_FILE].add(line, f'field "id": account {aid!r} has no posts in {POSTS_FILE}')

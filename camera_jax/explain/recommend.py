@@ -190,17 +190,6 @@ def _dataset_error(errors: list[str]) -> Exception:
     return DatasetError(errors)
 
 
-def _nonneg_int(obj: Mapping[str, Any], key: str, where: str, errors: list[str]) -> int:
-    v = obj.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-        errors.append(f'{where}: field "{key}" must be a non-negative integer, got {v!r}')
-        return 0
-    if v < 0:
-        errors.append(f'{where}: field "{key}" must be a non-negative integer, got {v!r}')
-        return 0
-    return int(v)
-
-
 def read_brand_dir(brand_dir: str | pathlib.Path,
                    concepts: Sequence[str] | None = None) -> tuple[dict[str, Any], list[Any]]:
     """Reads a new brand's folder: ``(account, posts)``.
@@ -222,7 +211,7 @@ def read_brand_dir(brand_dir: str | pathlib.Path,
       FileNotFoundError: the folder or its ``posts.jsonl`` is missing.
       DatasetError: malformed files (lines ``FILE:LINE: message``) or no posts.
     """
-    from camera_jax.data.format import Post, decode_problem
+    from camera_jax.data import format as fmt
 
     root = pathlib.Path(brand_dir)
     vocabulary = None if concepts is None else set(concepts)
@@ -231,104 +220,100 @@ def read_brand_dir(brand_dir: str | pathlib.Path,
     posts_file = root / "posts.jsonl"
     if not posts_file.is_file():
         raise FileNotFoundError(f"{str(posts_file)!r} does not exist (a new brand needs posts.jsonl)")
-    errors: list[str] = []
     account: dict[str, Any] = {"id": None, "followers": None, "category": ""}
+    acc_errs = fmt._FileErrors("account.json")
     acc_file = root / "account.json"
     if acc_file.is_file():
+        # Read as the dataset's files are (format.py): each problem on the line it is on.
+        text, obj = "", {}
+        raw = acc_file.read_bytes()
         try:
-            obj = json.loads(acc_file.read_text(encoding="utf-8-sig"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            line = getattr(e, "lineno", 0)
-            errors.append(f"account.json:{line}: malformed JSON ({e})")
-            obj = {}
-        if not isinstance(obj, dict):
-            errors.append("account.json:1: expected a JSON object")
-            obj = {}
-        if "id" in obj:
-            if not isinstance(obj["id"], str) or not obj["id"].strip():
-                errors.append('account.json:1: field "id" must be a non-empty string')
-            else:
-                account["id"] = obj["id"].strip()
-        if "followers" in obj:
-            v = obj["followers"]
-            if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
-                account["followers"] = v
-            else:  # As accounts.jsonl: an engagement rate needs at least one follower.
-                why = ""
-                if isinstance(v, bool):
-                    why = " (a boolean, not an int)"
-                elif isinstance(v, float):
-                    why = " (not a finite number)" if not math.isfinite(v) else " (a float, not an int)"
-                elif v == 0:
-                    why = " (engagement rate is undefined)"
-                errors.append(f'account.json:1: field "followers" must be an int > 0, '
-                              f"got {json.dumps(v)}{why}")
-        if "category" in obj:
-            account["category"] = str(obj["category"])
-    raw_posts: list[tuple[int, dict[str, Any]]] = []
-    with posts_file.open("r", encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            column = e.start - (raw.rfind(b"\n", 0, e.start) + 1)   # as format.py: in the line
+            acc_errs.add(raw.count(b"\n", 0, e.start) + 1,
+                         f"not valid UTF-8 ({e.reason} at byte {column})")
+        else:
             try:
-                obj = json.loads(line)
+                obj = json.loads(text, object_pairs_hook=fmt._no_duplicate_keys)
+            except fmt._DuplicateKey as e:
+                acc_errs.add(fmt._key_line(text, e.key), f'field "{e.key}" appears more than once')
+                obj = {}
             except json.JSONDecodeError as e:
-                errors.append(f"posts.jsonl:{lineno}: malformed JSON ({e.msg})")
-                continue
-            if not isinstance(obj, dict):
-                errors.append(f"posts.jsonl:{lineno}: expected a JSON object")
-                continue
-            raw_posts.append((lineno, obj))
+                acc_errs.add(e.lineno, f"malformed JSON: {e.msg} (column {e.colno})")
+                obj = {}
+            except (ValueError, RecursionError) as e:
+                acc_errs.add(0, f"malformed JSON: {type(e).__name__}: {e}")
+                obj = {}
+        if not isinstance(obj, dict):
+            acc_errs.add(1, f"expected a JSON object, got {fmt._json_type(obj)}")
+            obj = {}
+
+        def field(name: str) -> Any:
+            return fmt._Record(obj, fmt._key_line(text, name) or 1, acc_errs)
+
+        if "id" in obj:
+            aid = field("id").identifier("id")
+            if aid is not None and aid.strip():
+                account["id"] = aid.strip()
+            elif aid is not None:
+                acc_errs.add(fmt._key_line(text, "id") or 1, 'field "id" must be a non-empty string')
+        if "followers" in obj:  # as accounts.jsonl: an engagement rate needs a follower
+            account["followers"] = field("followers").integer(
+                "followers", minimum=1, note="engagement rate is undefined")
+        if "category" in obj:
+            category = field("category").string("category", nonempty=False)
+            account["category"] = category or ""
+    errs = fmt._FileErrors("posts.jsonl")
+    raw_posts = list(fmt._iter_jsonl(posts_file, errs))
     owners = {o.get("account") for _, o in raw_posts if isinstance(o.get("account"), str)}
     if account["id"] is None:
         account["id"] = owners.pop() if len(owners) == 1 else root.resolve().name
     seen: set[str] = set()
     posts = []
     for lineno, obj in raw_posts:
-        where = f"posts.jsonl:{lineno}"
-        pid = obj.get("id")
-        if not isinstance(pid, str) or not pid:
-            errors.append(f'{where}: field "id" must be a non-empty string')
+        r = fmt._Record(obj, lineno, errs)
+        pid = r.identifier("id")
+        if pid is None:
             continue
         if pid in seen:
-            errors.append(f'{where}: duplicate post id {pid!r}')
+            r.error(f'field "id": duplicate post id {pid!r}')
             continue
         seen.add(pid)
-        image = obj.get("image")
-        if not isinstance(image, str) or not image:
-            errors.append(f'{where}: field "image" must be a non-empty string')
+        image = r.string("image")
+        if image is None:
             continue
         rel = pathlib.PurePosixPath(image)
-        if rel.is_absolute() or ".." in rel.parts:
-            errors.append(f'{where}: field "image": path {image!r} must stay inside the brand folder')
+        if "\x00" in image or rel.is_absolute() or ".." in rel.parts:
+            r.error(f'field "image": path {image!r} must stay inside the brand folder')
             continue
         if not (root / image).is_file():
-            errors.append(f'{where}: field "image": file {image!r} does not exist')
+            what = "is not a file" if (root / image).exists() else "does not exist"
+            r.error(f'field "image": file {image!r} {what}')
             continue
         # A brand's folder is small: decode every image now, as the dataset validator does,
         # rather than fail in the middle of the concept prediction.
-        reason = decode_problem(root / image)
+        reason = fmt.decode_problem(root / image)
         if reason is not None:
-            errors.append(f'{where}: field "image": cannot decode {image!r} ({reason})')
+            r.error(f'field "image": cannot decode {image!r} ({reason})')
             continue
-        caption = obj.get("caption", "")
-        if not isinstance(caption, str):
-            errors.append(f'{where}: field "caption" must be a string')
-            continue
-        likes = _nonneg_int(obj, "likes", where, errors)
-        comments = _nonneg_int(obj, "comments", where, errors)
+        caption = r.string("caption", nonempty=False, required=False)
+        likes = r.integer("likes", minimum=0)
+        comments = r.integer("comments", minimum=0)
         names = obj.get("concepts")
         if names is not None:
             if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
-                errors.append(f'{where}: field "concepts" must be a list of concept names')
-                continue
-            unknown = [c for c in names if vocabulary is not None and c not in vocabulary]
-            if unknown:
-                errors.append(f'{where}: field "concepts": {unknown[0]!r} is not a concept of the run')
-                continue
-            names = tuple(dict.fromkeys(names))
-        posts.append(Post(id=pid, account=account["id"], image=image, caption=caption, likes=likes,
-                          comments=comments, concepts=names))
+                r.error('field "concepts" must be a list of concept names')
+            else:
+                unknown = [c for c in names if vocabulary is not None and c not in vocabulary]
+                if unknown:
+                    r.error(f'field "concepts": {unknown[0]!r} is not a concept of the run')
+                names = tuple(dict.fromkeys(names))
+        if not r.ok:
+            continue
+        posts.append(fmt.Post(id=pid, account=account["id"], image=image, caption=caption or "",
+                              likes=likes, comments=comments, concepts=names))
+    errors = acc_errs.lines() + errs.lines()
     if not errors and not posts:
         errors.append("posts.jsonl:0: no posts (a new brand needs at least one post)")
     if errors:
