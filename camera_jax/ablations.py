@@ -248,6 +248,7 @@ def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path) -> d
   acc = dataset.account_index()
   candidates = np.array([acc[m] for m in dataset.split.candidates], np.int64)
   rcfg = pipeline.ranker_config(cfg)
+  pipeline.check_ranker_loss(cfg, out_dir, write=True)
   log = trainer.TrainLog(out_dir / "train_log.jsonl")
   params = ranker_lib.train_ranker(cfg=rcfg, tables=tables, positives=positives,
                                    ed_observed=ed_obs, candidates=candidates,
@@ -261,7 +262,7 @@ def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path) -> d
                                   keys=("S",))
   result = pipeline.evaluate_methods(cfg, dataset, pairs, {"Hp+MR": scored["S"]})
   result.update(pipeline.test_set_counts(dataset, pairs))
-  result["ranker_loss"] = pipeline.ranker_loss_record(cfg)
+  result["ranker_loss"] = pipeline.read_ranker_loss(out_dir)
   result["seconds"] = time.perf_counter() - t0
   pipeline.write_scores(out_dir / "scores.csv", dataset, pairs, scored["S"])
   pipeline.write_metrics(out_dir / "metrics.json", result)

@@ -79,6 +79,9 @@ def check_config(cfg: Config, *, evaluate_loss: bool = True) -> list[str]:
   else:
     try:
       settings = loss_hparams(cfg)
+      twice = _loss_flags_given_twice(cfg)
+      if twice:
+        raise ValueError(f"{twice} is also set by --{twice}={getattr(cfg, twice)}; set it once")
     except ValueError as e:
       errors.append(f"--loss_hparams={cfg.loss_hparams}: {e}")
     else:
@@ -331,6 +334,8 @@ def check_data_record(data_dir: pathlib.Path, workdir: pathlib.Path) -> dict[str
       before = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
       before = {}
+    if not isinstance(before, dict):
+      before = {}
     changed = [k for k in now if before.get(k) != now[k]]
     built = [d for d in _DATA_STAGES if (workdir / d).exists()]
     if changed and built:
@@ -552,18 +557,23 @@ def loss_hparams(cfg: Config) -> tuple[tuple[str, Any], ...]:
   """The settings the run hands to ``losses.get_loss``: --margin and --temperature when set (the
   loss takes those it accepts; unset, it keeps its own defaults), and --loss_hparams.
 
-  A setting given both ways (``--margin=3 --loss_hparams=margin=2``) raises ``ValueError``
-  rather than letting one silently win.
+  A setting given both ways (``--margin=3 --loss_hparams=margin=2``) is refused by
+  :func:`check_config` before a job starts; a run made before that check keeps what it trained
+  with (--loss_hparams wins), so that it still loads.
   """
   from camera_jax import losses as losses_lib
   out = {k: v for k, v in (("margin", cfg.margin), ("temperature", cfg.temperature))
          if v is not None}
-  extra = dict(losses_lib.parse_hparams(cfg.loss, cfg.loss_hparams))
-  both = sorted(set(out) & set(extra))
-  if both:
-    raise ValueError(f"{both[0]} is also set by --{both[0]}={out[both[0]]}; set it once")
-  out.update(extra)
+  out.update(losses_lib.parse_hparams(cfg.loss, cfg.loss_hparams))
   return tuple(sorted(out.items()))
+
+
+def _loss_flags_given_twice(cfg: Config) -> str | None:
+  """The keyword that --loss_hparams sets and --margin or --temperature sets too, if any."""
+  from camera_jax import losses as losses_lib
+  own = {k for k, v in (("margin", cfg.margin), ("temperature", cfg.temperature)) if v is not None}
+  both = sorted(own & set(losses_lib.parse_hparams(cfg.loss, cfg.loss_hparams)))
+  return both[0] if both else None
 
 
 def ranker_config(cfg: Config) -> ranker_lib.RankerConfig:
@@ -647,15 +657,67 @@ def test_set_counts(dataset: format_lib.Dataset, pairs: dict[str, np.ndarray]) -
 
 
 def ranker_loss_record(cfg: Config) -> dict[str, Any]:
-  """metrics.json's ``ranker_loss``: the loss's name and every setting it trained with, its
-  own defaults included (``losses.settings_of``), so a default the flags left unset is on
-  record.
+  """The ranking loss ``cfg`` trains with: its name and every setting, the loss's own defaults
+  included (``losses.settings_of``), as JSON values (a default that is not a JSON number,
+  string, boolean or null is written as its ``repr``).
 
   >>> ranker_loss_record(Config(loss="hinge"))
   {'name': 'hinge', 'settings': {'margin': 1.0, 'squared': False}}
   """
   from camera_jax import losses as losses_lib
-  return {"name": cfg.loss, "settings": losses_lib.settings_of(cfg.loss, **dict(loss_hparams(cfg)))}
+  settings = losses_lib.settings_of(cfg.loss, **dict(loss_hparams(cfg)))
+  return {"name": cfg.loss, "settings": {
+      k: v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)
+      for k, v in settings.items()}}
+
+
+#: In a work directory: :func:`ranker_loss_record` of the run that trained its ranker.
+RANKER_LOSS_RECORD = "ranker_loss.json"
+
+
+def check_ranker_loss(cfg: Config, workdir: pathlib.Path, *, write: bool = False) -> None:
+  """Refuses a ranker trained with other loss settings; with ``write``, records them.
+
+  A work directory knows its ranker by its flags (:func:`check_settings`), but a loss's own
+  defaults live in its code: after an edit of a default, the same flags would restore a ranker
+  trained with the old one. So the run that starts the ranker (``checkpoints/ranker``) of
+  ``workdir`` writes :func:`ranker_loss_record` to ``workdir/RANKER_LOSS_RECORD`` just before it
+  trains (``write=True``), and a later run whose record differs while the ranker's checkpoints
+  exist raises ConfigError in one line (checked before any work). (An edit of a loss's formula
+  changes no setting and is not seen.) A ranker trained before such records existed is left
+  without one.
+  """
+  now = json.loads(json.dumps(ranker_loss_record(cfg)))
+  path = workdir / RANKER_LOSS_RECORD
+  ckpt_dir = workdir / _RANKER_STAGE
+  before = read_ranker_loss(workdir)
+  if ckpt_dir.exists():
+    if before is not None and before != now:
+      raise ConfigError([
+          f"{path}: the ranker in {ckpt_dir} was trained with loss {before.get('name')} "
+          f"{_settings_text(before)}; {cfg.loss} now gives {_settings_text(now)} (its code "
+          f"changed since?); use a new --workdir, or delete {ckpt_dir} to train it again"])
+    return
+  if write and is_main():
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(now, indent=2, sort_keys=True) + "\n")
+
+
+def _settings_text(record: dict[str, Any]) -> str:
+  settings = record.get("settings")
+  if not isinstance(settings, dict) or not settings:
+    return "(no settings)"
+  return "(" + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) + ")"
+
+
+def read_ranker_loss(workdir: pathlib.Path) -> dict[str, Any] | None:
+  """The :func:`check_ranker_loss` record of ``workdir``; None when there is none (or it cannot
+  be read: a record is only ever written whole)."""
+  try:
+    record = json.loads((workdir / RANKER_LOSS_RECORD).read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    return None
+  return record if isinstance(record, dict) else None
 
 
 def write_metrics(path: pathlib.Path, result: dict[str, Any]) -> None:
@@ -836,6 +898,7 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   check_settings(cfg, workdir)
+  check_ranker_loss(cfg, workdir)
   sharding.sync("settings")  # every process read the earlier flags.txt before it is rewritten
   t_start = time.perf_counter()
   log = trainer.TrainLog(workdir / "train_log.jsonl", enabled=is_main())
@@ -849,6 +912,7 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
     prep = prepare_concepts(cfg, workdir, log, mesh)
     inputs = ranker_inputs(cfg, prep.dataset, prep.z_prime_sum, prep.u_c, prep.feats)
     tables = inputs["tables"]
+    check_ranker_loss(cfg, workdir, write=True)
     params = ranker_lib.train_ranker(cfg=ranker_config(cfg), **inputs,
                                      ckpt_dir=workdir / "checkpoints" / "ranker", log=log,
                                      mesh=mesh)
@@ -894,13 +958,18 @@ def evaluate_run(cfg: Config, prep: Prepared, tables: ranker_lib.Tables, params:
                  workdir: pathlib.Path) -> dict[str, Any]:
   """Scores the test pairs with CAMERA and the baselines; writes metrics.json and scores.csv."""
   return evaluate_tables(cfg, prep.dataset, tables, params, prep.feats, prep.w_a,
-                         prep.concept_metrics, workdir)
+                         prep.concept_metrics, workdir,
+                         ranker_loss=read_ranker_loss(workdir))
 
 
 def evaluate_tables(cfg: Config, dataset: format_lib.Dataset, tables: ranker_lib.Tables,
                     params: Any, feats: dict[str, np.ndarray], w_a: np.ndarray,
-                    concept_metrics: dict[str, Any], out_dir: pathlib.Path) -> dict[str, Any]:
+                    concept_metrics: dict[str, Any], out_dir: pathlib.Path,
+                    ranker_loss: dict[str, Any] | None = None) -> dict[str, Any]:
   """evaluate_run from its pieces: the test pairs of ``dataset`` scored with the account ``tables``.
+
+  ``ranker_loss``: metrics.json's record of the loss the ranker trained with
+  (:func:`read_ranker_loss`; null for a ranker trained before such records existed).
 
   Labels (``dataset``'s cooperations of the test brands) are read only to compute the metrics;
   writes ``out_dir``/metrics.json and ``out_dir``/scores.csv (process 0 only).
@@ -917,7 +986,7 @@ def evaluate_tables(cfg: Config, dataset: format_lib.Dataset, tables: ranker_lib
         name, {"brand": pairs["brand"], "influencer": pairs["influencer"]}, base_feats, rng), np.float64)
   result = evaluate_methods(cfg, dataset, pairs, method_scores)
   result["concept_layer"] = concept_metrics
-  result["ranker_loss"] = ranker_loss_record(cfg)
+  result["ranker_loss"] = ranker_loss
   result.update(test_set_counts(dataset, pairs))
   if is_main():
     out_dir = pathlib.Path(out_dir)
@@ -949,4 +1018,5 @@ def rescore(workdir: str | os.PathLike, data_dir: str | os.PathLike | None = Non
   feats = account_features(run.dataset, run.config)
   out = pathlib.Path(out_dir) if out_dir else run.workdir
   return evaluate_tables(run.config, run.dataset, run.tables, run.params, feats, run.w_a,
-                         saved_concept_metrics(run.workdir), out)
+                         saved_concept_metrics(run.workdir), out,
+                         ranker_loss=read_ranker_loss(run.workdir))

@@ -135,16 +135,22 @@ class RunError(ValueError):
 def _check_same_accounts_and_posts(workdir: pathlib.Path, ddir: pathlib.Path) -> None:
   """Raises RunError when ``ddir``'s accounts.jsonl or posts.jsonl is not the file the run was
   trained on (its sha256 against the run's ``data_digests.json``; a run without that record is
-  not checked): the concept layer's outputs and the account features are the run's."""
+  not checked, an unreadable record is refused): the concept layer's outputs and the account
+  features are the run's."""
   from camera_jax import pipeline
   record = workdir / pipeline.DATA_RECORD
+  if not record.exists():
+    return
   try:
     before = json.loads(record.read_text(encoding="utf-8"))
-  except (OSError, ValueError):
-    return
+    why = "" if isinstance(before, dict) else "not a JSON object"
+  except (OSError, ValueError) as e:
+    before, why = None, f"{e}"[:80]
+  if why:
+    raise RunError(f"{record}: cannot read the run's record of its dataset ({why}), so the "
+                   "dataset cannot be checked against the run")
   for name in (format_lib.ACCOUNTS_FILE, format_lib.POSTS_FILE):
-    if isinstance(before, dict) and name in before and \
-        pipeline.file_sha256(ddir / name) != before[name]:
+    if name in before and pipeline.file_sha256(ddir / name) != before[name]:
       raise RunError(
           f"{ddir / name}: not the file the run was trained on (its sha256 differs from "
           f"{record}'s); the run's concept layer and account features come from its own accounts "

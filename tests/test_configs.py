@@ -109,11 +109,15 @@ def test_unset_loss_flags_keep_each_losss_own_defaults_and_loss_hparams_reach_th
   assert pipeline.check_config(config_lib.Config(loss="infonce", temperature=0.5,
                                                  loss_hparams="temperature=0.5")) == [
       "--loss_hparams=temperature=0.5: temperature is also set by --temperature=0.5; set it once"]
-  # metrics.json's record of the loss: every setting, the loss's own defaults included
+  # ... which a run made before that check still loads with: --loss_hparams won
+  both = config_lib.Config(loss="hinge", margin=3.0, loss_hparams="margin=2.0")
+  assert pipeline.ranker_config(both).loss_hparams == (("margin", 2.0),) and value(both) == 2.0
+  # the record of the loss a ranker trains with: every setting, the loss's own defaults included
   assert pipeline.ranker_loss_record(config_lib.Config(loss="hinge")) == {
       "name": "hinge", "settings": {"margin": 1.0, "squared": False}}
   assert pipeline.ranker_loss_record(sq) == {"name": "hinge", "settings": {"margin": 3.0, "squared": True}}
   assert pipeline.ranker_loss_record(config_lib.Config(loss="bpr", margin=3.0)) == {"name": "bpr", "settings": {}}
+
 
   # a setting the loss cannot train with is refused before any work, whichever flag set it
   assert pipeline.check_config(config_lib.Config(loss="infonce", temperature=0.0)) == [
@@ -138,6 +142,38 @@ def test_unset_loss_flags_keep_each_losss_own_defaults_and_loss_hparams_reach_th
     back = _parse(path, monkeypatch)
     assert back == unset and back.margin is None and back.temperature is None
 
+
+def test_a_loss_default_that_is_not_a_json_value_is_recorded_as_its_repr(monkeypatch):
+  monkeypatch.setattr(losses, "settings_of", lambda name, **kw: {"act": abs, "margin": 1.0})
+  assert pipeline.ranker_loss_record(config_lib.Config()) == {
+      "name": "triplet", "settings": {"act": "<built-in function abs>", "margin": 1.0}}
+
+
+def test_a_ranker_trained_with_other_loss_settings_is_refused(tmp_path):
+  """The record beside the ranker's checkpoints catches what flags.txt cannot: a loss whose own
+  default changed in the code since the ranker trained (here played by another --margin)."""
+  ckpt = tmp_path / "checkpoints" / "ranker"
+  record = tmp_path / pipeline.RANKER_LOSS_RECORD
+  hinge = config_lib.Config(loss="hinge")
+  pipeline.check_ranker_loss(hinge, tmp_path)                  # no ranker, no record: nothing
+  assert not record.exists()
+  pipeline.check_ranker_loss(hinge, tmp_path, write=True)      # the ranker is about to train
+  assert pipeline.read_ranker_loss(tmp_path) == {"name": "hinge", "settings": {"margin": 1.0, "squared": False}}
+  ckpt.mkdir(parents=True)                                     # the ranker trains
+  pipeline.check_ranker_loss(hinge, tmp_path)                  # the same settings: fine
+  with pytest.raises(pipeline.ConfigError) as e:
+    pipeline.check_ranker_loss(hinge.replace(margin=2.0), tmp_path)
+  assert e.value.errors == [
+      f"{record}: the ranker in {ckpt} was trained with loss hinge (margin=1.0, squared=False); "
+      f"hinge now gives (margin=2.0, squared=False) (its code changed since?); use a new "
+      f"--workdir, or delete {ckpt} to train it again"]
+  ckpt.rmdir()                                                 # deleted to train it again
+  pipeline.check_ranker_loss(hinge.replace(margin=2.0), tmp_path, write=True)
+  assert pipeline.read_ranker_loss(tmp_path)["settings"]["margin"] == 2.0
+  record.unlink()                                              # a ranker from before the records
+  ckpt.mkdir()
+  pipeline.check_ranker_loss(hinge, tmp_path, write=True)     # not written over its checkpoints
+  assert pipeline.read_ranker_loss(tmp_path) is None
 
 def test_the_check_before_the_process_group_starts_no_jax_backend():
   """train.py checks its flags before jax.distributed.initialize, which must come before any

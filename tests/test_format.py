@@ -569,6 +569,15 @@ def test_an_unreadable_records_file_is_reported_first_without_a_cascade(tmp_path
     assert all(e.startswith(file + ":") for e in errors), errors
 
 
+def test_posts_that_name_no_account_do_not_blame_the_accounts(tmp_path):
+    rec = base_records()
+    for p in rec["posts"]:
+        p["acct"] = p.pop("account")
+    errors = fmt.validate(write_dataset(tmp_path / "ds", rec))
+    assert errors[0] == 'posts.jsonl:1: missing required field "account"', errors
+    assert not [e for e in errors if e.startswith("accounts.jsonl")], errors
+
+
 def test_an_image_path_that_is_a_directory_is_not_a_file(tmp_path):
     rec = base_records()
     rel = rec["posts"][0]["image"]

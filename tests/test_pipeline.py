@@ -106,6 +106,8 @@ def test_workdir_has_every_documented_file(tiny_run, tiny_data):
   # the loss and every setting it trained with: the triplet's own margin, which no flag set
   assert (cfg.loss, cfg.margin, cfg.loss_hparams) == ("triplet", None, "")
   assert metrics["ranker_loss"] == {"name": "triplet", "settings": {"margin": 7.0}}
+  record = workdir / pipeline.RANKER_LOSS_RECORD   # written when the ranker trained
+  assert json.loads(record.read_text()) == metrics["ranker_loss"]
 
 
 def test_train_log_has_every_epoch_and_the_ranker_loss_goes_down(tiny_run, tiny_data):
@@ -321,6 +323,12 @@ def test_an_unfinished_or_misread_run_is_refused_in_one_line(tiny_run, tmp_path)
   shutil.rmtree(copy / "checkpoints" / "ranker" / str(steps[-1]))
   with pytest.raises(ValueError, match=f"stopped after epoch {steps[-2]} of {steps[-1]}"):
     run_lib.load_run(copy)
+  digests = (copy / "data_digests.json").read_text()
+  (copy / "data_digests.json").write_text("[]")
+  with pytest.raises(run_lib.RunError, match=r"data_digests.json: cannot read the run's record "
+                     r"of its dataset \(not a JSON object\)"):
+    run_lib.load_run(copy)
+  (copy / "data_digests.json").write_text(digests)
   flags = (copy / "flags.txt").read_text().splitlines()
   line = next(i for i, l in enumerate(flags) if l.startswith("--epochs="))
   flags[line] = "--epochs=twenty"

@@ -270,21 +270,34 @@ def test_new_brand_posts_are_checked_as_a_datasets_posts(tmp_path, raw, error):
     assert len(e.value.errors) == 1 and e.value.errors[0].startswith(error), e.value.errors
 
 
-def test_new_brand_account_json_problems_name_their_line(tmp_path):
+@pytest.mark.parametrize("raw, error", [
+    (json.dumps({"id": "acme", "category": "a", "followers": "12k"}, indent=2).encode(),
+     'account.json:4: field "followers" must be an int > 0, got "12k"'),
+    (b'{\n  "id": "acme",\n  "category": "caf\xe9"\n}',
+     "account.json:3: not valid UTF-8 (invalid continuation byte at byte 18)"),
+    (b'{"id": "acme", "id": "acme2"}', 'account.json:1: field "id" appears more than once'),
+    # a byte-order mark does not shift the line or the byte of a problem
+    (b'\xef\xbb\xbf{"followers": 5,\n "id": "\xff"}',
+     "account.json:2: not valid UTF-8 (invalid start byte at byte 8)"),
+    (b'{\n  "id": "acme",\n  "category": "\\ud83d"\n}',
+     'account.json:3: field "category" holds an unpaired UTF-16 surrogate \\ud83d (text cut '
+     'inside a character?): not valid Unicode'),
+])
+def test_new_brand_account_json_problems_name_their_line(tmp_path, raw, error):
     d = _brand_dir(tmp_path)
-    (d / "account.json").write_text(json.dumps({"id": "acme", "category": "a", "followers": "12k"},
-                                               indent=2))
+    (d / "account.json").write_bytes(raw)
     with pytest.raises(fmt.DatasetError) as e:
         rec.read_brand_dir(d)
-    assert e.value.errors == ['account.json:4: field "followers" must be an int > 0, got "12k"']
-    (d / "account.json").write_bytes(b'{\n  "id": "acme",\n  "category": "caf\xe9"\n}')
+    assert e.value.errors == [error]
+
+
+def test_new_brand_id_from_the_posts_is_checked_as_an_id(tmp_path):
+    d = _brand_dir(tmp_path, with_account=False)
+    _replace_post_line(d, 1, json.dumps({"id": "nb1", "account": "acme\nwatches", "image": "img/1.jpg",
+                                         "caption": "x", "likes": 5, "comments": 1}).encode())
     with pytest.raises(fmt.DatasetError) as e:
         rec.read_brand_dir(d)
-    assert e.value.errors == ["account.json:3: not valid UTF-8 (invalid continuation byte at byte 18)"]
-    (d / "account.json").write_text('{"id": "acme", "id": "acme2"}')
-    with pytest.raises(fmt.DatasetError) as e:
-        rec.read_brand_dir(d)
-    assert e.value.errors == ['account.json:1: field "id" appears more than once']
+    assert e.value.errors == ['posts.jsonl:2: field "account": \'acme\\nwatches\' holds a line break']
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -715,7 +715,7 @@ def _scan(data_dir: str | os.PathLike[str], check_images: bool) -> _Scan:
         if not post_line:
             _none_read("post", root / POSTS_FILE, errs)
         have_posts = bool(post_line)
-        if have_accounts and have_posts:
+        if have_accounts and have_posts and n_posts:   # (no post named an account: reported there)
             for aid, line in account_line.items():
                 if n_posts.get(aid, 0) == 0:
                     files[ACCOUNTS_FILE].add(line, f'field "id": account {aid!r} has no posts in {POSTS_FILE}')

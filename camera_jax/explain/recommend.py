@@ -37,6 +37,7 @@ a fixed-width text table.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import io
@@ -227,8 +228,10 @@ def read_brand_dir(brand_dir: str | pathlib.Path,
         # Read as the dataset's files are (format.py): each problem on the line it is on.
         text, obj = "", {}
         raw = acc_file.read_bytes()
+        if raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
         try:
-            text = raw.decode("utf-8-sig")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             column = e.start - (raw.rfind(b"\n", 0, e.start) + 1)   # as format.py: in the line
             acc_errs.add(raw.count(b"\n", 0, e.start) + 1,
@@ -248,6 +251,12 @@ def read_brand_dir(brand_dir: str | pathlib.Path,
         if not isinstance(obj, dict):
             acc_errs.add(1, f"expected a JSON object, got {fmt._json_type(obj)}")
             obj = {}
+        bad = fmt._surrogate_field(obj)
+        if bad is not None:
+            acc_errs.add(fmt._key_line(text, bad[0]) or 1,
+                         f'field "{bad[0]}" holds an unpaired UTF-16 surrogate {bad[1]} (text cut '
+                         f'inside a character?): not valid Unicode')
+            obj = {}
 
         def field(name: str) -> Any:
             return fmt._Record(obj, fmt._key_line(text, name) or 1, acc_errs)
@@ -266,9 +275,14 @@ def read_brand_dir(brand_dir: str | pathlib.Path,
             account["category"] = category or ""
     errs = fmt._FileErrors("posts.jsonl")
     raw_posts = list(fmt._iter_jsonl(posts_file, errs))
-    owners = {o.get("account") for _, o in raw_posts if isinstance(o.get("account"), str)}
+    owners = {}
+    for lineno, obj in raw_posts:   # an optional "account" is checked as a dataset's post's is
+        if "account" in obj:
+            owner = fmt._Record(obj, lineno, errs).identifier("account")
+            if owner is not None:
+                owners.setdefault(owner, lineno)
     if account["id"] is None:
-        account["id"] = owners.pop() if len(owners) == 1 else root.resolve().name
+        account["id"] = next(iter(owners)) if len(owners) == 1 else root.resolve().name
     seen: set[str] = set()
     posts = []
     for lineno, obj in raw_posts:
