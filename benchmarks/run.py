@@ -850,7 +850,7 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
         if entry is not None:
           entry["met"] = None
   out["no_recompilation"] = {"max_jit_cache_size": max(caches) if caches else None,
-                             "met": bool(caches) and max(caches) == 1}
+                             "met": max(caches) == 1 if caches else None}   # None: not measured
   return out
 
 
@@ -884,11 +884,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   bad = [s for s in only if s not in SECTIONS]
   if bad:
     p.error(f"--only: unknown section(s) {bad}; choose from {list(SECTIONS)}")
+  if not only:
+    p.error(f"--only: no section named; choose from {list(SECTIONS)}")
   args.only = only
-  if args.out:
-    parent = pathlib.Path(args.out).resolve().parent
-    if not parent.is_dir():
+  if args.out:  # checked now, not after minutes of measuring
+    out = pathlib.Path(args.out).resolve()
+    parent = out.parent
+    if not parent.exists():
       p.error(f"--out: directory {parent} does not exist")
+    if not parent.is_dir():
+      p.error(f"--out: {parent} is not a directory")
+    if out.is_dir():
+      p.error(f"--out: {out} is a directory")
+    try:
+      with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".probe"):
+        pass
+    except OSError as e:
+      p.error(f"--out: cannot write in {parent} ({e.strerror or e})")
   return args
 
 

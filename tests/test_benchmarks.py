@@ -132,10 +132,40 @@ def test_quick_bf16_benchmark_reports_the_bf16_peak_rows_and_targets(tmp_path):
   assert report["bf16"]["rank_correlation"] > 0.99
 
 
-def test_bad_arguments_fail_with_one_line(tmp_path):
+def test_bad_arguments_fail_with_one_line(tmp_path, capsys):
   proc = subprocess.run([sys.executable, "benchmarks/run.py", "--only=nope"], cwd=REPO,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nope" in proc.stderr
+  # --out is checked before any measurement, not when the report is written minutes later
+  (tmp_path / "file").write_text("")
+  (tmp_path / "dir").mkdir()
+  for argv, message in (
+      (["--only="], "--only: no section named"),
+      ([f"--out={tmp_path / 'missing' / 'b.json'}"], f"--out: directory {tmp_path / 'missing'} does not exist"),
+      ([f"--out={tmp_path / 'file' / 'b.json'}"], f"--out: {tmp_path / 'file'} is not a directory"),
+      ([f"--out={tmp_path / 'dir'}"], f"--out: {tmp_path / 'dir'} is a directory"),
+  ):
+    with pytest.raises(SystemExit) as e:
+      bench.parse_args(argv)
+    assert e.value.code == 2, argv
+    assert capsys.readouterr().err.startswith(f"benchmarks/run.py: error: {message}"), argv
+  for argv, message in (([f"--out={tmp_path / 'dir'}"], "is a directory"),):
+    proc = subprocess.run([sys.executable, "benchmarks/run.py", *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"benchmarks/run.py: error: --out: {tmp_path / 'dir'} is a directory"], proc.stderr
+
+
+def test_unwritable_out_is_refused_before_any_measurement(tmp_path, monkeypatch, capsys):
+  def no_write(*args, **kwargs):
+    raise PermissionError(13, "Permission denied")
+  monkeypatch.setattr(bench.tempfile, "NamedTemporaryFile", no_write)
+  with pytest.raises(SystemExit) as e:
+    bench.parse_args([f"--out={tmp_path / 'b.json'}"])
+  assert e.value.code == 2
+  assert capsys.readouterr().err == (f"benchmarks/run.py: error: --out: cannot write in {tmp_path} "
+                                     "(Permission denied)\n")
+  assert list(tmp_path.iterdir()) == []
 
 
 def _target_report(backend):
@@ -160,6 +190,8 @@ def test_targets_are_judged_on_the_cpu_only():
   assert cpu["catalogue_scoring@74x797"]["required_gflops"] == pytest.approx(240.0)
   assert cpu["ranker_train_step@512"] is None and cpu["cosmic_train_step@64"] is None
   assert cpu["no_recompilation"] == {"max_jit_cache_size": 1, "met": True}
+  nothing = bench.targets({"meta": {"backend": "cpu"}, "results": []})   # e.g. --only=input
+  assert nothing["no_recompilation"] == {"max_jit_cache_size": None, "met": None}
   gpu = bench.targets(_target_report("gpu"))
   # on a GPU the same rows are reported, not judged (the targets are for the 2-core CPU)
   for name in ("ranker_train_step@8", "catalogue_scoring@74x797"):
