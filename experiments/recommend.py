@@ -23,7 +23,8 @@ import _cli  # noqa: E402
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory of a finished run")
 _BRAND = flags.DEFINE_string("brand", None, "brand id of the run's dataset")
 _BRAND_DIR = flags.DEFINE_string("brand_dir", None, "folder of a new brand (posts.jsonl, images, account.json)")
-_TOP_K = flags.DEFINE_integer("top_k", 10, "number of influencers (0: all candidates)")
+_TOP_K = flags.DEFINE_integer("top_k", 10, "number of influencers (0: all candidates)",
+                              lower_bound=0)
 _FORMAT = flags.DEFINE_enum("format", "table", ["table", "json", "csv"], "output format")
 _CANDIDATES = flags.DEFINE_list("candidates", None, "influencer ids to rank (default: the split's candidates)")
 

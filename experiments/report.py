@@ -19,7 +19,8 @@ import _cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory of a finished run")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "output folder (default: WORKDIR/report)")
-_N_CASES = flags.DEFINE_integer("n_cases", 3, "number of test brands in the case studies")
+_N_CASES = flags.DEFINE_integer("n_cases", 3, "number of test brands in the case studies",
+                                lower_bound=0)
 _SEED = flags.DEFINE_integer("seed", 0, "seed of the case-study brand draw")
 
 

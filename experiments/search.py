@@ -24,7 +24,8 @@ import _cli  # noqa: E402
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory of a finished run")
 _KEYWORDS = flags.DEFINE_list("keywords", None, "comma-separated keywords")
 _TOP_K = flags.DEFINE_integer("top_k", 3, "results per method", lower_bound=1)
-_TOP_CONCEPTS = flags.DEFINE_integer("top_concepts", 10, "concepts per influencer in the score")
+_TOP_CONCEPTS = flags.DEFINE_integer("top_concepts", 10, "concepts per influencer in the score",
+                                     lower_bound=1)
 _FORMAT = flags.DEFINE_enum("format", "table", ["table", "json"], "output format")
 _RELEVANT = flags.DEFINE_list("relevant", None, "concepts that count as relevant for the precision line")
 _BASELINES = flags.DEFINE_bool("baselines", True, "also run the two baselines")
@@ -81,7 +82,8 @@ def main(argv) -> int:
     for r in doc["caption_match"] + doc["exact_match"]:
       r["category"] = categories.get(r["influencer"], "")
   if _RELEVANT.value:
-    top = {i: [run.concepts[c] for c in run.top_idx[run.account_index[i]]] for i in ids}
+    from camera_jax.explain.shown import supported_top
+    top = {i: [run.concepts[c] for c in supported_top(run, run.account_index[i])] for i in ids}
     doc["precision"] = {
         k: search.search_precision(doc[k], _RELEVANT.value, concepts_of=top)
         for k in ("camera", "caption_match", "exact_match") if k in doc}

@@ -323,6 +323,13 @@ def test_an_unfinished_or_misread_run_is_refused_in_one_line(tiny_run, tmp_path)
   shutil.rmtree(copy / "checkpoints" / "ranker" / str(steps[-1]))
   with pytest.raises(ValueError, match=f"stopped after epoch {steps[-2]} of {steps[-1]}"):
     run_lib.load_run(copy)
+  # no ranker at all: refused without creating its directory (a checkpoint manager would)
+  ranker_dir = copy / "checkpoints" / "ranker"
+  shutil.move(ranker_dir, copy / "ranker.moved")
+  with pytest.raises(FileNotFoundError, match="no ranker checkpoint"):
+    run_lib.load_run(copy)
+  assert not ranker_dir.exists()
+  shutil.move(copy / "ranker.moved", ranker_dir)
   digests = (copy / "data_digests.json").read_text()
   (copy / "data_digests.json").write_text("[]")
   with pytest.raises(run_lib.RunError, match=r"data_digests.json: cannot read the run's record "

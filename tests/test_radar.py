@@ -106,3 +106,29 @@ def test_account_and_pair_charts(tmp_path):
     assert "w_b" in fb.axes[0].get_title() and "w_m" in fm.axes[0].get_title()
     with pytest.raises(KeyError, match="brand_food"):
         radar.account_chart(run, "brand_fod")
+
+
+def test_filler_concepts_are_left_out_of_charts_and_concept_lists(tmp_path):
+    """An account with fewer than K concepts its posts show has its K slots filled with others
+    (tables.top_mask False, zero attention): the explanations leave those out."""
+    import types
+
+    from camera_jax.explain import recommend as rec
+    from camera_jax.explain import shown
+
+    run = make_run(tmp_path)
+    m = run.account_index["infl_foodie"]
+    mask = np.ones(np.shape(run.top_idx), bool)
+    mask[m, 3:] = False                                  # only its first 3 concepts are shown
+    run.tables = types.SimpleNamespace(top_mask=mask)
+    kept = [run.concepts[int(c)] for c in run.top_idx[m][:3]]
+    assert shown.supported_top(run, m) == [int(c) for c in run.top_idx[m][:3]]
+    pair = radar.pair_concepts(run, "brand_food", "infl_foodie")
+    assert pair["influencer_names"] == kept and len(pair["w_m"]) == 3
+    assert len(pair["brand_names"]) == len(pair["w_b"]) == np.shape(run.top_idx)[1]
+    names, weights = radar.account_concepts(run, "infl_foodie", top=10)
+    assert names == kept and len(weights) == 3
+    _, fm = radar.pair_charts(run, "brand_food", "infl_foodie")
+    assert sorted(_names(fm)) == sorted(radar.concept_label(n) for n in kept)
+    (row,) = [r for r in rec.recommend(run, "brand_food", top_k=0) if r["influencer"] == "infl_foodie"]
+    assert sorted(c["concept"] for c in row["influencer_concepts"]) == sorted(kept)

@@ -214,10 +214,20 @@ def _row(run: Any, account_id: str) -> int:
 
 
 def account_concepts(run: Any, account_id: str, top: int = 10) -> tuple[list[str], np.ndarray]:
-    """Top-``top`` concepts of an account by ``w_a`` (descending) and their ``w_a`` weights."""
-    w_a = np.asarray(run.w_a[_row(run, account_id)], dtype=np.float64)
+    """Top-``top`` concepts of an account by ``w_a`` (descending) and their ``w_a`` weights. For an
+    account whose posts show fewer than the run's K concepts, only those (at most ``top``), not
+    the fillers of its top-K (:mod:`camera_jax.explain.shown`)."""
+    from camera_jax.explain.shown import shown_concepts, supported_top
+
+    row = _row(run, account_id)
+    w_a = np.asarray(run.w_a[row], dtype=np.float64)
     top = max(1, min(int(top), w_a.shape[0]))
-    idx = np.argsort(-w_a, kind="stable")[:top]
+    shown = shown_concepts(run, row)
+    supported = supported_top(run, row)
+    if supported and (not shown.all() or top <= len(shown)):
+        idx = np.asarray(supported[:top], dtype=np.int64)
+    else:
+        idx = np.argsort(-w_a, kind="stable")[:top]
     return [run.concepts[i] for i in idx], w_a[idx]
 
 
@@ -252,14 +262,21 @@ def pair_concepts(run: Any, brand_id: str, influencer_id: str) -> dict[str, Any]
     b = _row(run, brand_id)
     m = _row(run, influencer_id)
     out = run.score(np.asarray([b], dtype=np.int64), np.asarray([m], dtype=np.int64))
-    top_idx = np.asarray(run.top_idx)
-    return {
-        "brand_names": [run.concepts[int(i)] for i in top_idx[b]],
-        "w_b": np.asarray(out["w_b"], dtype=np.float64)[0],
-        "influencer_names": [run.concepts[int(i)] for i in top_idx[m]],
-        "w_m": np.asarray(out["w_m"], dtype=np.float64)[0],
-        **{k: float(np.asarray(out[k]).reshape(-1)[0]) for k in ("S", "S_con", "S_ed", "S_in")},
-    }
+    return {**supported_weights(run, b, np.asarray(out["w_b"], dtype=np.float64)[0], "brand", "w_b"),
+            **supported_weights(run, m, np.asarray(out["w_m"], dtype=np.float64)[0],
+                                "influencer", "w_m"),
+            **{k: float(np.asarray(out[k]).reshape(-1)[0]) for k in ("S", "S_con", "S_ed", "S_in")}}
+
+
+def supported_weights(run: Any, row: int, weights: np.ndarray, side: str, key: str) -> dict[str, Any]:
+    """``{side}_names`` and ``key``: the account's top-K concepts its posts show and their
+    ``weights`` (given over all K slots, in ``run.top_idx`` order); the zero-weight fillers of an
+    account with fewer than K such concepts are left out (:meth:`camera_jax.run.Run.supported_top`)."""
+    from camera_jax.explain.shown import shown_concepts
+    shown = shown_concepts(run, row)
+    idx = np.asarray(run.top_idx[row]).reshape(-1)
+    return {f"{side}_names": [run.concepts[int(i)] for i in idx[shown]],
+            key: np.asarray(weights, dtype=np.float64).reshape(-1)[shown]}
 
 
 def pair_charts(

@@ -120,7 +120,10 @@ def _concept_list(run: Any, row: int, weights: np.ndarray) -> list[dict[str, Any
     idx = np.asarray(run.top_idx[row]).reshape(-1)
     hist = np.asarray(run.top_w[row], dtype=np.float64).reshape(-1)
     weights = np.asarray(weights, dtype=np.float64).reshape(-1)
-    order = sorted(range(len(idx)), key=lambda j: (-weights[j], run.concepts[int(idx[j])]))
+    from camera_jax.explain.shown import shown_concepts
+    shown = shown_concepts(run, row)   # not the zero-weight fillers
+    order = sorted((j for j in range(len(idx)) if shown[j]),
+                   key=lambda j: (-weights[j], run.concepts[int(idx[j])]))
     return [
         {"concept": str(run.concepts[int(idx[j])]), "weight": float(weights[j]), "history": float(hist[j])}
         for j in order

@@ -403,10 +403,8 @@ def _case_html(w: _Writer, case_no: int, brand: str, cands: Sequence[str]) -> st
     def pair_of(j: int) -> dict[str, Any]:
         m = int(rows[j])
         return {
-            "brand_names": [run.concepts[int(i)] for i in np.asarray(run.top_idx[b])],
-            "w_b": np.asarray(out["w_b"][j], dtype=np.float64),
-            "influencer_names": [run.concepts[int(i)] for i in np.asarray(run.top_idx[m])],
-            "w_m": np.asarray(out["w_m"][j], dtype=np.float64),
+            **radar.supported_weights(run, b, out["w_b"][j], "brand", "w_b"),
+            **radar.supported_weights(run, m, out["w_m"][j], "influencer", "w_m"),
             **{k: float(np.asarray(out[k]).reshape(-1)[j]) for k in ("S", "S_con", "S_ed", "S_in")},
         }
 

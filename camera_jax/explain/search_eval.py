@@ -46,7 +46,8 @@ def evaluate_search(run: Any, *, top_k: int = 5, lengths: Sequence[int] = (1, 2,
   w_a = np.asarray(run.w_a)[rows]
   category = {a.id: a.category for a in infl}
   concepts = list(run.concepts)
-  top = {i: [concepts[c] for c in np.argsort(-w_a[k], kind="stable")[:10]] for k, i in enumerate(ids)}
+  from camera_jax.explain.shown import supported_top
+  top = {i: [concepts[c] for c in supported_top(run, r)] for i, r in zip(ids, rows)}
   captions: dict[str, list[str]] = {i: [] for i in ids}
   for p in ds.posts:
     if p.account in captions:

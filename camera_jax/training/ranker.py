@@ -547,6 +547,11 @@ def restore_params(cfg: RankerConfig, tables: Tables, ckpt_dir: pathlib.Path, *,
   ``finished``: raise ValueError when the latest checkpoint is of an epoch before
   ``cfg.epochs`` (a run stopped before its end).
   """
+  # Checked before a checkpoint manager opens the directory: it would create a missing one (a
+  # read-only command leaving an empty checkpoints/ranker behind) and start a clean-up thread
+  # that can outlive the refusal and print a traceback at exit.
+  if not pathlib.Path(ckpt_dir).is_dir():
+    raise FileNotFoundError(f"{ckpt_dir}: no ranker checkpoint")
   params = init_params(cfg, tables, jax.random.PRNGKey(0))
   tx = make_optimizer(cfg, 1)
   state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)

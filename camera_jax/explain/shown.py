@@ -1,0 +1,30 @@
+"""Which of an account's top-K concepts the explanations show.
+
+An account with fewer than K concepts of z' sum > 0 (eq. 5) has its K slots of ``top_idx`` filled
+with others (``tables.top_mask`` False). The BCAM attention masks them out (their w_b / w_m are
+0) and their w_a is the account's smallest; the recommendations' concept lists, the radar charts
+and the search labels leave them out rather than show a food influencer's "car 0".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def shown_concepts(run: Any, row: int) -> np.ndarray:
+  """[K] bool: which of ``run.top_idx[row]`` the account's posts show. An account with fewer
+  than K concepts of z' sum > 0 has its K slots filled with others (``tables.top_mask`` False):
+  the attention masks them out (their w_b / w_m are 0), and neither the charts, the
+  recommendations' concept lists nor the search labels show them as the account's. A run
+  object without a mask (``tables.top_mask``) shows every slot."""
+  k = np.asarray(run.top_idx[row]).reshape(-1).shape[0]
+  mask = getattr(getattr(run, "tables", None), "top_mask", None)
+  return np.ones(k, bool) if mask is None else np.asarray(mask[row], bool).reshape(-1)
+
+
+def supported_top(run: Any, row: int) -> list[int]:
+  """The concept indices of ``run.top_idx[row]`` that :func:`shown_concepts` keeps, in order."""
+  idx = np.asarray(run.top_idx[row]).reshape(-1)
+  return [int(c) for c in idx[shown_concepts(run, row)]]
