@@ -28,3 +28,18 @@ def test_camera_search_is_never_empty_on_the_tiny_run(tiny_run):
   exact = result["methods"]["exact"]
   assert exact["3"]["empty_rate"] >= exact["1"]["empty_rate"]
   assert 0.0 < result["chance_category_share"] < 1.0
+
+
+def test_cli_refuses_an_out_path_it_cannot_write_before_any_work(tmp_path):
+  import subprocess
+  import sys
+
+  from conftest import REPO, repo_on_pythonpath
+
+  for out, message in ((tmp_path, f"--out={tmp_path}: {tmp_path} is a directory"),
+                       (tmp_path / "no" / "x.json",
+                        f"--out={tmp_path / 'no' / 'x.json'}: directory {tmp_path / 'no'} does not exist")):
+    proc = subprocess.run([sys.executable, "experiments/search_eval.py", f"--workdir={tmp_path / 'run'}",
+                           f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=repo_on_pythonpath())
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [message], proc.stderr
