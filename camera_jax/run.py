@@ -108,12 +108,6 @@ class Run:
     return np.asarray(cg_lib.predict_multi_hot(np.asarray(logits), threshold=cfg.cg_threshold,
                                                min_k=cfg.cg_min_k, max_k=cfg.cg_max_k))
 
-  def supported_top(self, row: int) -> list[int]:
-    """The concepts of ``top_idx[row]`` (in its order) that the account's posts show
-    (:func:`camera_jax.explain.shown.shown_concepts`)."""
-    from camera_jax.explain import shown
-    return shown.supported_top(self, row)
-
   def add_account(self, account_id: str, rep: dict[str, Any], category: str = "") -> int:
     """Appends an unseen account (from ``represent_posts``); returns its row."""
     if account_id in self.account_index:

@@ -132,3 +132,6 @@ def test_filler_concepts_are_left_out_of_charts_and_concept_lists(tmp_path):
     assert sorted(_names(fm)) == sorted(radar.concept_label(n) for n in kept)
     (row,) = [r for r in rec.recommend(run, "brand_food", top_k=0) if r["influencer"] == "infl_foodie"]
     assert sorted(c["concept"] for c in row["influencer_concepts"]) == sorted(kept)
+    mask[m, :] = False                                   # nothing shown: every slot, not no spoke
+    assert shown.supported_top(run, m) == [int(c) for c in run.top_idx[m]]
+    radar.pair_charts(run, "brand_food", "infl_foodie")

@@ -271,7 +271,7 @@ def pair_concepts(run: Any, brand_id: str, influencer_id: str) -> dict[str, Any]
 def supported_weights(run: Any, row: int, weights: np.ndarray, side: str, key: str) -> dict[str, Any]:
     """``{side}_names`` and ``key``: the account's top-K concepts its posts show and their
     ``weights`` (given over all K slots, in ``run.top_idx`` order); the zero-weight fillers of an
-    account with fewer than K such concepts are left out (:meth:`camera_jax.run.Run.supported_top`)."""
+    account with fewer than K such concepts are left out (:mod:`camera_jax.explain.shown`)."""
     from camera_jax.explain.shown import shown_concepts
     shown = shown_concepts(run, row)
     idx = np.asarray(run.top_idx[row]).reshape(-1)

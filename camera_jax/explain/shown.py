@@ -18,10 +18,12 @@ def shown_concepts(run: Any, row: int) -> np.ndarray:
   than K concepts of z' sum > 0 has its K slots filled with others (``tables.top_mask`` False):
   the attention masks them out (their w_b / w_m are 0), and neither the charts, the
   recommendations' concept lists nor the search labels show them as the account's. A run
-  object without a mask (``tables.top_mask``) shows every slot."""
+  object without a mask (``tables.top_mask``), or an account none of whose slots its posts
+  show, shows every slot (a chart needs a spoke)."""
   k = np.asarray(run.top_idx[row]).reshape(-1).shape[0]
   mask = getattr(getattr(run, "tables", None), "top_mask", None)
-  return np.ones(k, bool) if mask is None else np.asarray(mask[row], bool).reshape(-1)
+  shown = None if mask is None else np.asarray(mask[row], bool).reshape(-1)
+  return np.ones(k, bool) if shown is None or not shown.any() else shown
 
 
 def supported_top(run: Any, row: int) -> list[int]:
