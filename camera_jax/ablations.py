@@ -94,10 +94,13 @@ class ConfigMismatchError(ValueError):
 def resolve_methods(names: Sequence[str] | None) -> tuple[str, ...]:
   """Canonical method names (case-insensitive input) in table order; CAMERA is always included.
 
-  Raises ValueError naming the unknown method and the known ones.
+  Raises ValueError naming the unknown method and the known ones, or when ``names`` holds only
+  empty names (``--methods=,``; no names at all is every method).
   """
   if not names:
     return METHODS
+  if not any(str(n).strip() for n in names):
+    raise ValueError(f"no method named in {','.join(map(str, names))!r}; known: {', '.join(METHODS)}")
   by_key = {m.lower(): m for m in METHODS}
   chosen = {"CAMERA"}
   for name in names:

@@ -8,7 +8,7 @@ Every Config flag works as in experiments/train.py (the flagfile's --seed is rep
 --seeds). Writes WORKDIR/table2.{md,csv,json}, WORKDIR/table3.{md,csv,json} and
 WORKDIR/significance.{md,json}; a rerun with the same flags resumes (finished runs are reused).
 Layout and method definitions: camera_jax/ablations.py and docs/evaluation.md. Errors print one
-line to stderr and exit with status 1.
+line to stderr (a flag check: one line per problem) and exit with status 1.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def main(argv) -> int:
     return _fail(f"--seeds must be integers, got {','.join(_SEEDS.value)}")
   if not seeds or len(set(seeds)) != len(seeds):
     return _fail("--seeds must list at least one seed, without repeats")
+  bad = [s for s in seeds if not 0 <= s < 2 ** 32]   # before any seed's work starts
+  if bad:
+    return _fail(f"--seeds must lie in [0, 2^32), got {bad[0]}")
   if _N_RESAMPLES.value < 1:
     return _fail("--n_resamples must be >= 1")
   if not 0 < _ALPHA.value < 1:
@@ -83,8 +86,9 @@ def main(argv) -> int:
                                      alpha=_ALPHA.value, progress=lambda s: logging.info("%s", s))
   except format_lib.DatasetError as e:
     return _fail(e.errors[0] if e.errors else str(e))
-  except (ValueError, FileNotFoundError, trainer.NonFiniteError) as e:
-    # ValueError: a cached directory made with other flags, or a setting that cannot work.
+  except (ValueError, OSError, trainer.NonFiniteError) as e:
+    # ValueError: a cached directory made with other flags, or a setting that cannot work;
+    # OSError: a --workdir that is not a directory, a file that cannot be read or written.
     return _fail(str(e))
   for name in ("table2", "table3", "significance"):
     print(out["markdown"][name])

@@ -28,6 +28,8 @@ def test_resolve_methods_is_case_insensitive_in_table_order_and_keeps_camera():
       "CAMERA", "Hp+MR", "C-w/o-MR", "RAND")
   with pytest.raises(ValueError, match="unknown method 'MIR'"):
     ablations.resolve_methods(["MIR"])
+  with pytest.raises(ValueError, match="no method named"):   # --methods=,
+    ablations.resolve_methods(["", ""])
 
 
 def test_variant_configs_change_only_the_ablated_switch():

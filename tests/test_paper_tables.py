@@ -173,7 +173,9 @@ def test_paper_tables_smoke_on_the_tiny_run(tmp_path, tiny_run, tiny_data):
 @pytest.mark.parametrize("args, message", [
     (["--seeds=0,x"], "--seeds must be integers"),
     (["--seeds=1,1"], "without repeats"),
+    (["--seeds=0,-1"], "--seeds must lie in [0, 2^32), got -1"),   # before seed 0 trains
     (["--methods=CAMERA,MIR"], "unknown method 'MIR'"),
+    (["--methods=,"], "no method named"),
     (["--batch_size=0"], "--batch_size=0: must be >= 1"),
 ])
 def test_paper_tables_cli_bad_input_is_one_line(tmp_path, args, message):
@@ -184,3 +186,13 @@ def test_paper_tables_cli_bad_input_is_one_line(tmp_path, args, message):
   assert message in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "w").exists()  # nothing recorded that a corrected rerun would refuse
   assert len([l for l in proc.stderr.splitlines() if l.strip() and not l.startswith(("W", "I"))]) == 1
+
+
+def test_paper_tables_cli_refuses_a_workdir_that_is_a_file_in_one_line(tmp_path):
+  (tmp_path / "file").write_text("not a directory\n")
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "experiments" / "paper_tables.py"),
+       f"--workdir={tmp_path / 'file'}", "--seeds=0"], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith(("W", "I"))]
+  assert len(lines) == 1 and "Not a directory" in lines[0], proc.stderr
