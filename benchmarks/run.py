@@ -887,20 +887,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   if not only:
     p.error(f"--only: no section named; choose from {list(SECTIONS)}")
   args.only = only
-  if args.out:  # checked now, not after minutes of measuring
-    out = pathlib.Path(args.out).resolve()
-    parent = out.parent
-    if not parent.exists():
-      p.error(f"--out: directory {parent} does not exist")
-    if not parent.is_dir():
-      p.error(f"--out: {parent} is not a directory")
-    if out.is_dir():
-      p.error(f"--out: {out} is a directory")
-    try:
-      with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".probe"):
-        pass
-    except OSError as e:
-      p.error(f"--out: cannot write in {parent} ({e.strerror or e})")
+  from camera_jax import atomic
+  problem = atomic.output_problem(args.out) if args.out else None   # not after minutes of work
+  if problem:
+    p.error(f"--out: {problem}")
   return args
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import secrets
+import tempfile
 
 
 def temp_path(path: str | os.PathLike) -> pathlib.Path:
@@ -20,6 +21,27 @@ def temp_path(path: str | os.PathLike) -> pathlib.Path:
   """
   path = pathlib.Path(path)
   return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def output_problem(path: str | os.PathLike) -> str | None:
+  """Why no file can be written at ``path``, or None: checked before a command's work, so that a
+  bad output path fails at once rather than after it (one clause, for the caller to prefix
+  with its flag): a parent that does not exist or is not a directory, ``path`` a directory, or
+  a parent where no file can be created (a probe file, removed at once).
+  """
+  out = pathlib.Path(path).resolve()
+  if not out.parent.exists():
+    return f"directory {out.parent} does not exist"
+  if not out.parent.is_dir():
+    return f"{out.parent} is not a directory"
+  if out.is_dir():
+    return f"{out} is a directory"
+  try:
+    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
+      pass
+  except OSError as e:
+    return f"cannot write in {out.parent} ({e.strerror or e})"
+  return None
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
 import sys
 from typing import Callable, Sequence
 
@@ -54,15 +53,11 @@ def error_line(e: BaseException) -> str:
 
 
 def out_file_problem(flag: str, path: str) -> str | None:
-  """Why ``--flag=path`` cannot take an output file, checked before any work (one line), or
-  None: a missing or non-directory parent, or a path that is a directory."""
-  out = pathlib.Path(path).resolve()
-  if not out.parent.is_dir():
-    what = "is not a directory" if out.parent.exists() else "does not exist"
-    return f"--{flag}={path}: directory {out.parent} {what}"
-  if out.is_dir():
-    return f"--{flag}={path}: {out} is a directory"
-  return None
+  """Why ``--flag=path`` cannot take an output file, checked before any work (one line,
+  ``camera_jax.atomic.output_problem``), or None."""
+  from camera_jax import atomic
+  problem = atomic.output_problem(path)
+  return f"--{flag}={path}: {problem}" if problem else None
 
 
 def run_errors() -> tuple[type[BaseException], ...]:

@@ -20,6 +20,7 @@ This module never reads absl flags.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import functools
 import heapq
@@ -336,12 +337,55 @@ def _iter_jsonl(path: pathlib.Path, errs: _FileErrors) -> Iterator[tuple[int, di
                 # Strict UTF-8 decoding leaves a lone surrogate only to a \u escape.
                 bad = _surrogate_field(obj) if "\\u" in text else None
                 if bad is not None:
-                    errs.add(lineno, f'field "{bad[0]}" holds an unpaired UTF-16 surrogate '
-                                     f'{bad[1]} (text cut inside a character?): not valid Unicode')
+                    errs.add(lineno, _unpaired_surrogate(*bad))
                     continue
                 yield lineno, obj
     except OSError as e:
         errs.add(lineno, f"cannot read file ({e.strerror or e})")
+
+
+def _unpaired_surrogate(field: str, escape: str) -> str:
+    return (f'field "{field}" holds an unpaired UTF-16 surrogate {escape} (text cut inside a '
+            f'character?): not valid Unicode')
+
+
+def _read_json_object(path: pathlib.Path, errs: _FileErrors) -> tuple[str, dict[str, Any]] | None:
+    """(text, object) of a file holding one JSON object (``split.json``, a new brand's
+    ``account.json``), or None with its problem reported on the line it is on: unreadable, not
+    UTF-8 (a byte-order mark is allowed), malformed or duplicate-key JSON, not an object, an
+    unpaired surrogate."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        errs.add(0, f"cannot read file ({e.strerror or e})")
+        return None
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1)   # in the line, as _decode_line
+        errs.add(raw.count(b"\n", 0, e.start) + 1, f"not valid UTF-8 ({e.reason} at byte {column})")
+        return None
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
+        errs.add(_key_line(text, e.key), f'field "{e.key}" appears more than once')
+        return None
+    except json.JSONDecodeError as e:
+        errs.add(e.lineno, f"malformed JSON: {e.msg} (column {e.colno})")
+        return None
+    except (ValueError, RecursionError) as e:
+        errs.add(0, f"malformed JSON: {type(e).__name__}: {e}")
+        return None
+    if not isinstance(obj, dict):
+        errs.add(1, f"expected a JSON object, got {_json_type(obj)}")
+        return None
+    bad = _surrogate_field(obj)
+    if bad is not None:
+        errs.add(_key_line(text, bad[0]) or 1, _unpaired_surrogate(*bad))
+        return None
+    return text, obj
 
 
 def _surrogate_field(obj: dict[str, Any]) -> tuple[str, str] | None:
@@ -508,8 +552,10 @@ def image_error(dataset: "Dataset", post_id: str, row: int, reason: str) -> str:
     return f'{path}:{line}: field "image": cannot decode {what} ({reason})'
 
 
-def _image_problem(rel: str, root: pathlib.Path, check_images: bool) -> str | None:
-    """Why the image at ``rel`` (relative to ``root``) is unusable, or None if it is fine.
+def _image_problem(rel: str, root: pathlib.Path, check_images: bool,
+                   root_name: str = "the dataset directory") -> str | None:
+    """Why the image at ``rel`` (relative to ``root``, called ``root_name`` in the messages) is
+    unusable, or None if it is fine.
 
     Without ``check_images`` only the path's form is checked (relative, inside the root).
     Symlinks inside the root are followed, so images may live on another disk.
@@ -517,10 +563,10 @@ def _image_problem(rel: str, root: pathlib.Path, check_images: bool) -> str | No
     if "\x00" in rel:
         return f'field "image": path {rel!r} contains a NUL character'
     if os.path.isabs(rel) or pathlib.PurePosixPath(rel).is_absolute():
-        return f'field "image": path {rel!r} must be relative to the dataset directory'
+        return f'field "image": path {rel!r} must be relative to {root_name}'
     norm = os.path.normpath(rel)
     if norm == os.curdir or norm == os.pardir or norm.startswith(os.pardir + os.sep):
-        return f'field "image": path {rel!r} escapes the dataset directory'
+        return f'field "image": path {rel!r} escapes {root_name}'
     if not check_images:
         return None
     path = root / rel
@@ -817,30 +863,10 @@ def _item_line(text: str, key: str, item: str) -> int:
 
 
 def _read_split(path: pathlib.Path, errs: _FileErrors, account_kind: dict[str, str] | None) -> Split | None:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        errs.add(0, f"cannot read file ({e.strerror or e})")
+    read = _read_json_object(path, errs)
+    if read is None:
         return None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        errs.add(raw.count(b"\n", 0, e.start) + 1, f"not valid UTF-8 ({e.reason})")
-        return None
-    try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except _DuplicateKey as e:
-        errs.add(0, f'field "{e.key}" appears more than once')
-        return None
-    except json.JSONDecodeError as e:
-        errs.add(e.lineno, f"malformed JSON: {e.msg} (column {e.colno})")
-        return None
-    except (ValueError, RecursionError) as e:
-        errs.add(0, f"malformed JSON: {type(e).__name__}: {e}")
-        return None
-    if not isinstance(obj, dict):
-        errs.add(1, f"expected a JSON object, got {_json_type(obj)}")
-        return None
+    text, obj = read
 
     start = errs.count
     lists: dict[str, list[str]] = {}

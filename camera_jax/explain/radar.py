@@ -217,15 +217,14 @@ def account_concepts(run: Any, account_id: str, top: int = 10) -> tuple[list[str
     """Top-``top`` concepts of an account by ``w_a`` (descending) and their ``w_a`` weights. For an
     account whose posts show fewer than the run's K concepts, only those (at most ``top``), not
     the fillers of its top-K (:mod:`camera_jax.explain.shown`)."""
-    from camera_jax.explain.shown import shown_concepts, supported_top
+    from camera_jax.explain.shown import shown_concepts
 
     row = _row(run, account_id)
     w_a = np.asarray(run.w_a[row], dtype=np.float64)
     top = max(1, min(int(top), w_a.shape[0]))
     shown = shown_concepts(run, row)
-    supported = supported_top(run, row)
-    if supported and (not shown.all() or top <= len(shown)):
-        idx = np.asarray(supported[:top], dtype=np.int64)
+    if not shown.all() or top <= len(shown):
+        idx = np.asarray(run.top_idx[row]).reshape(-1)[shown][:top].astype(np.int64)
     else:
         idx = np.argsort(-w_a, kind="stable")[:top]
     return [run.concepts[i] for i in idx], w_a[idx]

@@ -37,7 +37,6 @@ a fixed-width text table.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import difflib
 import io
@@ -228,38 +227,8 @@ def read_brand_dir(brand_dir: str | pathlib.Path,
     acc_errs = fmt._FileErrors("account.json")
     acc_file = root / "account.json"
     if acc_file.is_file():
-        # Read as the dataset's files are (format.py): each problem on the line it is on.
-        text, obj = "", {}
-        raw = acc_file.read_bytes()
-        if raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8):]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            column = e.start - (raw.rfind(b"\n", 0, e.start) + 1)   # as format.py: in the line
-            acc_errs.add(raw.count(b"\n", 0, e.start) + 1,
-                         f"not valid UTF-8 ({e.reason} at byte {column})")
-        else:
-            try:
-                obj = json.loads(text, object_pairs_hook=fmt._no_duplicate_keys)
-            except fmt._DuplicateKey as e:
-                acc_errs.add(fmt._key_line(text, e.key), f'field "{e.key}" appears more than once')
-                obj = {}
-            except json.JSONDecodeError as e:
-                acc_errs.add(e.lineno, f"malformed JSON: {e.msg} (column {e.colno})")
-                obj = {}
-            except (ValueError, RecursionError) as e:
-                acc_errs.add(0, f"malformed JSON: {type(e).__name__}: {e}")
-                obj = {}
-        if not isinstance(obj, dict):
-            acc_errs.add(1, f"expected a JSON object, got {fmt._json_type(obj)}")
-            obj = {}
-        bad = fmt._surrogate_field(obj)
-        if bad is not None:
-            acc_errs.add(fmt._key_line(text, bad[0]) or 1,
-                         f'field "{bad[0]}" holds an unpaired UTF-16 surrogate {bad[1]} (text cut '
-                         f'inside a character?): not valid Unicode')
-            obj = {}
+        # Read as a dataset's split.json is: each problem on the line it is on.
+        text, obj = fmt._read_json_object(acc_file, acc_errs) or ("", {})
 
         def field(name: str) -> Any:
             return fmt._Record(obj, fmt._key_line(text, name) or 1, acc_errs)
@@ -300,19 +269,11 @@ def read_brand_dir(brand_dir: str | pathlib.Path,
         image = r.string("image")
         if image is None:
             continue
-        rel = pathlib.PurePosixPath(image)
-        if "\x00" in image or rel.is_absolute() or ".." in rel.parts:
-            r.error(f'field "image": path {image!r} must stay inside the brand folder')
-            continue
-        if not (root / image).is_file():
-            what = "is not a file" if (root / image).exists() else "does not exist"
-            r.error(f'field "image": file {image!r} {what}')
-            continue
         # A brand's folder is small: decode every image now, as the dataset validator does,
         # rather than fail in the middle of the concept prediction.
-        reason = fmt.decode_problem(root / image)
-        if reason is not None:
-            r.error(f'field "image": cannot decode {image!r} ({reason})')
+        problem = fmt._image_problem(image, root, True, root_name="the brand folder")
+        if problem is not None:
+            r.error(problem)
             continue
         caption = r.string("caption", nonempty=False, required=False)
         likes = r.integer("likes", minimum=0)
