@@ -401,7 +401,7 @@ def concept_source_problem(cfg: Config, dataset: format_lib.Dataset,
     return (f'{dataset.root / format_lib.POSTS_FILE}:{line}: field "concepts": missing, which '
             f"--use_gt_concepts needs for every post (post {missing.id!r})")
   if not dataset.labeled_posts:
-    return (f"{dataset.root / format_lib.LABELED_POSTS_FILE}: no labeled post; the file is needed "
+    return (f"{dataset.root / format_lib.LABELED_POSTS_FILE}:0: no labeled post; the file is needed "
             f"to train the concept generator (or pass --use_gt_concepts when posts carry "
             f"`concepts`)")
   return None

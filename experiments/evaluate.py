@@ -40,7 +40,8 @@ def main(argv) -> int:
     print(_cli.error_line(e), file=sys.stderr)
     return 1
   if _DATA_DIR.value and not os.path.isdir(_DATA_DIR.value):
-    print(f"{_DATA_DIR.value}: dataset directory does not exist", file=sys.stderr)
+    print(f"{_DATA_DIR.value}: " + ("not a directory" if os.path.exists(_DATA_DIR.value)
+                                    else "dataset directory does not exist"), file=sys.stderr)
     return 1
   from camera_jax import pipeline
 

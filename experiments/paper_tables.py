@@ -75,7 +75,8 @@ def main(argv) -> int:
     return 1
   if cfg.data_dir:
     if not os.path.isdir(cfg.data_dir):
-      return _fail(f"{cfg.data_dir}: dataset directory does not exist")
+      return _fail(f"{cfg.data_dir}: " + ("not a directory" if os.path.exists(cfg.data_dir)
+                                          else "dataset directory does not exist"))
     errors = format_lib.validate(cfg.data_dir, check_images=cfg.check_images)
     if errors:
       return _fail(f"{errors[0]} ({len(errors)} problem(s) in the dataset)")

@@ -44,9 +44,7 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value or os.path.join(
       "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
   if cfg.data_dir:  # Validate first: stop before doing any work.
-    if not os.path.isdir(cfg.data_dir):
-      print(f"{cfg.data_dir}: dataset directory does not exist", file=sys.stderr)
-      return 1
+    # (A missing directory or a file gives validate's one line: 'does not exist', 'not a directory'.)
     # The form only: train_and_evaluate's load decodes the images (--check_images) as it loads,
     # before any stage, so decoding them here too would double that pass (minutes at paper scale).
     errors = format_lib.validate(cfg.data_dir, check_images=False)

@@ -646,3 +646,53 @@ def test_cli_valid_and_broken(tmp_path):
 def test_doctests():
   import doctest
   assert doctest.testmod(fmt).failed == 0
+
+
+def test_a_large_valid_image_decodes_without_pillow_warning(tmp_path, monkeypatch):
+    # Images between Pillow's MAX_IMAGE_PIXELS and twice that are valid input; Pillow's
+    # DecompressionBombWarning named neither the post nor the file (two anonymous lines).
+    # input_pipeline silences it when imported, for every thread that decodes.
+    import warnings
+
+    from camera_jax.data import input_pipeline
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 40), (9, 8, 7)).save(path)   # 1,600 pixels: over 1,000, under 2,000
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")   # Pillow alone warns
+        with Image.open(path) as im:
+            im.load()
+    assert [w.category for w in seen] == [Image.DecompressionBombWarning]
+    with warnings.catch_warnings(record=True) as seen:   # the filters as the library left them
+        pixels = input_pipeline.decode_uint8(path.read_bytes(), 8)
+        assert fmt.decode_problem(path) is None
+    assert not seen, [str(w.message) for w in seen]
+    assert pixels.shape == (8, 8, 3) and pixels[0, 0].tolist() == [9, 8, 7]
+    Image.new("RGB", (50, 50)).save(path)   # 2,500 pixels: over twice the limit, an error
+    assert fmt.decode_problem(path).startswith("DecompressionBombError")
+
+
+def _renamed(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _renamed(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_renamed(v, old, new) for v in value]
+    return value.replace(old, new) if isinstance(value, str) else value
+
+
+def test_an_id_that_differs_only_in_unicode_normalization_is_explained(tmp_path):
+    # 'café' composed (U+00E9) and decomposed (e + U+0301) print alike; ids are compared exactly,
+    # so the error says why the id is unknown.
+    old, new = ACCOUNTS[0][0], "caf\u00e9_brand"
+    rec = _renamed(base_records(), old, new)
+    rec["skip_images"] = set()
+    rec["posts"][1]["account"] = "cafe\u0301_brand"
+    rec["split"] = {"train": ["cafe\u0301_brand"], "test": [], "candidates": []}
+    root = write_dataset(tmp_path / "ds", rec)
+    errors = fmt.validate(root, check_images=False)
+    hint = ("(the same text as the account id 'caf\\xe9_brand' in accounts.jsonl, in another Unicode "
+            "normalization: 'cafe\\u0301_brand'; ids must match exactly)")
+    assert f"posts.jsonl:2: field \"account\": unknown account 'cafe\u0301_brand' {hint}" in errors
+    assert any(e.startswith("split.json:") and e.endswith(hint) for e in errors), errors
+    assert not [e for e in errors if "unknown" in e and "normalization" not in e], errors

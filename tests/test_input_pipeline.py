@@ -533,3 +533,24 @@ def test_synthetic_config_builds(tmp_path):
     assert dataset.posts[int(record["row"])].id == record["id"].decode()
     assert ip.decode_image(record["image"], 24).shape == (24, 24, 3)
     del synthetic
+
+
+def test_fingerprint_and_record_line_number_lines_as_the_validator(tmp_path):
+    # A "\r" between two fields is JSON whitespace: the validator reads one line; text mode's
+    # universal newlines split it, which dropped the record's image from the fingerprint (an
+    # edited image then reused the stale TFDS build) and shifted every later line number.
+    from camera_jax.data import format as fmt
+    from camera_jax.data import synthetic, tfds_builder
+
+    root = synthetic.generate(tmp_path / "d", preset="tiny", image_size=24)
+    path = root / fmt.POSTS_FILE
+    lines = path.read_bytes().split(b"\n")
+    lines[0] = lines[0].replace(b', "image"', b',\r"image"', 1)
+    path.write_bytes(b"\n".join(lines))
+    assert fmt.validate(root, check_images=False) == []
+    image = json.loads(lines[0])["image"]
+    assert next(tfds_builder._jsonl_images(path)) == (1, image)
+    assert fmt.record_line(path, json.loads(lines[1])["id"]) == 2
+    before = tfds_builder.fingerprint(root)
+    Image.new("RGB", (7, 5)).save(root / image)
+    assert tfds_builder.fingerprint(root) != before

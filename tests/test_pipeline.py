@@ -677,7 +677,7 @@ def test_a_missing_concept_source_stops_before_any_work(tiny_data, tmp_path, mon
   with pytest.raises(pipeline.ConfigError) as err:
     pipeline.train_and_evaluate(tiny_config(data), tmp_path / "work")
   assert err.value.errors == [
-      f"{data / 'labeled_posts.jsonl'}: no labeled post; the file is needed to train the concept "
+      f"{data / 'labeled_posts.jsonl'}:0: no labeled post; the file is needed to train the concept "
       f"generator (or pass --use_gt_concepts when posts carry `concepts`)"]
   assert not (tmp_path / "work" / "word2vec").exists()
   posts = (data / "posts.jsonl").read_text().splitlines()

@@ -204,3 +204,13 @@ def test_save_load_roundtrip(embedder, tmp_path):
 def test_empty_corpus_raises():
     with pytest.raises(ValueError):
         text.train_word2vec(["", "!!"], [], dim=4, epochs=1)
+
+
+def test_tokenize_keeps_combining_marks_and_normalizes():
+    # Devanagari and Thai vowel signs and viramas are combining marks (category M), not letters:
+    # a words-only rule cut every word at them and dropped the one-character pieces.
+    assert text.tokenize("नमस्ते दुनिया खाना") == ["नमस्ते", "दुनिया", "खाना"]
+    assert text.tokenize("ครัวซองต์ อร่อย") == ["ครัวซองต์", "อร่อย"]
+    # NFD "café" (e + U+0301) is the same token as NFC "café", in captions and concept names.
+    assert text.tokenize("cafe\u0301 latte") == text.tokenize("caf\u00e9 latte") == ["café", "latte"]
+    assert text.concept_tokens("cafe\u0301") == ["café"]

@@ -29,6 +29,7 @@ import math
 import os
 import pathlib
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -520,17 +521,30 @@ def record_line(path: str | os.PathLike[str], record_id: str) -> int:
     Used to name the line of a record found bad after loading (an image that cannot be read or
     decoded when the dataset was loaded with ``check_images=False``).
     """
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                if json.loads(line).get("id") == record_id:
-                    return number
-            except (ValueError, AttributeError):
-                continue
+    for number, line in jsonl_lines(path):
+        try:
+            if json.loads(line).get("id") == record_id:
+                return number
+        except (ValueError, AttributeError):
+            continue
     return 0
+
+
+def jsonl_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the non-blank lines of a JSONL file, numbered as the validator
+    numbers them: split on ``\\n`` only (a ``\\r`` is JSON whitespace inside a line, not a line
+    break; text mode's universal newlines would split there), a byte-order mark dropped from line
+    1, lines that are not UTF-8 skipped."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                continue
+            if line:
+                yield number, line
 
 
 def image_error(dataset: "Dataset", post_id: str, row: int, reason: str) -> str:
@@ -583,6 +597,9 @@ def decode_problem(path: pathlib.Path) -> str | None:
     """Opens and fully decodes one image (JPEG at 1/8 scale); returns why it failed, or None."""
     from PIL import Image  # pylint: disable=g-import-not-at-top
 
+    from camera_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+
+    input_pipeline.quiet_large_images()
     try:
         with Image.open(path) as im:
             if im.format not in IMAGE_FORMATS:
@@ -721,6 +738,7 @@ def _scan(data_dir: str | os.PathLike[str], check_images: bool) -> _Scan:
     # once, above; the checks against it are skipped, as for a missing file, so that its own
     # problem is the first line, not one "unknown account" per post.
     have_accounts = bool(account_line)
+    hint = _NormalizationHint(account_line)
 
     # posts.jsonl
     post_line: dict[str, int] = {}
@@ -744,7 +762,7 @@ def _scan(data_dir: str | os.PathLike[str], check_images: bool) -> _Scan:
             if account is not None:
                 n_posts[account] = n_posts.get(account, 0) + 1
                 if have_accounts and account not in account_line:
-                    rec.error(f'field "account": unknown account {account!r}')
+                    rec.error(f'field "account": unknown account {account!r}{hint(account)}')
                 if pid is not None:
                     post_account[pid] = account
             image = rec.string("image")
@@ -781,7 +799,7 @@ def _scan(data_dir: str | os.PathLike[str], check_images: bool) -> _Scan:
                 if aid is None or not have_accounts:
                     continue
                 if aid not in account_line:
-                    rec.error(f'field "{field}": unknown {want} {aid!r}')
+                    rec.error(f'field "{field}": unknown {want} {aid!r}{hint(aid)}')
                 elif account_kind.get(aid, want) != want:
                     rec.error(f'field "{field}": account {aid!r} is {_a(account_kind[aid])}, not {_a(want)}')
             if post is not None and have_posts:
@@ -847,8 +865,9 @@ def _key_line(text: str, key: str) -> int:
     return 0 if match is None else text.count("\n", 0, match.start()) + 1
 
 
-def _item_line(text: str, key: str, item: str) -> int:
-    """The line of ``item`` (as a JSON string) after ``"key":`` in ``text``.
+def _item_line(text: str, key: str, item: str, nth: int = 0) -> int:
+    """The line of the ``nth`` (0-based) occurrence of ``item`` (as a JSON string) after
+    ``"key":`` in ``text``.
 
     Falls back to the key's line, or 0. A heuristic: split.json has no other place to name lines.
     """
@@ -857,9 +876,35 @@ def _item_line(text: str, key: str, item: str) -> int:
         return 0
     for encoded in (json.dumps(item), json.dumps(item, ensure_ascii=False)):
         pos = text.find(encoded, match.end())
+        for _ in range(nth):
+            if pos < 0:
+                break
+            pos = text.find(encoded, pos + 1)
         if pos >= 0:
             return text.count("\n", 0, pos) + 1
     return text.count("\n", 0, match.start()) + 1
+
+
+class _NormalizationHint:
+    """For an unknown id that equals a known one up to Unicode normalisation (NFC): a hint saying
+    so, since the two print alike (ids are compared exactly, as their bytes). The index of the
+    known ids' NFC forms is built on the first unknown id only."""
+
+    def __init__(self, known: Iterable[str]):
+        self._known = known
+        self._index: dict[str, str] | None = None
+
+    def __call__(self, aid: str) -> str:
+        if self._index is None:
+            self._index = {}
+            for k in self._known:
+                self._index.setdefault(unicodedata.normalize("NFC", k), k)
+        k = self._index.get(unicodedata.normalize("NFC", aid))
+        if k is None:
+            return ""
+        return (f" (the same text as the account id {ascii(k)} in {ACCOUNTS_FILE}, in another "
+                f"Unicode normalization: {ascii(aid)}; ids must match exactly)")
+
 
 
 def _read_split(path: pathlib.Path, errs: _FileErrors, account_kind: dict[str, str] | None) -> Split | None:
@@ -870,6 +915,7 @@ def _read_split(path: pathlib.Path, errs: _FileErrors, account_kind: dict[str, s
 
     start = errs.count
     lists: dict[str, list[str]] = {}
+    hint = _NormalizationHint(account_kind or ())
     for key, want in (("train", BRAND), ("test", BRAND), ("candidates", INFLUENCER)):
         if key not in obj:
             if key != "candidates":
@@ -881,18 +927,18 @@ def _read_split(path: pathlib.Path, errs: _FileErrors, account_kind: dict[str, s
             errs.add(key_line, f'field "{key}" must be a list of account ids, got {_show(value)}')
             continue
         seen: set[str] = set()
-        for item in value:
+        for k, item in enumerate(value):
             if not isinstance(item, str) or not item:
                 errs.add(key_line, f'field "{key}": account ids must be non-empty strings, got {_show(item)}')
                 continue
-            line = _item_line(text, key, item)
+            line = _item_line(text, key, item, value[:k].count(item))
             if item in seen:
                 errs.add(line, f'field "{key}": {item!r} is listed twice')
                 continue
             seen.add(item)
             if account_kind is not None:
                 if item not in account_kind:
-                    errs.add(line, f'field "{key}": unknown {want} {item!r}')
+                    errs.add(line, f'field "{key}": unknown {want} {item!r}{hint(item)}')
                     continue
                 if account_kind[item] != want:
                     errs.add(line, f'field "{key}": account {item!r} is {_a(account_kind[item])}, not {_a(want)}')

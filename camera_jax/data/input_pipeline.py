@@ -54,6 +54,7 @@ import queue
 import re
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -118,6 +119,26 @@ def auto_threads() -> int:
     return max(1, min(MAX_AUTO_THREADS, cores))
 
 
+_QUIET_BOMB = ("ignore", None, Image.DecompressionBombWarning, None, 0)
+
+
+def quiet_large_images() -> None:
+    """Silences Pillow's DecompressionBombWarning (images of about 89 to 179 megapixels).
+
+    Such images are valid input (docs/dataset-format.md): the warning named neither the post nor
+    the file and printed two anonymous lines. Larger images still raise DecompressionBombError,
+    which the validator reports on the post's line. A process-wide filter, since the decoding
+    threads share it; added again by each decode when a ``warnings.catch_warnings`` block has
+    dropped it since (cheap: a look-up in the filter list), and left alone where it is present,
+    so that a caller's own earlier filter (``-W error``) still wins.
+    """
+    if _QUIET_BOMB not in warnings.filters:
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+quiet_large_images()
+
+
 def decode_uint8(data: bytes, size: int) -> np.ndarray:
     """Decodes encoded image bytes (PNG, JPEG, ...) into uint8 [size, size, 3].
 
@@ -127,6 +148,7 @@ def decode_uint8(data: bytes, size: int) -> np.ndarray:
     mode), which is faster and keeps at least ``size`` pixels on each side. A 16-bit greyscale
     image keeps its 8 high bits (Pillow's own conversion would clip every value above 255).
     """
+    quiet_large_images()
     with Image.open(io.BytesIO(data)) as im:
         if im.format in ("JPEG", "MPO"):
             im.draft("RGB", (size, size))

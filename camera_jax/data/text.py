@@ -8,7 +8,8 @@ names and turns text into unit-norm vectors.
 Tokenizer (:func:`tokenize`), applied to captions and search keywords; concept names follow the
 same word rules (:func:`concept_tokens`, which keeps single characters):
 
-* lowercase;
+* Unicode NFC normalisation (a decomposed ``cafe`` + U+0301 is the same token as ``café``), then
+  lowercase;
 * URLs (``http://...``, ``https://...``, ``www....``) and e-mail addresses are dropped;
 * mentions ``@someone`` are dropped: they name accounts, not content, and would make account names
   look like topics;
@@ -18,7 +19,8 @@ same word rules (:func:`concept_tokens`, which keeps single characters):
 * underscores split words (``ready_to_eat`` -> ``ready``, ``to``, ``eat``) so caption words and
   concept names (``nature_landscape``) share tokens;
 * everything that is not a letter or a digit (punctuation, emoji, symbols) separates tokens;
-  letters are Unicode letters (``café`` stays one token);
+  letters are Unicode letters with their combining marks (``café`` stays one token, and so do
+  words of Devanagari or Thai script, whose vowel signs and viramas are marks, not letters);
 * tokens of a single character are dropped.
 
 Why unit norm: the paper's semantic attention is ``weight_t = [t . l_1, ..., t . l_n] o h`` followed
@@ -43,6 +45,8 @@ import os
 import pathlib
 import re
 import shutil
+import sys
+import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -64,7 +68,24 @@ _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
 _MENTION = re.compile(r"@[\w.]+")
 _APOSTROPHE = re.compile(r"(?<=[^\W_])['\u2019](?=[^\W_])")
-_WORD = re.compile(r"[^\W_]+")  # runs of Unicode letters and digits (\w minus the underscore)
+
+
+def _marks_class() -> str:
+    """The combining marks (Unicode categories Mn, Mc, Me) as a regex character-class body: the
+    vowel signs and viramas of Indic and Thai script, and the accents of decomposed (NFD) text,
+    which ``str.isalnum`` (and so ``\\w``) does not count as letters."""
+    cps = [cp for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp))[0] == "M"]
+    ranges, start, prev = [], cps[0], cps[0]
+    for cp in cps[1:] + [-1]:
+        if cp != prev + 1:
+            ranges.append(re.escape(chr(start)) + ("" if start == prev else "-" + re.escape(chr(prev))))
+            start = cp
+        prev = cp
+    return "".join(ranges)
+
+
+# Runs of Unicode letters and digits (\w minus the underscore) with their combining marks.
+_WORD = re.compile(r"(?:[^\W_]|[%s])+" % _marks_class())
 
 _CONCEPT_REPEATS = 5  # each concept name is added to the corpus this many times (see train_word2vec)
 
@@ -85,7 +106,7 @@ def tokenize(text: str) -> list[str]:
     """
     if not text:
         return []
-    text = text.lower()
+    text = unicodedata.normalize("NFC", text).lower()
     text = _URL.sub(" ", text)
     text = _EMAIL.sub(" ", text)
     text = _MENTION.sub(" ", text)
@@ -108,7 +129,7 @@ def concept_tokens(name: str) -> list[str]:
     >>> concept_tokens("t-shirt"), concept_tokens("women's_wear")
     (['t', 'shirt'], ['womens', 'wear'])
     """
-    return _WORD.findall(_APOSTROPHE.sub("", name.lower()))
+    return _WORD.findall(_APOSTROPHE.sub("", unicodedata.normalize("NFC", name).lower()))
 
 
 def stable_hash(text: str) -> int:

@@ -211,16 +211,15 @@ def _generate_synthetic(root: pathlib.Path, config: CameraPostsConfig) -> None:
 
 def _jsonl_images(path: pathlib.Path) -> Iterator[tuple[int, str]]:
     """(line number, image path) of every record of a JSONL file that names an image."""
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if line:
-                try:
-                    image = json.loads(line).get("image")
-                except (ValueError, AttributeError):
-                    continue
-                if isinstance(image, str):
-                    yield number, image
+    from camera_jax.data import format as fmt
+
+    for number, line in fmt.jsonl_lines(path):
+        try:
+            image = json.loads(line).get("image")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(image, str):
+            yield number, image
 
 
 def fingerprint(data_dir: str | os.PathLike, missing: list[str] | None = None) -> str:
