@@ -214,3 +214,6 @@ def test_tokenize_keeps_combining_marks_and_normalizes():
     # NFD "café" (e + U+0301) is the same token as NFC "café", in captions and concept names.
     assert text.tokenize("cafe\u0301 latte") == text.tokenize("caf\u00e9 latte") == ["café", "latte"]
     assert text.concept_tokens("cafe\u0301") == ["café"]
+    # A mark with no letter before it is not part of a word: an emoji's variation selector
+    # (U+FE0F, a nonspacing mark) stays out of the word written right after the emoji.
+    assert text.tokenize("\u2764\ufe0flove food\u2764\ufe0f yum") == ["love", "food", "yum"]

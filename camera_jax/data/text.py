@@ -84,8 +84,10 @@ def _marks_class() -> str:
     return "".join(ranges)
 
 
-# Runs of Unicode letters and digits (\w minus the underscore) with their combining marks.
-_WORD = re.compile(r"(?:[^\W_]|[%s])+" % _marks_class())
+# Runs of Unicode letters and digits (\w minus the underscore), each with the combining marks
+# that follow it; a mark with no letter before it (an emoji's variation selector U+FE0F in
+# "\u2764\ufe0flove") is not part of a word.
+_WORD = re.compile(r"(?:[^\W_][%s]*)+" % _marks_class())
 
 _CONCEPT_REPEATS = 5  # each concept name is added to the corpus this many times (see train_word2vec)
 
