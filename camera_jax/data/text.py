@@ -40,6 +40,7 @@ processes with different ``PYTHONHASHSEED`` and compares the vectors bit for bit
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pathlib
@@ -87,7 +88,11 @@ def _marks_class() -> str:
 # Runs of Unicode letters and digits (\w minus the underscore), each with the combining marks
 # that follow it; a mark with no letter before it (an emoji's variation selector U+FE0F in
 # "\u2764\ufe0flove") is not part of a word.
-_WORD = re.compile(r"(?:[^\W_][%s]*)+" % _marks_class())
+@functools.cache
+def _word() -> re.Pattern[str]:
+    """The word pattern, compiled on first use (listing the marks scans every code point, about
+    0.1 s, which a command that never tokenizes should not pay at import)."""
+    return re.compile(r"(?:[^\W_][%s]*)+" % _marks_class())
 
 _CONCEPT_REPEATS = 5  # each concept name is added to the corpus this many times (see train_word2vec)
 
@@ -113,7 +118,7 @@ def tokenize(text: str) -> list[str]:
     text = _EMAIL.sub(" ", text)
     text = _MENTION.sub(" ", text)
     text = _APOSTROPHE.sub("", text)
-    return [tok for tok in _WORD.findall(text) if len(tok) > 1]
+    return [tok for tok in _word().findall(text) if len(tok) > 1]
 
 
 def concept_tokens(name: str) -> list[str]:
@@ -131,7 +136,7 @@ def concept_tokens(name: str) -> list[str]:
     >>> concept_tokens("t-shirt"), concept_tokens("women's_wear")
     (['t', 'shirt'], ['womens', 'wear'])
     """
-    return _WORD.findall(_APOSTROPHE.sub("", unicodedata.normalize("NFC", name).lower()))
+    return _word().findall(_APOSTROPHE.sub("", unicodedata.normalize("NFC", name).lower()))
 
 
 def stable_hash(text: str) -> int:
