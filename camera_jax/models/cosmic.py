@@ -137,8 +137,9 @@ def semantic_distribution(t: jax.Array, l: jax.Array, h: jax.Array, has_text: ja
     * ``"masked"``: the softmax is restricted to the concepts with h = 1; absent concepts get
       exactly 0. A post without any concept gets the all-zero row, which
       :func:`cosmic_loss` ignores.
-    * ``semantic=False`` (the C-w/o-SI ablation, either mode): z' = h / sum(h), no caption
-      information; an empty h gives the all-zero row.
+    * ``semantic=False`` (the C-w/o-SI ablation): weight_t = h for every post (no caption
+      information), then the mode's softmax: h / sum(h) in masked mode (an empty h gives the
+      all-zero row), softmax(h) over all n in faithful mode.
 
   Args:
     t, l, h, has_text: as in :func:`semantic_weights`.
@@ -149,10 +150,10 @@ def semantic_distribution(t: jax.Array, l: jax.Array, h: jax.Array, has_text: ja
     float32 [B, n]; each row sums to 1, or is all zero (masked / C-w/o-SI, empty h).
   """
   h = jnp.asarray(h).astype(jnp.float32)
-  if not semantic:
-    s = jnp.sum(h, axis=-1, keepdims=True)
-    return h / jnp.where(s > 0, s, 1.0)
-  w = semantic_weights(t, l, h, has_text)
+  # C-w/o-SI: weight_t = h for every post (the paper's rule for a post without text), then the
+  # same normalisation as CAMERA, so that the ablation changes only the semantic information
+  # (masked: h / sum(h), as before; faithful: softmax(h) over all n, not h / sum(h)).
+  w = semantic_weights(t, l, h, has_text) if semantic else h
   if mode == "faithful":
     return jax.nn.softmax(w, axis=-1)
   if mode != "masked":
