@@ -364,7 +364,13 @@ def word2vec_stage(cfg: Config, dataset: format_lib.Dataset, workdir: pathlib.Pa
       text_lib.TextEmbedder(model.wv).save(tmp)
       os.replace(tmp, path)
     sharding.sync("word2vec")
-  return text_lib.TextEmbedder.load(path)
+  embedder = text_lib.TextEmbedder.load(path)
+  cos = text_lib.mean_concept_cosine(embedder.embed_concepts(dataset.concepts))
+  if cos > text_lib.UNTRAINED_COSINE:
+    logging.warning("Word2Vec barely trained: the concept embeddings' mean cosine is %.3f, so the "
+                    "semantic attention (eq. 2) hardly changes z' from the normalised h; raise "
+                    "--w2v_epochs (now %d) and retrain from a new --workdir", cos, cfg.w2v_epochs)
+  return embedder
 
 
 def cnn_kwargs(cfg: Config) -> dict[str, Any]:

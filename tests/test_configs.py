@@ -41,8 +41,9 @@ def test_small_flags_is_camera_flags_plus_its_overrides(monkeypatch):
   assert (small.cg_epochs, small.cosmic_epochs) == (10, 4)
   differ = {f for f in config_lib.Config.__dataclass_fields__
             if getattr(tiny, f) != getattr(small, f)}
-  assert differ == {"preset", "cg_epochs", "cosmic_epochs", "history_norm",
+  assert differ == {"preset", "cg_epochs", "cosmic_epochs", "w2v_epochs", "history_norm",
                     "representation_lr_scale"}
+  assert (tiny.w2v_epochs, small.w2v_epochs) == (100, 10)
 
 
 def test_paper_flags_keep_the_papers_ranker(monkeypatch):
