@@ -83,7 +83,7 @@ class Config:
   endorsement: str = "mean"          # mean: leak-free E(p~) estimate | observed: paper form (training only)
   history: str = "all"               # all: every post is history | unsponsored: drop posts named by cooperations
   use_interaction: bool = True       # False: the C-w/o-MR ablation (S = S_con)
-  eval_chunk: int = 0                # pairs scored per jitted call; 0: ranker.auto_eval_chunk
+  eval_chunk: int = 0                # pairs scored per jitted call; 0: ranker.auto_eval_chunk (the scores' last float bits depend on it)
   matmul_dtype: str = "float32"      # float32 | bfloat16: psi/rho/gamma on bf16 operands, f32 accumulation
 
   # Evaluation.

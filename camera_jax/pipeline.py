@@ -121,11 +121,13 @@ def check_config(cfg: Config, *, evaluate_loss: bool = True) -> list[str]:
     if not widths or any(not w >= 1 for w in widths):
       errors.append(f"--{name}={commas(widths)}: one or more layer widths, each >= 1")
   for name in ("batch_size", "cg_batch_size", "cosmic_batch_size", "top_k", "num_negatives",
-               "image_size", "w2v_dim", "d_u", "d_score", "num_processes", "cg_max_k", "cnn_fc"):
+               "image_size", "w2v_dim", "d_u", "d_score", "num_processes", "cg_max_k", "cnn_fc",
+               # every stage trains at least one epoch: a stage of none saves no checkpoint, and
+               # the finished run's tools (evaluate, recommend, report) restore them
+               "epochs", "cg_epochs", "cosmic_epochs", "w2v_epochs"):
     if getattr(cfg, name) < 1:
       errors.append(f"--{name}={getattr(cfg, name)}: must be >= 1")
-  for name in ("epochs", "cg_epochs", "cosmic_epochs", "w2v_epochs", "eval_chunk", "input_threads",
-               "image_cache_gb", "seed", "cg_min_k"):
+  for name in ("eval_chunk", "input_threads", "image_cache_gb", "seed", "cg_min_k"):
     if not getattr(cfg, name) >= 0:  # also refuses NaN
       errors.append(f"--{name}={getattr(cfg, name)}: must be >= 0")
   for name in ("learning_rate", "cg_learning_rate", "cosmic_learning_rate",
@@ -864,7 +866,13 @@ def check_settings(cfg: Config, workdir: pathlib.Path) -> None:
   path = workdir / "flags.txt"
   if not path.exists():
     return
-  before = config_lib.read_flags(path)
+  try:
+    before = config_lib.read_flags(path)
+  except (OSError, ValueError) as e:  # a bad value: read_flags names the file, line and flag
+    what = (f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})"
+            if isinstance(e, (OSError, UnicodeError)) else str(e))
+    raise ConfigError([f"{what}; it records the settings the stages in {workdir} were built "
+                       "with: fix it, or use a new --workdir"]) from None
   changed = [k for k in config_lib.differences(before, cfg) if k != "data_dir"
              and not (k == "preset" and (cfg.data_dir or before.data_dir))
              and not (k == "epochs" and cfg.epochs > before.epochs)]

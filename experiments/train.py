@@ -54,7 +54,11 @@ def main(argv):
   if workdir.exists() and not workdir.is_dir():
     print(f"{workdir}: --workdir is not a directory", file=sys.stderr)
     return 1
-  workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    print(f"{workdir}: cannot create --workdir ({e.strerror or e})", file=sys.stderr)
+    return 1
   logging.info("work directory: %s", workdir)
   try:
     result = pipeline.train_and_evaluate(cfg, workdir)

@@ -207,6 +207,11 @@ def test_out_of_range_settings_are_one_line_each():
       "--l1=-0.001: must be >= 0",
       "--dropout=1.0: must be in [0, 1)",
       "--cg_threshold=1.5: must be in [0, 1]"]
+  # every stage trains at least one epoch (a stage of none saves no checkpoint to restore)
+  assert pipeline.check_config(config_lib.Config(epochs=0, cg_epochs=0, cosmic_epochs=0,
+                                                 w2v_epochs=0)) == [
+      "--epochs=0: must be >= 1", "--cg_epochs=0: must be >= 1", "--cosmic_epochs=0: must be >= 1",
+      "--w2v_epochs=0: must be >= 1"]
   # max_k below min_k is valid (max_k wins, models/concept_generator.py)
   assert pipeline.check_config(config_lib.Config(dropout=0.0, cg_min_k=3, cg_max_k=2, l1=0.0)) == []
 

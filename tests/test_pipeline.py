@@ -439,6 +439,22 @@ def test_a_rerun_with_other_settings_is_refused_before_any_work(tiny_run, tiny_d
                           workdir)
 
 
+def test_an_unreadable_flags_txt_is_refused_in_one_line(tmp_path):
+  from camera_jax import pipeline
+
+  work = tmp_path / "work"
+  work.mkdir()
+  (work / "flags.txt").write_text("--seed=0\n--w2v_dim=abc\n")
+  with pytest.raises(pipeline.ConfigError) as err:
+    pipeline.check_settings(pipeline.Config(), work)
+  assert err.value.errors == [
+      f"{work / 'flags.txt'}:2: --w2v_dim=abc: not a valid int; it records the settings the "
+      f"stages in {work} were built with: fix it, or use a new --workdir"]
+  (work / "flags.txt").write_bytes(b"\xff\xfe--seed=0\n")
+  with pytest.raises(pipeline.ConfigError, match=r"flags.txt: cannot read it \('utf-8' codec"):
+    pipeline.check_settings(pipeline.Config(), work)
+
+
 def test_a_mismatch_after_a_rewritten_concept_layer_keeps_the_new_flags(tiny_run, tiny_data,
                                                                          tmp_path, monkeypatch):
   """When a stage of the failing run rewrote the concept layer, the new flags describe it."""

@@ -74,6 +74,14 @@ def test_a_missing_dataset_fails_with_one_line(tmp_path):
   assert "Traceback" not in proc.stderr and not work.exists()
 
 
+def test_a_workdir_that_cannot_be_created_fails_with_one_line(tmp_path):
+  (tmp_path / "file").write_text("x")
+  work = tmp_path / "file" / "sub"
+  proc = train(f"--workdir={work}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert problem_lines(proc.stderr) == [f"{work}: cannot create --workdir (Not a directory)"]
+
+
 def test_an_unknown_loss_fails_with_one_line_before_any_work(tmp_path):
   from camera_jax import losses
 
