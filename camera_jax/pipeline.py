@@ -847,9 +847,56 @@ RANKER_FIELDS = frozenset({
     "margin", "temperature", "init_scale", "l1", "top_k", "psi_features", "gamma_features",
     "d_score", "attention_scale", "history_norm", "num_negatives", "loss", "loss_hparams",
     "endorsement", "history", "use_interaction", "matmul_dtype"})
-_CONCEPT_STAGES = ("data", "word2vec", "concepts", "checkpoints/concept_generator",
-                   "checkpoints/cosmic")
 _RANKER_STAGE = "checkpoints/ranker"
+#: The first stage each concept-layer setting shapes; a stage's outputs, and the stages it feeds.
+_STAGE_FIELDS = {
+    "word2vec": {"w2v_dim", "w2v_epochs"},
+    "concept_generator": {"cnn_channels", "cnn_pools", "cnn_fc", "use_gt_concepts", "cg_epochs",
+                          "cg_batch_size", "cg_learning_rate", "cg_lr_decay", "cg_held_out",
+                          "cg_threshold", "cg_min_k", "cg_max_k", "augment", "image_size"},
+    "cosmic": {"d_u", "cosmic_epochs", "cosmic_batch_size", "cosmic_learning_rate",
+               "cosmic_lr_decay", "cosmic_l1", "zprime_mode", "semantic", "cosmic_logit_scale"},
+}
+_STAGE_OUTPUTS = {
+    "data": ("data",),
+    "word2vec": ("word2vec",),
+    "concept_generator": ("concepts/h.npy", "checkpoints/concept_generator"),
+    "cosmic": ("concepts/U_C.npy", "checkpoints/cosmic"),
+}
+_DOWNSTREAM = {"data": ("data", "word2vec", "concept_generator", "cosmic"),
+               "word2vec": ("word2vec", "cosmic"),
+               "concept_generator": ("concept_generator", "cosmic"),
+               "cosmic": ("cosmic",)}
+
+
+#: Written when a stage stops on a NaN or inf (``trainer.NonFiniteError``): {"stage": ...}.
+#: While it is there, that stage's learning rate may go down (train_and_evaluate removes it when
+#: the run finishes), as the error's advice says.
+NONFINITE_RECORD = "nonfinite.json"
+_LEARNING_RATES = {"concept_generator": "cg_learning_rate", "cosmic": "cosmic_learning_rate",
+                   "ranker": "learning_rate"}
+
+
+def _lowered_after_nonfinite(workdir: pathlib.Path, before: Config, cfg: Config) -> str | None:
+  """The learning-rate field that may change: the one of the stage a NaN stopped
+  (:data:`NONFINITE_RECORD`), when ``cfg`` lowers it; None otherwise."""
+  try:
+    stage = json.loads((workdir / NONFINITE_RECORD).read_text(encoding="utf-8")).get("stage")
+  except (OSError, ValueError, AttributeError):
+    return None
+  field = _LEARNING_RATES.get(stage)
+  if field and getattr(cfg, field) < getattr(before, field):
+    return field
+  return None
+
+
+def _exists(workdir: pathlib.Path, rel: str) -> bool:
+  """A stage output exists: a file, a directory, but not a checkpoint directory without a
+  finished step (a stage stopped in its first epoch has nothing to protect)."""
+  path = workdir / rel
+  if rel.startswith("checkpoints/"):
+    return path.is_dir() and any(c.name.isdigit() for c in path.iterdir())
+  return path.exists()
 
 
 def check_settings(cfg: Config, workdir: pathlib.Path) -> None:
@@ -857,11 +904,13 @@ def check_settings(cfg: Config, workdir: pathlib.Path) -> None:
 
   Each stage reuses (or resumes) its output, so without this a rerun with, say, another --loss
   would restore the finished ranker and report its metrics under the new flags. The settings are
-  those of ``workdir/flags.txt``. A ranker setting (:data:`RANKER_FIELDS`) may not change while
-  ``checkpoints/ranker`` exists, except ``epochs`` upwards (the ranker trains on); any other
-  result-changing setting may not change while a stage of the concept layer or the ranker exists.
-  ``data_dir`` is not compared (the dataset's content is, by :func:`check_data_record`), nor
-  ``preset`` where either run reads a dataset directory. Raises ConfigError in one line.
+  those of ``workdir/flags.txt``. A setting may not change while an output of the first stage it
+  shapes, or of a stage downstream of it, exists (the ranker is downstream of every stage; a
+  checkpoint directory without a finished epoch does not count); ``epochs`` may go up, and so
+  may the learning rate of a stage that stopped on a NaN or inf go down
+  (:data:`NONFINITE_RECORD`). ``data_dir`` is not compared (the dataset's content is, by
+  :func:`check_data_record`), nor ``preset`` where either run reads a dataset directory.
+  Raises ConfigError in one line.
   """
   path = workdir / "flags.txt"
   if not path.exists():
@@ -873,22 +922,31 @@ def check_settings(cfg: Config, workdir: pathlib.Path) -> None:
             if isinstance(e, (OSError, UnicodeError)) else str(e))
     raise ConfigError([f"{what}; it records the settings the stages in {workdir} were built "
                        "with: fix it, or use a new --workdir"]) from None
+  lowered = _lowered_after_nonfinite(workdir, before, cfg)
   changed = [k for k in config_lib.differences(before, cfg) if k != "data_dir"
              and not (k == "preset" and (cfg.data_dir or before.data_dir))
-             and not (k == "epochs" and cfg.epochs > before.epochs)]
+             and not (k == "epochs" and cfg.epochs > before.epochs) and k != lowered]
   if not changed:
     return
-  concept_stages = [d for d in _CONCEPT_STAGES if (workdir / d).exists()
-                    and not (d == "data" and cfg.data_dir)]
-  ranker_stage = [_RANKER_STAGE] if (workdir / _RANKER_STAGE).exists() else []
-  stages = (concept_stages + ranker_stage if any(k not in RANKER_FIELDS for k in changed)
-            else ranker_stage)
-  if not stages:
+  blocked: list[str] = []
+  for k in changed:
+    if k in RANKER_FIELDS:
+      continue
+    first = next((s for s, fields in _STAGE_FIELDS.items() if k in fields), "data")
+    for stage in _DOWNSTREAM[first]:
+      for rel in _STAGE_OUTPUTS[stage]:
+        if rel == "data" and cfg.data_dir:
+          continue
+        if rel not in blocked and _exists(workdir, rel):
+          blocked.append(rel)
+  if _exists(workdir, _RANKER_STAGE):
+    blocked.append(_RANKER_STAGE)
+  if not blocked:
     return
   what = ", ".join(f"{k} {_flag_value(getattr(before, k))} -> {_flag_value(getattr(cfg, k))}"
                    for k in changed)
   raise ConfigError([
-      f"{path}: the stages in {workdir} ({', '.join(stages)}) were built with other settings "
+      f"{path}: the stages in {workdir} ({', '.join(blocked)}) were built with other settings "
       f"({what}); use a new --workdir, or delete those to rebuild them"])
 
 
@@ -930,18 +988,25 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
     params = ranker_lib.train_ranker(cfg=ranker_config(cfg), **inputs,
                                      ckpt_dir=workdir / "checkpoints" / "ranker", log=log,
                                      mesh=mesh)
+  except trainer.NonFiniteError as e:
+    if is_main() and e.stage in _LEARNING_RATES:
+      atomic_write_text(workdir / NONFINITE_RECORD, json.dumps({"stage": e.stage}))
+    raise
   except (ckpt_lib.CheckpointMismatchError, ConfigError, format_lib.DatasetError):
     # The run's checkpoints keep their settings: put back the flags.txt that describes them, so
     # that evaluate.py and a rerun with --flagfile=DIR/flags.txt still restore them -- unless a
-    # stage of this run rewrote the concept layer, which the new flags describe. A run stopped
-    # by bad input before any stage wrote its output leaves no flags.txt of its own behind
-    # (paper_tables.py would hold it against the corrected rerun).
+    # stage of this run rewrote the concept layer, which the new flags describe. A run that
+    # found no flags.txt leaves none of its own behind: its settings built nothing (a checkpoint
+    # that did not fit them would otherwise be blamed on them by the next run, and
+    # paper_tables.py would hold them against a corrected rerun).
     if is_main() and _concept_outputs(workdir) == outputs_before:
       if earlier_flags is not None:
         atomic_write_text(flags_path, earlier_flags)
-      elif not outputs_before:
+      else:  # no record of the stages' settings before: leave none rather than this run's
         flags_path.unlink(missing_ok=True)
     raise
+  if is_main():
+    (workdir / NONFINITE_RECORD).unlink(missing_ok=True)  # every stage finished
   result = evaluate_run(cfg, prep, tables, params, workdir)
   result["seconds"] = time.perf_counter() - t_start
   return result

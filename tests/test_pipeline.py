@@ -396,6 +396,12 @@ def test_resuming_with_other_settings_stops_in_one_line_and_keeps_the_flags(tiny
   # flags.txt still describes the checkpoints, and nothing was written over them
   assert (workdir / "flags.txt").read_text() == flags_before
   assert sorted(os.listdir(workdir / "checkpoints" / "ranker")) == ckpts
+  # Without a flags.txt before, the failed run leaves none: its settings built nothing, and a
+  # flags.txt of them would make the next run blame the checkpoints on them
+  (workdir / "flags.txt").unlink()
+  with pytest.raises(CheckpointMismatchError):
+    pipeline.train_and_evaluate(other, workdir)
+  assert not (workdir / "flags.txt").exists()
 
 
 def test_a_rerun_with_other_settings_is_refused_before_any_work(tiny_run, tiny_data, tmp_path,
@@ -431,12 +437,62 @@ def test_a_rerun_with_other_settings_is_refused_before_any_work(tiny_run, tiny_d
   # A ranker setting only matters while the ranker's checkpoints exist.
   shutil.rmtree(workdir / "checkpoints" / "ranker")
   pipeline.check_settings(cfg.replace(loss="bpr"), workdir)
-  with pytest.raises(pipeline.ConfigError, match=r"\(word2vec, concepts, .*checkpoints/cosmic\)"):
+  # A setting blocks on the outputs of the first stage it shapes and of the stages after it.
+  with pytest.raises(pipeline.ConfigError, match=r"\(word2vec, concepts/U_C.npy, checkpoints/cosmic\)"):
     pipeline.check_settings(cfg.replace(w2v_dim=8), workdir)
+  with pytest.raises(pipeline.ConfigError, match=r"\(concepts/h.npy, checkpoints/concept_generator, "
+                     r"concepts/U_C.npy, checkpoints/cosmic\) .*\(cg_epochs"):
+    pipeline.check_settings(cfg.replace(cg_epochs=cfg.cg_epochs + 1), workdir)
+  with pytest.raises(pipeline.ConfigError, match=r"\(word2vec, concepts/h.npy, "):  # --data_dir
+    pipeline.check_settings(cfg.replace(seed=5), workdir)
+  # docs/workdir.md's recipe: retrain COSMIC with other settings once its outputs are deleted;
+  # a checkpoint directory without a finished epoch protects nothing
+  (workdir / "concepts" / "U_C.npy").unlink()
+  shutil.rmtree(workdir / "checkpoints" / "cosmic")
+  (workdir / "checkpoints" / "cosmic").mkdir()
+  pipeline.check_settings(cfg.replace(cosmic_epochs=cfg.cosmic_epochs + 1), workdir)
+  with pytest.raises(pipeline.ConfigError, match=r"\(word2vec\) .*w2v_epochs"):
+    pipeline.check_settings(cfg.replace(w2v_epochs=cfg.w2v_epochs + 1), workdir)
   # Neutral settings, more epochs and another path to the same data pass.
   pipeline.check_settings(cfg.replace(report=True, eval_chunk=7, check_images=False,
                                       epochs=cfg.epochs + 5, data_dir=str(tmp_path / "copy")),
                           workdir)
+
+
+def test_after_a_nan_the_stopped_stage_may_lower_its_learning_rate(tiny_run, tiny_data,
+                                                                   tmp_path):
+  """The NaN guard's advice, "lower the learning rate", must be followable in the same workdir."""
+  from camera_jax import pipeline
+  from camera_jax.training import trainer
+
+  workdir = tmp_path / "work"
+  shutil.copytree(tiny_run[0], workdir)
+  cfg = tiny_config(tiny_data)
+  lower = cfg.replace(learning_rate=cfg.learning_rate / 10)
+  with pytest.raises(pipeline.ConfigError, match="learning_rate"):
+    pipeline.check_settings(lower, workdir)
+  (workdir / pipeline.NONFINITE_RECORD).write_text('{"stage": "ranker"}')
+  pipeline.check_settings(lower, workdir)
+  for other in (cfg.replace(learning_rate=cfg.learning_rate * 10),            # not lower
+                cfg.replace(cg_learning_rate=cfg.cg_learning_rate / 10),      # another stage's
+                lower.replace(dropout=0.3)):                                   # anything else
+    with pytest.raises(pipeline.ConfigError):
+      pipeline.check_settings(other, workdir)
+  # train_and_evaluate writes the record when a stage stops on a NaN, and removes it at the end
+  def nan_ranker(**kwargs):
+    raise trainer.NonFiniteError("ranker: NaN", stage="ranker")
+  (workdir / pipeline.NONFINITE_RECORD).unlink()
+  original = pipeline.ranker_lib.train_ranker
+  pipeline.ranker_lib.train_ranker = nan_ranker
+  try:
+    with pytest.raises(trainer.NonFiniteError):
+      pipeline.train_and_evaluate(cfg.replace(report=False), workdir)
+  finally:
+    pipeline.ranker_lib.train_ranker = original
+  assert json.loads((workdir / pipeline.NONFINITE_RECORD).read_text()) == {"stage": "ranker"}
+  pipeline.train_and_evaluate(lower.replace(report=False), workdir)
+  assert not (workdir / pipeline.NONFINITE_RECORD).exists()
+  assert "--learning_rate=0.0001" in (workdir / "flags.txt").read_text().splitlines()
 
 
 def test_an_unreadable_flags_txt_is_refused_in_one_line(tmp_path):

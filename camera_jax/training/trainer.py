@@ -30,7 +30,14 @@ class TrainState(train_state.TrainState):
 
 
 class NonFiniteError(RuntimeError):
-  """Raised when a loss or gradient became NaN or inf; the last good checkpoint is kept."""
+  """Raised when a loss or gradient became NaN or inf; the last good checkpoint is kept.
+
+  ``stage``: the training stage that stopped ("concept_generator", "cosmic", "ranker", ...).
+  """
+
+  def __init__(self, message: str, stage: str | None = None):
+    super().__init__(message)
+    self.stage = stage
 
 
 def make_optimizer(learning_rate: float, decay_rate: float, steps_per_epoch: int,
@@ -237,7 +244,7 @@ def check_finite(stage: str, epoch: int, sums: dict[str, float], checkpointer: A
             f"the parameters became NaN or inf in epoch {epoch} (a NaN or inf gradient)")
     raise NonFiniteError(
         f"{stage}: {what}; stopping (the last good checkpoint is kept). Lower the learning rate "
-        "or check the inputs.")
+        "or check the inputs.", stage=stage)
 
 
 @dataclasses.dataclass
