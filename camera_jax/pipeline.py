@@ -1083,6 +1083,39 @@ def saved_concept_metrics(workdir: pathlib.Path) -> dict[str, Any]:
   return out
 
 
+def check_no_training_brand_tested(run: Any) -> None:
+  """Raises ValueError (one line) when ``run.dataset``'s test brands include a brand the run's
+  ranker trained on: their cooperations were its training positives, so their metrics would be
+  leaked. The run's training brands are those of its own dataset's split (its ``flags.txt``),
+  which must still be the split.json the run trained with (``data_digests.json``); a run
+  without that record is compared with its dataset's split as it is now.
+  """
+  own_cfg = config_lib.read_flags(run.workdir / "flags.txt")  # load_run replaced its data_dir
+  own = pathlib.Path(own_cfg.data_dir) if own_cfg.data_dir else run.workdir / "data"
+  split_file = own / format_lib.SPLIT_FILE
+  try:
+    record = json.loads((run.workdir / DATA_RECORD).read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    record = {}
+  trained_with = record.get(format_lib.SPLIT_FILE) if isinstance(record, dict) else None
+  now = file_sha256(split_file) if split_file.exists() else "missing"
+  if trained_with is not None and trained_with != now:
+    raise ValueError(f"{split_file}: not the split the run trained with (its sha256 differs from "
+                     f"{run.workdir / DATA_RECORD}'s), so the run's training brands are unknown "
+                     "and a test brand among them would give leaked metrics; restore it, and put "
+                     "another split in a copy of the dataset (--data_dir)")
+  same = own.resolve() == run.dataset.root.resolve()
+  trained = set((run.dataset if same else format_lib.load(own, seed=own_cfg.seed,
+                                                          check_images=False)).split.train)
+  leaked = [b for b in run.dataset.split.test if b in trained]
+  if leaked:
+    source = (run.dataset.root / format_lib.SPLIT_FILE if (run.dataset.root / format_lib.SPLIT_FILE).exists()
+              else run.dataset.root)
+    raise ValueError(f"{source}: {len(leaked)} test brand(s) (e.g. {leaked[0]!r}) were training "
+                     "brands of the run: their cooperations trained the ranker, so their metrics "
+                     "would be leaked")
+
+
 def rescore(workdir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
   """Rescores the test pairs of ``data_dir`` (default: the run's own data) with a finished run.
@@ -1094,6 +1127,7 @@ def rescore(workdir: str | os.PathLike, data_dir: str | os.PathLike | None = Non
   """
   from camera_jax import run as run_lib  # run imports this module
   run = run_lib.load_run(workdir, data_dir)
+  check_no_training_brand_tested(run)
   feats = account_features(run.dataset, run.config)
   out = pathlib.Path(out_dir) if out_dir else run.workdir
   return evaluate_tables(run.config, run.dataset, run.tables, run.params, feats, run.w_a,

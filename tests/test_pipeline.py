@@ -242,6 +242,37 @@ def test_test_positives_outside_the_candidates_and_an_empty_test_set_are_warned(
       assert metrics["n_test_positives"] == result["n_test_positives"] - want
 
 
+def test_rescoring_a_split_that_tests_training_brands_is_refused(tiny_run, tiny_data, tmp_path):
+  """The ranker trained on the training brands' cooperations: testing on them leaks."""
+  from camera_jax import pipeline
+  from camera_jax.data import format as format_lib
+
+  workdir, _ = tiny_run
+  split = format_lib.load(tiny_data, check_images=False).split
+  obj = {"train": list(split.train[2:]), "test": [*split.test, *split.train[:2]],
+         "candidates": list(split.candidates)}
+  copy = tmp_path / "mixed"
+  shutil.copytree(tiny_data, copy)
+  (copy / format_lib.SPLIT_FILE).write_text(json.dumps(obj))
+  with pytest.raises(ValueError) as err:
+    pipeline.rescore(workdir, copy, tmp_path / "out")
+  assert str(err.value) == (
+      f"{copy / format_lib.SPLIT_FILE}: 2 test brand(s) (e.g. {split.train[0]!r}) were training "
+      "brands of the run: their cooperations trained the ranker, so their metrics would be leaked")
+  assert not (tmp_path / "out").exists()
+  # the run's own split edited in place: its training brands are no longer known
+  work, own = tmp_path / "work", tmp_path / "own"
+  shutil.copytree(workdir, work)
+  shutil.copytree(tiny_data, own)
+  flags = [f"--data_dir={own}" if line.startswith("--data_dir=") else line
+           for line in (work / "flags.txt").read_text().splitlines()]
+  (work / "flags.txt").write_text("\n".join(flags) + "\n")
+  pipeline.rescore(work, out_dir=tmp_path / "same")  # unchanged: rescored
+  (own / format_lib.SPLIT_FILE).write_text(json.dumps(obj))
+  with pytest.raises(ValueError, match=r"split.json: not the split the run trained with"):
+    pipeline.rescore(work, out_dir=tmp_path / "edited")
+
+
 def test_rescoring_the_run_reproduces_its_files(tiny_run, tmp_path):
   from camera_jax import pipeline
 
