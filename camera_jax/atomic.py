@@ -44,6 +44,26 @@ def output_problem(path: str | os.PathLike) -> str | None:
   return None
 
 
+def output_dir_problem(path: str | os.PathLike) -> str | None:
+  """Why no output directory can be made or written at ``path``, or None (checked before a
+  command's work, one clause as :func:`output_problem`): ``path`` an existing file, an ancestor
+  that is a file, or a nearest existing ancestor where nothing can be created."""
+  out = pathlib.Path(path).resolve()
+  if out.exists() and not out.is_dir():
+    return f"{out} is not a directory"
+  probe = out
+  while not probe.exists():
+    probe = probe.parent
+  if not probe.is_dir():
+    return f"{probe} is not a directory"
+  try:
+    with tempfile.NamedTemporaryFile(dir=probe, prefix=".probe.", suffix=".probe"):
+      pass
+  except OSError as e:
+    return f"cannot write in {probe} ({e.strerror or e})"
+  return None
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
   """Writes ``data`` to ``path`` through a temporary file and an atomic rename.
 

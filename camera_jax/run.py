@@ -102,10 +102,18 @@ class Run:
       if ckpt.latest_step() is None:
         raise FileNotFoundError(f"{self.workdir}: no concept generator checkpoint")
       state, _ = ckpt.restore(target=state)
-    images = np.stack([input_pipeline.decode_image(p.read_bytes(), cfg.image_size) for p in paths])
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         jnp.asarray(images), train=False)
-    return np.asarray(cg_lib.predict_multi_hot(np.asarray(logits), threshold=cfg.cg_threshold,
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    chunk = max(1, cfg.cg_batch_size)
+    logits = []
+    for start in range(0, len(paths), chunk):  # stream: one padded batch of images at a time
+      batch = np.stack([input_pipeline.decode_image(p.read_bytes(), cfg.image_size)
+                        for p in paths[start:start + chunk]])
+      n = len(batch)
+      if n < chunk:  # pad the last batch (one compiled shape), then drop the padding rows
+        batch = np.concatenate([batch, np.zeros((chunk - n, *batch.shape[1:]), batch.dtype)])
+      logits.append(np.asarray(apply(variables, jnp.asarray(batch)))[:n])
+    return np.asarray(cg_lib.predict_multi_hot(np.concatenate(logits), threshold=cfg.cg_threshold,
                                                min_k=cfg.cg_min_k, max_k=cfg.cg_max_k))
 
   def add_account(self, account_id: str, rep: dict[str, Any], category: str = "") -> int:

@@ -60,6 +60,32 @@ def out_file_problem(flag: str, path: str) -> str | None:
   return f"--{flag}={path}: {problem}" if problem else None
 
 
+def first_problem(*problems: str | None) -> int:
+  """Prints the first problem found before any work (one line) and returns the exit status: 1,
+  or 0 when every check passed (None)."""
+  for problem in problems:
+    if problem:
+      print(problem, file=sys.stderr)
+      return 1
+  return 0
+
+
+def stray_arguments(argv: list[str], hint: str = "") -> str | None:
+  """The line for positional arguments a command does not take (absl leaves them in argv[1:]),
+  or None."""
+  if len(argv) <= 1:
+    return None
+  return f"unexpected arguments: {' '.join(argv[1:])}" + (f" ({hint})" if hint else "")
+
+
+def out_dir_problem(flag: str, path: str) -> str | None:
+  """Why ``--flag=path`` cannot take an output directory, checked before any work (one line,
+  ``camera_jax.atomic.output_dir_problem``), or None."""
+  from camera_jax import atomic
+  problem = atomic.output_dir_problem(path)
+  return f"--{flag}={path}: {problem}" if problem else None
+
+
 def run_errors() -> tuple[type[BaseException], ...]:
   """What a command on a finished run reports as one line and exit 1: a dataset's problems
   (DatasetError), a file it cannot read or write (OSError), and a run, a flags.txt or a setting

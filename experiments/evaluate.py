@@ -31,8 +31,8 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "where to write metrics.json and
 
 
 def main(argv) -> int:
-  if len(argv) > 1:
-    print(f"unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+  if _cli.first_problem(_cli.stray_arguments(argv),
+                       _OUT_DIR.value and _cli.out_dir_problem("out_dir", _OUT_DIR.value)):
     return 1
   try:
     workdir = _cli.run_workdir(_WORKDIR.value)

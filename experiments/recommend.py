@@ -30,7 +30,8 @@ _CANDIDATES = flags.DEFINE_list("candidates", None, "influencer ids to rank (def
 
 
 def main(argv) -> int:
-  del argv
+  if _cli.first_problem(_cli.stray_arguments(argv)):
+    return 1
   from camera_jax.explain import recommend as rec
 
   try:
@@ -41,7 +42,7 @@ def main(argv) -> int:
     run = _cli.open_run(_WORKDIR.value)
     if _BRAND_DIR.value:
       rows = rec.recommend_new_brand(run, _BRAND_DIR.value, top_k=_TOP_K.value, candidates=_CANDIDATES.value)
-      brand, new = (rows[0]["brand"] if rows else None), True
+      brand, new = run.account_ids[-1], True  # the account recommend_new_brand appended
     else:
       rows = rec.recommend(run, _BRAND.value, top_k=_TOP_K.value, candidates=_CANDIDATES.value)
       brand, new = _BRAND.value, False

@@ -25,7 +25,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "seed of the case-study brand draw")
 
 
 def main(argv) -> int:
-  del argv
+  if _cli.first_problem(_cli.stray_arguments(argv),
+                       _OUT_DIR.value and _cli.out_dir_problem("out_dir", _OUT_DIR.value)):
+    return 1
   from camera_jax.explain import report
 
   try:

@@ -50,14 +50,17 @@ def _table(results, with_matches: bool) -> str:
 
 
 def main(argv) -> int:
-  del argv
+  # --keywords=sports car: a keyword with a space must be quoted
+  if _cli.first_problem(_cli.stray_arguments(argv, "quote a keyword that holds a space")):
+    return 1
   from camera_jax.explain import search
 
   try:
     run = _cli.open_run(_WORKDIR.value)
     influencers = [a for a in run.dataset.accounts if a.kind == "influencer" and a.id in run.account_index]
     ids = [a.id for a in influencers]
-    w_a = run.w_a[[run.account_index[i] for i in ids]]
+    from camera_jax.explain.shown import shown_w_a
+    w_a = shown_w_a(run, [run.account_index[i] for i in ids])  # the concepts the posts show
     categories = {a.id: a.category for a in influencers}
     results = search.keyword_search(
         _KEYWORDS.value or [], embedder=run.embedder, concept_names=run.concepts, w_a=w_a,
@@ -82,6 +85,13 @@ def main(argv) -> int:
     for r in doc["caption_match"] + doc["exact_match"]:
       r["category"] = categories.get(r["influencer"], "")
   if _RELEVANT.value:
+    unknown = [c for c in _RELEVANT.value if c not in run.concepts]
+    if unknown:
+      import difflib
+      close = difflib.get_close_matches(unknown[0], run.concepts, n=3, cutoff=0.5)
+      hint = f"; closest: {', '.join(close)}" if close else ""
+      print(f"--relevant: {unknown[0]!r} is not a concept of the run{hint}", file=sys.stderr)
+      return 1
     from camera_jax.explain.shown import supported_top
     top = {i: [run.concepts[c] for c in supported_top(run, run.account_index[i])] for i in ids}
     doc["precision"] = {

@@ -20,12 +20,10 @@ _OUT = flags.DEFINE_string("out", "", "optional JSON output path")
 
 
 def main(argv) -> int:
-  del argv
-  from camera_jax.explain import search_eval
-  problem = _cli.out_file_problem("out", _OUT.value) if _OUT.value else None
-  if problem:
-    print(problem, file=sys.stderr)
+  if _cli.first_problem(_cli.stray_arguments(argv),
+                       _OUT.value and _cli.out_file_problem("out", _OUT.value)):
     return 1
+  from camera_jax.explain import search_eval
   try:
     run = _cli.open_run(_WORKDIR.value)
     result = search_eval.evaluate_search(run, top_k=_TOP_K.value)

@@ -841,3 +841,25 @@ def test_record_line():
     path = pathlib.Path(d, "posts.jsonl")
     path.write_text('\ufeff{"id": "a"}\n\n{"id": "b"}\nnot json\n{"id": "c"}\n', encoding="utf-8")
     assert [format_lib.record_line(path, x) for x in ("a", "b", "c", "z")] == [1, 3, 5, 0]
+
+
+def test_a_new_accounts_posts_go_through_the_trained_concept_layer_in_padded_chunks(tiny_run):
+  """Run.represent_posts (recommend.py --brand_dir) predicts h with the run's concept generator,
+  a jitted batch of cg_batch_size images at a time (the last one padded): an account's own posts
+  give the h the run computed for them, whatever the chunk."""
+  from camera_jax import run as run_lib
+
+  workdir, _ = tiny_run
+  run = run_lib.load_run(workdir)
+  h_run = np.load(workdir / "concepts" / "h.npy")
+  account = run.dataset.accounts[-1].id
+  rows = [i for i, p in enumerate(run.dataset.posts) if p.account == account]
+  paths = [run.dataset.root / run.dataset.posts[i].image for i in rows]
+  assert len(paths) % 4 != 0  # a padded last chunk
+  for chunk in (4, 32):
+    run.config = run.config.replace(cg_batch_size=chunk)
+    h = run._predict_concepts(paths)
+    assert h.shape == (len(rows), len(run.concepts))
+    np.testing.assert_array_equal(h, h_run[rows])
+  rep = run.represent_posts([run.dataset.posts[i] for i in rows], run.dataset.root)
+  assert rep["top_idx"].shape == (run.config.top_k,) and rep["top_mask"].dtype == bool

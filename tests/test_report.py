@@ -180,3 +180,20 @@ def test_a_report_that_fails_half_way_leaves_no_index(tmp_path, monkeypatch):
         report.write_report(run, n_cases=1, seed=0)
     assert not index.exists()
     assert not [p for p in index.parent.iterdir() if p.name.startswith(".index.html")]
+
+
+def test_output_directory_problems_are_found_before_any_work(tmp_path, monkeypatch):
+    from camera_jax import atomic
+
+    (tmp_path / "file").write_text("x")
+    assert atomic.output_dir_problem(tmp_path / "new" / "deeper") is None  # made later
+    assert atomic.output_dir_problem(tmp_path) is None
+    assert atomic.output_dir_problem(tmp_path / "file") == f"{tmp_path / 'file'} is not a directory"
+    assert atomic.output_dir_problem(tmp_path / "file" / "sub") == f"{tmp_path / 'file'} is not a directory"
+    assert not list(tmp_path.glob(".probe*")) and not (tmp_path / "new").exists()
+
+    def refuse(*args, **kwargs):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic.tempfile, "NamedTemporaryFile", refuse)
+    assert atomic.output_dir_problem(tmp_path / "new") == f"cannot write in {tmp_path} (Permission denied)"

@@ -138,11 +138,17 @@ def test_invalid_queries_raise_one_line_errors(kw):
     with pytest.raises(ValueError, match="no keywords given; known words include") as e:
         search.keyword_search([], **kw)
     assert "\n" not in str(e.value)
-    with pytest.raises(ValueError, match=r"'!!!' has no letter or digit; closest known words: \w+") as e:
+    with pytest.raises(ValueError, match=r"'!!!' has no word of two or more letters or digits; "
+                       r"no similar known word") as e:
         search.keyword_search(["food", "!!!"], **kw)
-    with pytest.raises(ValueError, match="closest known words") as e:
+    # tokenize drops one-character words: 'x' gives no token either
+    with pytest.raises(ValueError, match=r"'x' has no word of two or more letters or digits"):
+        search.keyword_search(["x"], **kw)
+    with pytest.raises(ValueError, match="no similar known word") as e:
         search.keyword_search(["qqqq"], **kw)  # shares no character with any concept
     assert "\n" not in str(e.value)
+    assert search._closest_hint("fooq", ["food", "car"], []) == "closest known words: food"
+
 
 
 def test_caption_baseline_needs_every_keyword_in_one_post():
@@ -219,6 +225,28 @@ def test_cli_table_json_and_errors(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = _cli(tmp_path, f"--workdir={tmp_path / 'nope'}", "--keywords=food")
     assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _cli(tmp_path, f"--workdir={tmp_path}", "--keywords=sports", "car")  # unquoted space
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("unexpected arguments: car (quote a keyword "
+                                                    "that holds a space)")
+    proc = _cli(tmp_path, f"--workdir={tmp_path}", "--keywords=watch", "--relevant=wacth")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("--relevant: 'wacth' is not a concept of the "
+                                                    "run; closest: watch")
     proc = _cli(tmp_path, f"--workdir={tmp_path}", "--keywords=food", "--top_k=0")
     assert proc.returncode == 1 and "--top_k=0: 0 is not a positive integer" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_shown_w_a_keeps_only_the_concepts_the_posts_show():
+    from camera_jax.explain.shown import shown_w_a
+
+    w_a = np.array([[0.5, 0.3, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1]], np.float32)
+    run = types.SimpleNamespace(
+        w_a=w_a, top_idx=np.array([[0, 1, 2], [0, 1, 2]]),
+        tables=types.SimpleNamespace(top_mask=np.array([[True, True, False], [False, False, False]])))
+    out = shown_w_a(run, [0, 1])
+    # row 0: concept 2 is a filler slot, concept 3 is outside the top 3; row 1 shows no slot, so
+    # every slot is shown (shown_concepts: a chart needs a spoke)
+    np.testing.assert_array_equal(out, np.array([[0.5, 0.3, 0.0, 0.0], [0.4, 0.3, 0.2, 0.0]], np.float32))
+    np.testing.assert_array_equal(shown_w_a(run, [1]), out[1:])

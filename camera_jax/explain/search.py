@@ -178,7 +178,13 @@ def _closest_words(word: str, vocab: Sequence[str], concept_names: Sequence[str]
     pool = list(dict.fromkeys(list(vocab) + [str(c) for c in concept_names]))
     if not word:
         return pool[:n]
-    return difflib.get_close_matches(word, pool, n=n, cutoff=0.0)
+    # cutoff 0.5: below it difflib "matches" anything (a Japanese keyword got English words)
+    return difflib.get_close_matches(word, pool, n=n, cutoff=0.5)
+
+
+def _closest_hint(word: str, vocab: Sequence[str], concept_names: Sequence[str]) -> str:
+    close = _closest_words(word, vocab, concept_names)
+    return f"closest known words: {', '.join(close)}" if close else "no similar known word"
 
 
 def _normalise(keywords: Sequence[str] | str) -> list[tuple[str, str]]:
@@ -262,9 +268,11 @@ def resolve_keywords(
         )
     for raw, q in pairs:
         if not q:
+            # tokenize keeps words of at least two letters or digits: 'x', '5' or one CJK
+            # character give no token either
             raise ValueError(
-                f"keyword {raw!r} has no letter or digit; closest known words: "
-                + ", ".join(_closest_words(raw.strip().lower(), vocab, concept_names))
+                f"keyword {raw!r} has no word of two or more letters or digits; "
+                + _closest_hint(raw.strip().lower(), vocab, concept_names)
             )
     strings = _concept_strings(concept_names)
     _, known = embedder.embed_words([q for _, q in pairs])
@@ -384,7 +392,7 @@ def keyword_search(
             q = matches[0].keyword
             raise ValueError(
                 f"no keyword of {[m.keyword for m in matches]} matches a concept or a known word;"
-                f" closest known words: {', '.join(_closest_words(q, vocab, concept_names))}"
+                f" {_closest_hint(q, vocab, concept_names)}"
             )
 
     order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))
@@ -406,7 +414,7 @@ def keyword_search(
             "matched_concepts": [
                 (str(concept_names[c]), float(best_sim[c]), float(v[i, c])) for c in matched
             ],
-            "top_concepts": [str(concept_names[c]) for c in concepts],
+            "top_concepts": [str(concept_names[c]) for c in concepts if v[i, c] > 0],
             "keywords": described,
             "fallback": fallback,
         }

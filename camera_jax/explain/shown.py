@@ -30,3 +30,17 @@ def supported_top(run: Any, row: int) -> list[int]:
   """The concept indices of ``run.top_idx[row]`` that :func:`shown_concepts` keeps, in order."""
   idx = np.asarray(run.top_idx[row]).reshape(-1)
   return [int(c) for c in idx[shown_concepts(run, row)]]
+
+
+def shown_w_a(run: Any, rows: Any) -> np.ndarray:
+  """``run.w_a[rows]`` [len(rows), n] with every concept outside :func:`supported_top` set to 0:
+  the historical distribution keyword search ranks and labels accounts by. A filler slot's w_a
+  is small but not 0 (eq. 5's softmax gives every concept some mass), and a food influencer
+  whose filler is "motorcycle" matched the query "motorcycle" through it."""
+  rows = [int(r) for r in rows]
+  w_a = np.asarray(run.w_a)
+  out = np.zeros((len(rows), w_a.shape[1]), w_a.dtype)
+  for j, r in enumerate(rows):
+    keep = supported_top(run, r)
+    out[j, keep] = w_a[r, keep]
+  return out
