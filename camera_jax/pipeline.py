@@ -542,19 +542,32 @@ def account_features(dataset: format_lib.Dataset, cfg: Config | None = None
   return feats
 
 
-def top_concept_table(z_prime_sum: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def top_concept_table(z_prime_sum: np.ndarray, k: int, shown: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The accounts' top-k concepts from their z' sums: ids int32, w_a weights float32 and the
-  support mask bool, each [..., k] (``camera.top_concepts`` and ``camera.supported_concepts``)."""
+  support mask bool, each [..., k] (``camera.top_concepts`` and ``camera.supported_concepts``,
+  given ``shown`` [..., n] from :func:`account_shown` where known)."""
   idx, w = camera_lib.top_concepts(z_prime_sum, k)
   return (np.asarray(idx, np.int32), np.asarray(w, np.float32),
-          np.asarray(camera_lib.supported_concepts(z_prime_sum, idx), bool))
+          np.asarray(camera_lib.supported_concepts(z_prime_sum, idx, shown), bool))
+
+
+def account_shown(cfg: Config, dataset: format_lib.Dataset, h: np.ndarray) -> np.ndarray:
+  """bool [A, n]: the concepts some history post (:func:`history_mask`) of each account shows
+  (its h summed over those posts > 0): the support of the top-k mask (``camera.supported_concepts``)."""
+  acc_index = dataset.account_index()
+  post_account = np.array([acc_index[p.account] for p in dataset.posts], np.int64)
+  keep = history_mask(cfg, dataset)
+  counts = concepts_lib.account_distributions(np.asarray(h)[keep].astype(np.float32),
+                                              post_account[keep], len(dataset.accounts))
+  return counts > 0
 
 
 def build_tables(cfg: Config, z_prime_sum: np.ndarray, u_c: np.ndarray,
-                 feats: dict[str, np.ndarray]) -> ranker_lib.Tables:
+                 feats: dict[str, np.ndarray], shown: np.ndarray | None = None) -> ranker_lib.Tables:
   """The ranker's per-account tables: top-k concepts, their w_a weights and support mask (from
   the z' sums of :func:`account_stage`), scaled engagement and followers, and U_C."""
-  idx, w, mask = top_concept_table(z_prime_sum, cfg.top_k)
+  idx, w, mask = top_concept_table(z_prime_sum, cfg.top_k, shown)
   return ranker_lib.Tables(top_idx=idx, top_w=w, top_mask=mask,
                            engagement=feats["engagement_scaled"],
                            followers=feats["followers_scaled"],
@@ -789,11 +802,12 @@ def write_scores(path: pathlib.Path, dataset: format_lib.Dataset, pairs: dict[st
 
 
 def ranker_inputs(cfg: Config, dataset: format_lib.Dataset, z_prime_sum: np.ndarray, u_c: np.ndarray,
-                  feats: dict[str, np.ndarray]) -> dict[str, Any]:
-  """The data arguments of ``ranker.train_ranker``: tables, positives, ed_observed, candidates."""
+                  feats: dict[str, np.ndarray], shown: np.ndarray | None = None) -> dict[str, Any]:
+  """The data arguments of ``ranker.train_ranker``: tables, positives, ed_observed, candidates
+  (``shown``: :func:`account_shown`, for the top-k support mask)."""
   positives, ed_obs = training_positives(dataset, feats)
   acc = dataset.account_index()
-  return {"tables": build_tables(cfg, z_prime_sum, u_c, feats), "positives": positives,
+  return {"tables": build_tables(cfg, z_prime_sum, u_c, feats, shown), "positives": positives,
           "ed_observed": ed_obs,
           "candidates": np.array([acc[m] for m in dataset.split.candidates], np.int64)}
 
@@ -982,7 +996,8 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
   mesh = sharding.make_mesh()
   try:
     prep = prepare_concepts(cfg, workdir, log, mesh)
-    inputs = ranker_inputs(cfg, prep.dataset, prep.z_prime_sum, prep.u_c, prep.feats)
+    inputs = ranker_inputs(cfg, prep.dataset, prep.z_prime_sum, prep.u_c, prep.feats,
+                           account_shown(cfg, prep.dataset, prep.h))
     tables = inputs["tables"]
     check_ranker_loss(cfg, workdir, write=True)
     params = ranker_lib.train_ranker(cfg=ranker_config(cfg), **inputs,

@@ -83,7 +83,8 @@ class Run:
     sums = z_prime.sum(0)
     w_a = np.asarray(camera_lib.historical_distribution(sums), np.float32)
     from camera_jax import pipeline
-    idx, w, mask = pipeline.top_concept_table(sums, self.config.top_k)
+    idx, w, mask = pipeline.top_concept_table(sums, self.config.top_k,
+                                              np.asarray(h).sum(0) > 0)
     fol = int(followers) if followers else int(np.median([self.dataset.accounts[i].followers
                                                           for i in range(len(self.dataset.accounts))]))
     rates = engagement_lib.engagement_rate(np.array([p.likes for p in posts], float),
@@ -207,7 +208,9 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
   u_c = np.load(cdir / "U_C.npy")
   w_a = np.load(cdir / "w_a.npy")
   feats = pipeline.account_features(dataset, cfg)
-  tables = pipeline.build_tables(cfg, pipeline.load_account_sums(cdir), u_c, feats)
+  shown = (pipeline.account_shown(cfg, dataset, np.load(cdir / "h.npy", mmap_mode="r"))
+           if (cdir / "h.npy").exists() else None)
+  tables = pipeline.build_tables(cfg, pipeline.load_account_sums(cdir), u_c, feats, shown)
   params = ranker_lib.restore_params(pipeline.ranker_config(cfg), tables, workdir / "checkpoints" / "ranker",
                                      finished=True)
   ids = [a.id for a in dataset.accounts]

@@ -70,6 +70,25 @@ def test_supported_concepts_masks_the_padding_concepts():
                                 [[True, True, False], [True, False, False]])
 
 
+def test_supported_concepts_from_what_the_posts_show():
+  """--zprime_mode=faithful: a shown concept whose caption cosine is negative sums below the
+  never-shown ones (exp(0) each), so the row minimum is not the padding level; the shown mask
+  (h summed per account) is. With masked z' both give the same mask."""
+  sums = np.zeros((1, 12), np.float32)
+  sums[0, 0], sums[0, 7] = 3.0, -0.5          # concepts 0 and 7 shown, 7 with a negative cosine
+  shown = np.zeros((1, 12), bool)
+  shown[0, [0, 7]] = True
+  idx, _ = camera.top_concepts(sums, k=4)
+  np.testing.assert_array_equal(idx, [[0, 1, 2, 3]])
+  np.testing.assert_array_equal(camera.supported_concepts(sums, idx), [[True] * 4])  # wrong
+  np.testing.assert_array_equal(camera.supported_concepts(sums, idx, shown),
+                                [[True, False, False, False]])
+  masked = jnp.array([[0.0, 2.5, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+  idx, _ = camera.top_concepts(masked, k=3)
+  np.testing.assert_array_equal(camera.supported_concepts(masked, idx, np.asarray(masked) > 0),
+                                camera.supported_concepts(masked, idx))
+
+
 def test_eq6_eq8_weighted_sums():
   w = jnp.array([0.5, 0.25])
   u = jnp.array([[2.0, 0.0], [0.0, 4.0]])

@@ -84,21 +84,32 @@ def top_concepts(z_prime_sum: jax.Array, k: int = 10) -> tuple[jax.Array, jax.Ar
   return idx.astype(jnp.int32), weights
 
 
-def supported_concepts(z_prime_sum: jax.Array, idx: jax.Array) -> jax.Array:
+def supported_concepts(z_prime_sum: jax.Array, idx: jax.Array,
+                       shown: jax.Array | None = None) -> jax.Array:
   """Which of an account's top-k concepts (:func:`top_concepts`) it actually showed: bool [..., k].
 
   Eq. 5 gives every concept some mass (softmax of a sum that is 0 for a concept the account
   never showed), so an account with fewer than k concepts gets padding concepts in its top-k,
-  ordered by index. Those have the row's minimum sum; a slot is supported when its sum is above
-  that minimum by more than 1e-5 (w_a above the minimum w_a by a factor 1 + 1e-5). Padding slots
-  are masked out of the BCAM attention (eq. 7) so that the marketing-direction weights only
-  spread over concepts of the account's history. The first slot is always valid.
+  ordered by index. Padding slots are masked out of the BCAM attention (eq. 7) so that the
+  marketing-direction weights only spread over concepts of the account's history. The first
+  slot is always valid.
+
+  With ``shown`` (bool [..., n]: the concepts some history post of the account shows, h summed
+  per account > 0) a slot is supported when its concept is shown. Without it, a slot is
+  supported when its sum is above the row's minimum, the level of a never-shown concept under
+  ``--zprime_mode=masked``, by more than 1e-5 (w_a above the minimum w_a by a factor 1 + 1e-5).
+  Under ``faithful`` that level is not the minimum (a shown concept whose caption cosine is
+  negative sums below it), so only ``shown`` tells.
 
   Args:
     z_prime_sum: [..., n] the input of eq. 5, or any per-row shift of it (``log w_a``, where
       -inf marks an underflowed weight).
     idx: [..., k] the top-k concepts.
+    shown: optional bool [..., n], see above.
   """
+  if shown is not None:
+    mask = jnp.take_along_axis(jnp.asarray(shown, bool), jnp.asarray(idx), axis=-1)
+    return mask.at[..., 0].set(True)
   s = jnp.asarray(z_prime_sum, jnp.float32)
   floor = jnp.min(s, axis=-1, keepdims=True)
   mask = jnp.take_along_axis(s, jnp.asarray(idx), axis=-1) > floor + 1e-5
