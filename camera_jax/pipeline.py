@@ -552,6 +552,11 @@ def top_concept_table(z_prime_sum: np.ndarray, k: int, shown: np.ndarray | None 
           np.asarray(camera_lib.supported_concepts(z_prime_sum, idx, shown), bool))
 
 
+#: The top-k support mask the ranker trained with (``concepts/top_mask.npy``); a run made before
+#: it was saved used the row-minimum rule (``camera.supported_concepts`` without ``shown``).
+TOP_MASK_FILE = "top_mask.npy"
+
+
 def account_shown(cfg: Config, dataset: format_lib.Dataset, h: np.ndarray) -> np.ndarray:
   """bool [A, n]: the concepts some history post (:func:`history_mask`) of each account shows
   (its h summed over those posts > 0): the support of the top-k mask (``camera.supported_concepts``)."""
@@ -887,6 +892,7 @@ _DOWNSTREAM = {"data": ("data", "word2vec", "concept_generator", "cosmic"),
 #: While it is there, that stage's learning rate may go down (train_and_evaluate removes it when
 #: the run finishes), as the error's advice says.
 NONFINITE_RECORD = "nonfinite.json"
+_STAGE_DONE = {"concept_generator": "concepts/h.npy", "cosmic": "concepts/U_C.npy"}
 _LEARNING_RATES = {"concept_generator": "cg_learning_rate", "cosmic": "cosmic_learning_rate",
                    "ranker": "learning_rate"}
 
@@ -897,6 +903,9 @@ def _lowered_after_nonfinite(workdir: pathlib.Path, before: Config, cfg: Config)
   try:
     stage = json.loads((workdir / NONFINITE_RECORD).read_text(encoding="utf-8")).get("stage")
   except (OSError, ValueError, AttributeError):
+    return None
+  done = _STAGE_DONE.get(stage)
+  if done and (workdir / done).exists():  # the stage finished since: its outputs hold the rate
     return None
   field = _LEARNING_RATES.get(stage)
   if field and getattr(cfg, field) < getattr(before, field):
@@ -999,6 +1008,8 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
     inputs = ranker_inputs(cfg, prep.dataset, prep.z_prime_sum, prep.u_c, prep.feats,
                            account_shown(cfg, prep.dataset, prep.h))
     tables = inputs["tables"]
+    if is_main():  # the mask the ranker trains with: load_run rebuilds exactly these tables
+      save_npy(workdir / "concepts" / TOP_MASK_FILE, tables.top_mask)
     check_ranker_loss(cfg, workdir, write=True)
     params = ranker_lib.train_ranker(cfg=ranker_config(cfg), **inputs,
                                      ckpt_dir=workdir / "checkpoints" / "ranker", log=log,
@@ -1028,7 +1039,8 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
 
 
 #: Concept-layer files that every run rewrites (the account stage): compared by content.
-_REWRITTEN_EACH_RUN = ("concepts/w_a.npy", "concepts/z_prime_sum.npy", "concepts/accounts.txt")
+_REWRITTEN_EACH_RUN = ("concepts/w_a.npy", "concepts/z_prime_sum.npy", "concepts/accounts.txt",
+                       "concepts/" + TOP_MASK_FILE)
 
 
 def _concept_outputs(workdir: pathlib.Path) -> dict[str, Any]:
@@ -1113,6 +1125,14 @@ def check_no_training_brand_tested(run: Any) -> None:
   except (OSError, ValueError):
     record = {}
   trained_with = record.get(format_lib.SPLIT_FILE) if isinstance(record, dict) else None
+  if not own.is_dir():  # the run's dataset moved (a run copied to another machine)
+    given = run.dataset.root / format_lib.SPLIT_FILE
+    given_sha = file_sha256(given) if given.exists() else "missing"
+    if trained_with is None or given_sha != trained_with:
+      raise ValueError(f"{own}: the run's own dataset is gone and {given} is not the split the "
+                       f"run trained with ({run.workdir / DATA_RECORD}), so its training brands "
+                       "are unknown; rescore with the run's dataset, or restore it")
+    own, split_file = run.dataset.root, given  # the same split.json: the run's training brands
   now = file_sha256(split_file) if split_file.exists() else "missing"
   if trained_with is not None and trained_with != now:
     raise ValueError(f"{split_file}: not the split the run trained with (its sha256 differs from "

@@ -48,6 +48,9 @@ class Run:
   tables: ranker_lib.Tables
   params: Any
   _score_fn: Any = None
+  #: bool [A, n]: the concepts some history post of each account shows (pipeline.account_shown;
+  #: None when the run has no concepts/h.npy)
+  shown: np.ndarray | None = None
 
   @property
   def ranker_config(self) -> ranker_lib.RankerConfig:
@@ -83,14 +86,14 @@ class Run:
     sums = z_prime.sum(0)
     w_a = np.asarray(camera_lib.historical_distribution(sums), np.float32)
     from camera_jax import pipeline
-    idx, w, mask = pipeline.top_concept_table(sums, self.config.top_k,
-                                              np.asarray(h).sum(0) > 0)
+    shown = np.asarray(h).sum(0) > 0
+    idx, w, mask = pipeline.top_concept_table(sums, self.config.top_k, shown)
     fol = int(followers) if followers else int(np.median([self.dataset.accounts[i].followers
                                                           for i in range(len(self.dataset.accounts))]))
     rates = engagement_lib.engagement_rate(np.array([p.likes for p in posts], float),
                                            np.array([p.comments for p in posts], float),
                                            np.full(len(posts), fol, float))
-    return {"w_a": w_a, "top_idx": idx, "top_w": w, "top_mask": mask,
+    return {"w_a": w_a, "top_idx": idx, "top_w": w, "top_mask": mask, "shown": shown,
             "mean_engagement": float(np.mean(rates)) if len(posts) else 0.0, "followers": fol}
 
   def _predict_concepts(self, paths: Sequence[pathlib.Path]) -> np.ndarray:
@@ -130,6 +133,8 @@ class Run:
         followers=np.append(t.followers, np.float32(engagement_lib.scale_followers(rep["followers"]))),
         concepts=t.concepts)
     self.w_a = np.concatenate([self.w_a, rep["w_a"][None]])
+    if self.shown is not None:
+      self.shown = np.concatenate([self.shown, np.asarray(rep["shown"], bool)[None]])
     self.top_idx, self.top_w = self.tables.top_idx, self.tables.top_w
     self.account_ids.append(account_id)
     self.categories.append(category)
@@ -208,9 +213,10 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
   u_c = np.load(cdir / "U_C.npy")
   w_a = np.load(cdir / "w_a.npy")
   feats = pipeline.account_features(dataset, cfg)
-  shown = (pipeline.account_shown(cfg, dataset, np.load(cdir / "h.npy", mmap_mode="r"))
-           if (cdir / "h.npy").exists() else None)
-  tables = pipeline.build_tables(cfg, pipeline.load_account_sums(cdir), u_c, feats, shown)
+  tables = pipeline.build_tables(cfg, pipeline.load_account_sums(cdir), u_c, feats)
+  if (cdir / pipeline.TOP_MASK_FILE).exists():  # the mask the ranker trained with
+    tables.top_mask = np.load(cdir / pipeline.TOP_MASK_FILE)
+  # else: a run made before the mask was saved trained with the row-minimum rule, as above
   params = ranker_lib.restore_params(pipeline.ranker_config(cfg), tables, workdir / "checkpoints" / "ranker",
                                      finished=True)
   ids = [a.id for a in dataset.accounts]
@@ -218,4 +224,6 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
              embedder=text_lib.TextEmbedder.load(workdir / "word2vec"), w_a=w_a,
              top_idx=tables.top_idx, top_w=tables.top_w, account_ids=ids,
              account_index={a: i for i, a in enumerate(ids)},
-             categories=[a.category for a in dataset.accounts], tables=tables, params=params)
+             categories=[a.category for a in dataset.accounts], tables=tables, params=params,
+             shown=(pipeline.account_shown(cfg, dataset, np.load(cdir / "h.npy", mmap_mode="r"))
+                    if (cdir / "h.npy").exists() else None))

@@ -268,6 +268,13 @@ def test_rescoring_a_split_that_tests_training_brands_is_refused(tiny_run, tiny_
            for line in (work / "flags.txt").read_text().splitlines()]
   (work / "flags.txt").write_text("\n".join(flags) + "\n")
   pipeline.rescore(work, out_dir=tmp_path / "same")  # unchanged: rescored
+  # the run's dataset moved (a run copied to another machine): rescored from the new place
+  moved = tmp_path / "moved"
+  own.rename(moved)
+  pipeline.rescore(work, moved, tmp_path / "moved_out")
+  assert ((tmp_path / "moved_out" / "scores.csv").read_bytes()
+          == (tmp_path / "same" / "scores.csv").read_bytes())
+  moved.rename(own)
   (own / format_lib.SPLIT_FILE).write_text(json.dumps(obj))
   with pytest.raises(ValueError, match=r"split.json: not the split the run trained with"):
     pipeline.rescore(work, out_dir=tmp_path / "edited")
@@ -504,6 +511,10 @@ def test_after_a_nan_the_stopped_stage_may_lower_its_learning_rate(tiny_run, tin
     pipeline.check_settings(lower, workdir)
   (workdir / pipeline.NONFINITE_RECORD).write_text('{"stage": "ranker"}')
   pipeline.check_settings(lower, workdir)
+  (workdir / pipeline.NONFINITE_RECORD).write_text('{"stage": "cosmic"}')   # COSMIC finished
+  with pytest.raises(pipeline.ConfigError, match="cosmic_learning_rate"):       # since: refused
+    pipeline.check_settings(cfg.replace(cosmic_learning_rate=cfg.cosmic_learning_rate / 10), workdir)
+  (workdir / pipeline.NONFINITE_RECORD).write_text('{"stage": "ranker"}')
   for other in (cfg.replace(learning_rate=cfg.learning_rate * 10),            # not lower
                 cfg.replace(cg_learning_rate=cfg.cg_learning_rate / 10),      # another stage's
                 lower.replace(dropout=0.3)):                                   # anything else
@@ -863,3 +874,23 @@ def test_a_new_accounts_posts_go_through_the_trained_concept_layer_in_padded_chu
     np.testing.assert_array_equal(h, h_run[rows])
   rep = run.represent_posts([run.dataset.posts[i] for i in rows], run.dataset.root)
   assert rep["top_idx"].shape == (run.config.top_k,) and rep["top_mask"].dtype == bool
+
+
+def test_a_finished_run_is_scored_with_the_mask_its_ranker_trained_with(tiny_run, tmp_path):
+  """concepts/top_mask.npy is the top-k support mask the ranker trained with: load_run uses it
+  (a run trained before the mask came from the posts' h keeps its row-minimum mask)."""
+  from camera_jax import pipeline
+  from camera_jax import run as run_lib
+
+  workdir, _ = tiny_run
+  saved = np.load(workdir / "concepts" / pipeline.TOP_MASK_FILE)
+  run = run_lib.load_run(workdir)
+  np.testing.assert_array_equal(run.tables.top_mask, saved)
+  work = tmp_path / "work"
+  shutil.copytree(workdir, work)
+  other = saved.copy()
+  other[:, 1:] = False
+  np.save(work / "concepts" / pipeline.TOP_MASK_FILE, other)
+  np.testing.assert_array_equal(run_lib.load_run(work).tables.top_mask, other)
+  (work / "concepts" / pipeline.TOP_MASK_FILE).unlink()  # an older run: the row-minimum rule
+  np.testing.assert_array_equal(run_lib.load_run(work).tables.top_mask, saved)  # masked: equal

@@ -250,3 +250,8 @@ def test_shown_w_a_keeps_only_the_concepts_the_posts_show():
     # every slot is shown (shown_concepts: a chart needs a spoke)
     np.testing.assert_array_equal(out, np.array([[0.5, 0.3, 0.0, 0.0], [0.4, 0.3, 0.2, 0.0]], np.float32))
     np.testing.assert_array_equal(shown_w_a(run, [1]), out[1:])
+    # a run that knows every concept its accounts' posts show (Run.shown) keeps those beyond its
+    # top-K too (a run trained with --top_k below search's 10)
+    run.shown = np.array([[True, False, False, True], [False, True, True, True]])
+    np.testing.assert_array_equal(shown_w_a(run, [0, 1]), np.array(
+        [[0.5, 0.0, 0.0, 0.1], [0.0, 0.3, 0.2, 0.1]], np.float32))

@@ -217,3 +217,6 @@ def test_tokenize_keeps_combining_marks_and_normalizes():
     # A mark with no letter before it is not part of a word: an emoji's variation selector
     # (U+FE0F, a nonspacing mark) stays out of the word written right after the emoji.
     assert text.tokenize("\u2764\ufe0flove food\u2764\ufe0f yum") == ["love", "food", "yum"]
+    # nor are an emoji's presentation selector and keycap after a digit or a letter
+    assert text.tokenize("1\ufe0f\u20e3Pizza 2\ufe0f\u20e3Burger") == ["pizza", "burger"]
+    assert text.tokenize("Top 5\ufe0f\u20e3 tips \u2139\ufe0fInfo") == ["top", "tips", "info"]

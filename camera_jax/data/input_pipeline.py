@@ -133,7 +133,8 @@ def quiet_large_images() -> None:
     so that a caller's own earlier filter (``-W error``) still wins.
     """
     if _QUIET_BOMB not in warnings.filters:
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        # appended: a filter the caller set earlier (-W error) still comes first and wins
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, append=True)
 
 
 quiet_large_images()

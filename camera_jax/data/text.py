@@ -68,6 +68,9 @@ _log = logging.getLogger(__name__)
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
 _MENTION = re.compile(r"@[\w.]+")
+# U+FE0E/U+FE0F choose an emoji's text or emoji form: they end a word ("\u2139\ufe0finfo",
+# "1\ufe0f\u20e3pizza" are an emoji and a word)
+_EMOJI_SELECTOR = re.compile("[\ufe0e\ufe0f]")
 _APOSTROPHE = re.compile(r"(?<=[^\W_])['\u2019](?=[^\W_])")
 
 
@@ -75,7 +78,10 @@ def _marks_class() -> str:
     """The combining marks (Unicode categories Mn, Mc, Me) as a regex character-class body: the
     vowel signs and viramas of Indic and Thai script, and the accents of decomposed (NFD) text,
     which ``str.isalnum`` (and so ``\\w``) does not count as letters."""
-    cps = [cp for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp))[0] == "M"]
+    # Mn and Mc only: an enclosing mark (Me: the keycap U+20E3 of "1\ufe0f\u20e3") makes a
+    # symbol, not a letter; the emoji presentation selectors are replaced by a space first.
+    cps = [cp for cp in range(sys.maxunicode + 1)
+           if unicodedata.category(chr(cp)) in ("Mn", "Mc") and cp not in (0xFE0E, 0xFE0F)]
     ranges, start, prev = [], cps[0], cps[0]
     for cp in cps[1:] + [-1]:
         if cp != prev + 1:
@@ -113,7 +119,7 @@ def tokenize(text: str) -> list[str]:
     """
     if not text:
         return []
-    text = unicodedata.normalize("NFC", text).lower()
+    text = _EMOJI_SELECTOR.sub(" ", unicodedata.normalize("NFC", text)).lower()
     text = _URL.sub(" ", text)
     text = _EMAIL.sub(" ", text)
     text = _MENTION.sub(" ", text)

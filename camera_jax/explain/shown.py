@@ -33,12 +33,17 @@ def supported_top(run: Any, row: int) -> list[int]:
 
 
 def shown_w_a(run: Any, rows: Any) -> np.ndarray:
-  """``run.w_a[rows]`` [len(rows), n] with every concept outside :func:`supported_top` set to 0:
-  the historical distribution keyword search ranks and labels accounts by. A filler slot's w_a
-  is small but not 0 (eq. 5's softmax gives every concept some mass), and a food influencer
-  whose filler is "motorcycle" matched the query "motorcycle" through it."""
+  """``run.w_a[rows]`` [len(rows), n] with every concept the account's posts do not show set to
+  0: the historical distribution keyword search ranks and labels accounts by. A filler slot's
+  w_a is small but not 0 (eq. 5's softmax gives every concept some mass), and a food influencer
+  whose filler is "motorcycle" matched the query "motorcycle" through it. The shown concepts are
+  ``run.shown`` (every concept some history post shows) where the run has it, else those of
+  :func:`supported_top` (the run's top-K only)."""
   rows = [int(r) for r in rows]
   w_a = np.asarray(run.w_a)
+  shown = getattr(run, "shown", None)
+  if shown is not None:
+    return np.where(np.asarray(shown)[rows], w_a[rows], 0).astype(w_a.dtype)
   out = np.zeros((len(rows), w_a.shape[1]), w_a.dtype)
   for j, r in enumerate(rows):
     keep = supported_top(run, r)
