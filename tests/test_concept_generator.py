@@ -81,3 +81,16 @@ def test_precision_at_k_ties_and_mask():
   assert cg.precision_at_k(np.zeros((1, 3)), target, 1) == 0.0   # tie -> index 0
   assert cg.precision_at_k(np.zeros((1, 3)), target, 2) == 0.5
   assert cg.precision_at_k(np.zeros((1, 3)), target, 1, mask=np.array([False])) == 0.0
+
+
+def test_held_out_metrics_without_held_out_rows_are_undefined():
+  """--cg_held_out=0 holds nothing out: the metrics are NaN (null in concept_generator.json),
+  as COSMIC's top-5 agreement is, not 0.0 (which reads as a generator that scored 0)."""
+  import math
+
+  from camera_jax.training import concepts
+
+  m = concepts.evaluate_concept_predictions(np.zeros((0, 5), np.float32), np.zeros((0, 5), bool),
+                                            np.eye(5, dtype=bool), threshold=0.5, min_k=1, max_k=5)
+  assert m["n_held_out"] == 0 and len(m) == 6
+  assert all(math.isnan(v) for k, v in m.items() if k != "n_held_out")

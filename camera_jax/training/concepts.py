@@ -239,6 +239,11 @@ def evaluate_concept_predictions(logits: np.ndarray, target: np.ndarray, train_t
   The frequency baseline predicts, for every post, the ``m`` concepts most frequent in the
   training labels, ``m`` = the mean number of concepts per training post (rounded).
   """
+  if target.shape[0] == 0:  # --cg_held_out=0: nothing held out, the metrics are undefined (null)
+    nan = float("nan")
+    return {"micro_f1": nan, "macro_f1": nan, f"precision@{k}": nan,
+            "frequency_baseline_micro_f1": nan, f"frequency_baseline_precision@{k}": nan,
+            "n_held_out": 0}
   pred = np.asarray(cg_lib.predict_multi_hot(logits, threshold=threshold, min_k=min_k, max_k=max_k))
   ours = cg_lib.multilabel_metrics(pred, target)
   freq = train_target.mean(0)
