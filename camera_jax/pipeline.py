@@ -213,9 +213,10 @@ def decoded_sources(cfg: Config, sources: dict[str, Any], tfds_dir: pathlib.Path
   the split (not at all when the concept stages are cached) and reused by later epochs, stages
   and runs; ``cache_dir`` lies in the TFDS build of this data, so it goes when the data changes,
   and a file of another size or decoder (``input_pipeline.decoder_key``) is deleted here. Multi-
-  process runs decode every epoch (one file per process would be written concurrently); each
-  process then decodes every image of a global batch and keeps its own slice, so the decoding
-  does not scale with the processes (a known limit: see the README).
+  process runs decode every epoch (one file per process would be written concurrently): in a
+  training epoch each process decodes only its slice of every global batch
+  (``ImageBatches(part=...)``); the stage's one prediction pass decodes every image in every
+  process.
   """
   if jax.process_count() > 1:
     return sources

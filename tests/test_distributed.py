@@ -47,24 +47,10 @@ def _train(workdir, copy, env, *extra):
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_two_processes_train_the_ranker_like_one_process(tiny_run, tiny_data, tmp_path):
-  from camera_jax import pipeline
-  from camera_jax.training import checkpoint as ckpt_lib
-  from camera_jax.training import ranker, sharding
+def _two_processes(workdir, copy):
+  """Runs train.py as 2 processes x 2 CPU devices on ``copy``; returns their (stdout, stderr)."""
+  from camera_jax.training import sharding
 
-  workdir, result = tiny_run
-  cfg = tiny_config(tiny_data)
-  assert cfg.batch_size % 4 == 0  # the same global batch on 1 and on 4 devices
-  copy = _copy_with_concepts(workdir, tmp_path / "work")
-  reference = workdir
-  if jax.default_backend() != "cpu":
-    # The session's run trained its ranker on the accelerator, which rounds differently: the
-    # reference is then one CPU process training the same ranker.
-    reference = _copy_with_concepts(workdir, tmp_path / "one_cpu_process")
-    proc = _train(workdir, reference, {**sharding.force_host_devices(1), "JAX_PLATFORMS": "cpu"})
-    _, err = proc.communicate(timeout=400)
-    assert proc.returncode == 0, err[-3000:]
-    result = json.loads((reference / "metrics.json").read_text())
   try:
     port = free_port()
   except OSError as err:  # pragma: no cover - sandboxes without loopback
@@ -90,6 +76,28 @@ def test_two_processes_train_the_ranker_like_one_process(tiny_run, tiny_data, tm
       s in errors.lower() for s in ("not available", "unavailable", "not supported", "not built")):
     pytest.skip(f"gloo CPU collectives are unavailable in this jaxlib: {errors[-500:]}")
   assert codes == [0, 0], errors
+  return outs
+
+
+def test_two_processes_train_the_ranker_like_one_process(tiny_run, tiny_data, tmp_path):
+  from camera_jax import pipeline
+  from camera_jax.training import checkpoint as ckpt_lib
+  from camera_jax.training import ranker, sharding
+
+  workdir, result = tiny_run
+  cfg = tiny_config(tiny_data)
+  assert cfg.batch_size % 4 == 0  # the same global batch on 1 and on 4 devices
+  copy = _copy_with_concepts(workdir, tmp_path / "work")
+  reference = workdir
+  if jax.default_backend() != "cpu":
+    # The session's run trained its ranker on the accelerator, which rounds differently: the
+    # reference is then one CPU process training the same ranker.
+    reference = _copy_with_concepts(workdir, tmp_path / "one_cpu_process")
+    proc = _train(workdir, reference, {**sharding.force_host_devices(1), "JAX_PLATFORMS": "cpu"})
+    _, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads((reference / "metrics.json").read_text())
+  outs = _two_processes(workdir, copy)
 
   # The loss curve of a single process, written once (by process 0) per epoch.
   single = _losses(reference / "train_log.jsonl", "ranker")
@@ -129,3 +137,20 @@ def _dataset_and_concepts(data_dir, workdir, cfg):
   dataset = format_lib.load(data_dir, seed=cfg.seed, check_images=False)
   return (dataset, pipeline.load_account_sums(workdir / "concepts"), np.load(workdir / "concepts" / "U_C.npy"),
           pipeline.account_features(dataset))
+
+
+def test_two_processes_share_an_image_stage_like_one_process(tiny_run, tiny_data, tmp_path):
+  """COSMIC's last epoch as 2 processes x 2 CPU devices, each reading and decoding only its half
+  of every global batch (``ImageBatches(part=...)``): the epoch's loss is the single process's."""
+  workdir, _ = tiny_run
+  if jax.default_backend() != "cpu":
+    pytest.skip("the session's run trained on an accelerator, which rounds differently")
+  cfg = tiny_config(tiny_data)
+  copy = _copy_with_concepts(workdir, tmp_path / "work")
+  (copy / "concepts" / "U_C.npy").unlink()  # COSMIC resumes from its epoch before the last
+  shutil.rmtree(copy / "checkpoints" / "cosmic" / str(cfg.cosmic_epochs))
+  _two_processes(workdir, copy)
+  single = _losses(workdir / "train_log.jsonl", "cosmic")
+  multi = _losses(copy / "train_log.jsonl", "cosmic")
+  assert [e for e, _ in multi] == [e for e, _ in single] == list(range(1, cfg.cosmic_epochs + 1))
+  np.testing.assert_allclose([l for _, l in multi], [l for _, l in single], rtol=1e-4)

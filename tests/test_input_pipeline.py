@@ -554,3 +554,36 @@ def test_fingerprint_and_record_line_number_lines_as_the_validator(tmp_path):
     before = tfds_builder.fingerprint(root)
     Image.new("RGB", (7, 5)).save(root / image)
     assert tfds_builder.fingerprint(root) != before
+
+
+def test_processes_decode_only_their_part_of_the_global_batch(prepared, tmp_path, monkeypatch):
+    """part=(width, index, count): each of count processes reads and decodes only its rows of the
+    global batch padded to width; side by side the parts are that padded batch, whatever the
+    source (records or the decoded file) and the augmentation (on the host or drawn for the
+    device)."""
+    from camera_jax.training import sharding
+
+    _, _, sources = prepared
+    raw = sources["posts"]
+    dec = ip.DecodedImages(raw, 8, tmp_path / "posts_8px.npy")
+    decodes = []
+    real = ip._decode_record
+    monkeypatch.setattr(ip, "_decode_record", lambda r, s: decodes.append(1) or real(r, s))
+    for source in (raw, dec):
+        for kw in (dict(augment=True, device_augment=True), dict(augment=True), {}):
+            kw = dict(shuffle=True, seed=3, epoch=1, dtype=np.uint8, **kw)
+            full = _all_batches(ip.ImageBatches(source, 5, 8, **kw))  # 5 rows, padded to 8
+            decodes.clear()
+            parts = [_all_batches(ip.ImageBatches(source, 5, 8, part=(8, i, 4), **kw))
+                     for i in range(4)]
+            if source is raw:
+                n_images = sum(int(b["mask"].sum()) for b in full)
+                assert len(decodes) == n_images  # each image decoded once, by one process
+            for k, batch in enumerate(full):
+                padded, _ = sharding.pad_batch(batch, 8)
+                padded["row"][5:] = -1
+                for key in padded:
+                    np.testing.assert_array_equal(
+                        np.concatenate([p[k][key] for p in parts]), padded[key], err_msg=key)
+    with pytest.raises(ValueError, match="part"):
+        ip.ImageBatches(raw, 5, 8, shuffle=False, seed=0, part=(6, 0, 4))

@@ -437,6 +437,11 @@ class ImageBatches:
       dtype: the images' dtype: float32 (:func:`to_unit`, in [0, 1]) or uint8 (the pixels
         themselves, a quarter of the bytes; ``models.visual.unit_pixels`` converts them on the
         device to the same numbers). The image stages use uint8.
+      part: ``(width, index, count)`` for one process of ``count`` in a multi-process run: each
+        batch is the global batch padded to ``width`` rows (a multiple of ``count``), and only
+        process ``index``'s contiguous ``width // count`` rows of it are read, decoded and
+        yielded (``sharding.process_slice``'s rows), so the processes share the decoding. None:
+        the whole batch of ``batch_size`` rows.
 
     Iterating yields dicts ``image`` [B, S, S, 3] of ``dtype``, ``row`` int32 [B] (-1 for
     padding), ``mask`` bool [B] (False for padding; padding images are 0) and, with
@@ -460,9 +465,17 @@ class ImageBatches:
         num_threads: int = 0,
         prefetch: bool = False,
         dtype: Any = np.float32,
+        part: tuple[int, int, int] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if part is not None:
+            width, index, count = (int(x) for x in part)
+            if width < batch_size or count < 1 or width % count or not 0 <= index < count:
+                raise ValueError(f"part {part}: needs width >= batch_size {batch_size}, a multiple "
+                                 "of count, and 0 <= index < count")
+            part = (width, index, count)
+        self.part = part
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.uint8):
             raise ValueError(f"dtype must be float32 or uint8, got {self.dtype}")
@@ -513,6 +526,17 @@ class ImageBatches:
     ) -> dict[str, np.ndarray]:
         b, s = self.batch_size, self.image_size
         idx = order[k * b : (k + 1) * b]
+        lo = 0  # the batch's first row in the global batch
+        if self.part is not None:  # this process's rows of the global batch padded to width
+            width, index, count = self.part
+            b = width // count
+            lo = index * b
+            idx = idx[lo : lo + b]
+            if shift is not None:
+                local = np.zeros((b, 3), np.int32)
+                part_shift = shift[lo : lo + b]
+                local[: len(part_shift)] = part_shift
+                shift = local
         n = len(idx)
         row = np.full((b,), -1, dtype=np.int32)
         mask = np.zeros((b,), dtype=bool)
@@ -536,7 +560,7 @@ class ImageBatches:
         if self.augment and not self.device_augment and n:
             # Its own generator per image: the same result in any thread.
             pixels = augment_batch(
-                pixels, [augmentation.image_rng(self.seed, self.epoch, k, j) for j in range(n)])
+                pixels, [augmentation.image_rng(self.seed, self.epoch, k, lo + j) for j in range(n)])
         if self.dtype == np.uint8 and n == b:
             image = pixels  # a fresh array (gathered or augmented): no second copy
         else:

@@ -122,11 +122,15 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
   train_step, _ = make_image_steps(loss_fn, cfg.l1)
   lr_fn = trainer.learning_rate_schedule(cfg.learning_rate, cfg.lr_decay, steps_per_epoch)
 
+  # Several processes: each reads and decodes only its slice of the padded global batch.
+  part = ((width, jax.process_index(), jax.process_count()) if jax.process_count() > 1
+          else None)
   for epoch in range(start_epoch, cfg.epochs):
     batches = input_pipeline.ImageBatches(
         source, batch_size, cfg.image_size, shuffle=True, seed=cfg.seed, epoch=epoch,
         augment=cfg.augment, device_augment=True, indices=indices, num_threads=cfg.input_threads,
-        prefetch=cfg.input_threads > 0, dtype=np.uint8)  # the encoder converts on the device
+        prefetch=cfg.input_threads > 0, dtype=np.uint8,  # the encoder converts on the device
+        part=part)
     batches.decoded()   # a decoded file's one decoding pass (logged) stays off the epoch's clock
     t0 = time.perf_counter()
     acc = None
@@ -135,9 +139,10 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
       rows = np.where(batch["mask"], batch["row"], 0)
       for name, table in targets.items():
         host[name] = table[rows]
-      if width > batch_size:
-        host, _ = sharding.pad_batch(host, width)
-      host = sharding.process_local(host)
+      if part is None:
+        if width > batch_size:
+          host, _ = sharding.pad_batch(host, width)
+        host = sharding.process_local(host)
       state, metrics = train_step(state, sharding.shard_batch(host, mesh), step_key)
       acc = trainer.add_metrics(acc, metrics)
     sums = trainer.host_sums(acc)
