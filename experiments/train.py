@@ -73,6 +73,9 @@ def main(argv):
     return 1
   status = 0
   if pipeline.is_main():
+    print(f"work directory: {workdir}")
+    print(pipeline.format_table(result))
+    print(f"finished in {result['seconds']:.1f} s", flush=True)  # the results first (docstring)
     if cfg.report:
       try:
         from camera_jax import run as run_lib
@@ -83,9 +86,6 @@ def main(argv):
         print(f"report failed: {type(e).__name__}: {_cli.error_line(e)} (the run itself is complete; retry with "
               f"python experiments/report.py --workdir={workdir})", file=sys.stderr)
         status = 1
-    print(f"work directory: {workdir}")
-    print(pipeline.format_table(result))
-    print(f"finished in {result['seconds']:.1f} s")
   return status
 
 
