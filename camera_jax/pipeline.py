@@ -1007,11 +1007,15 @@ def train_and_evaluate(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any
   mesh = sharding.make_mesh()
   try:
     prep = prepare_concepts(cfg, workdir, log, mesh)
+    mask_file = workdir / "concepts" / TOP_MASK_FILE
+    # A ranker checkpoint without the mask file: trained before the file existed, with the
+    # row-minimum rule (as load_run assumes); keep that mask rather than record another.
+    legacy = not mask_file.exists() and _exists(workdir, _RANKER_STAGE)
     inputs = ranker_inputs(cfg, prep.dataset, prep.z_prime_sum, prep.u_c, prep.feats,
-                           account_shown(cfg, prep.dataset, prep.h))
+                           None if legacy else account_shown(cfg, prep.dataset, prep.h))
     tables = inputs["tables"]
-    if is_main():  # the mask the ranker trains with: load_run rebuilds exactly these tables
-      save_npy(workdir / "concepts" / TOP_MASK_FILE, tables.top_mask)
+    if is_main() and not legacy:  # the mask the ranker trains with: load_run reads it back
+      save_npy(mask_file, tables.top_mask)
     check_ranker_loss(cfg, workdir, write=True)
     params = ranker_lib.train_ranker(cfg=ranker_config(cfg), **inputs,
                                      ckpt_dir=workdir / "checkpoints" / "ranker", log=log,
@@ -1115,39 +1119,46 @@ def saved_concept_metrics(workdir: pathlib.Path) -> dict[str, Any]:
 def check_no_training_brand_tested(run: Any) -> None:
   """Raises ValueError (one line) when ``run.dataset``'s test brands include a brand the run's
   ranker trained on: their cooperations were its training positives, so their metrics would be
-  leaked. The run's training brands are those of its own dataset's split (its ``flags.txt``),
-  which must still be the split.json the run trained with (``data_digests.json``); a run
-  without that record is compared with its dataset's split as it is now.
+  leaked.
+
+  The run's training brands are those of the split it trained with: its own dataset's
+  (``flags.txt``), whose split.json must still be the one recorded in ``data_digests.json`` (a
+  run without that record is compared with its dataset's split as it is now). When the run's
+  dataset has moved (a run copied to another machine), a run trained on the default split gets
+  it back from its accounts (``accounts.jsonl`` is the run's, ``load_run`` checks) and seed, and
+  a run trained on a split.json needs the given dataset's split.json to be that file.
   """
   own_cfg = config_lib.read_flags(run.workdir / "flags.txt")  # load_run replaced its data_dir
   own = pathlib.Path(own_cfg.data_dir) if own_cfg.data_dir else run.workdir / "data"
-  split_file = own / format_lib.SPLIT_FILE
   try:
     record = json.loads((run.workdir / DATA_RECORD).read_text(encoding="utf-8"))
   except (OSError, ValueError):
     record = {}
   trained_with = record.get(format_lib.SPLIT_FILE) if isinstance(record, dict) else None
-  if not own.is_dir():  # the run's dataset moved (a run copied to another machine)
-    given = run.dataset.root / format_lib.SPLIT_FILE
+  given = run.dataset.root / format_lib.SPLIT_FILE
+  if own.is_dir():
+    split_file = own / format_lib.SPLIT_FILE
+    now = file_sha256(split_file) if split_file.exists() else "missing"
+    if trained_with is not None and trained_with != now:
+      raise ValueError(f"{split_file}: not the split the run trained with (its sha256 differs "
+                       f"from {run.workdir / DATA_RECORD}'s), so the run's training brands are "
+                       "unknown and a test brand among them would give leaked metrics; restore "
+                       "it, and put another split in a copy of the dataset (--data_dir)")
+    same = own.resolve() == run.dataset.root.resolve()
+    trained = (run.dataset if same else format_lib.load(own, seed=own_cfg.seed,
+                                                        check_images=False)).split.train
+  elif trained_with == "missing":  # moved; trained on the default split of its accounts
+    trained = format_lib.default_split(run.dataset.accounts, own_cfg.seed).train
+  else:  # moved; trained on a split.json: the given one must be that file
     given_sha = file_sha256(given) if given.exists() else "missing"
     if trained_with is None or given_sha != trained_with:
       raise ValueError(f"{own}: the run's own dataset is gone and {given} is not the split the "
                        f"run trained with ({run.workdir / DATA_RECORD}), so its training brands "
                        "are unknown; rescore with the run's dataset, or restore it")
-    own, split_file = run.dataset.root, given  # the same split.json: the run's training brands
-  now = file_sha256(split_file) if split_file.exists() else "missing"
-  if trained_with is not None and trained_with != now:
-    raise ValueError(f"{split_file}: not the split the run trained with (its sha256 differs from "
-                     f"{run.workdir / DATA_RECORD}'s), so the run's training brands are unknown "
-                     "and a test brand among them would give leaked metrics; restore it, and put "
-                     "another split in a copy of the dataset (--data_dir)")
-  same = own.resolve() == run.dataset.root.resolve()
-  trained = set((run.dataset if same else format_lib.load(own, seed=own_cfg.seed,
-                                                          check_images=False)).split.train)
-  leaked = [b for b in run.dataset.split.test if b in trained]
+    trained = run.dataset.split.train
+  leaked = [b for b in run.dataset.split.test if b in set(trained)]
   if leaked:
-    source = (run.dataset.root / format_lib.SPLIT_FILE if (run.dataset.root / format_lib.SPLIT_FILE).exists()
-              else run.dataset.root)
+    source = given if given.exists() else run.dataset.root
     raise ValueError(f"{source}: {len(leaked)} test brand(s) (e.g. {leaked[0]!r}) were training "
                      "brands of the run: their cooperations trained the ranker, so their metrics "
                      "would be leaked")

@@ -92,8 +92,10 @@ def main(argv) -> int:
       hint = f"; closest: {', '.join(close)}" if close else ""
       print(f"--relevant: {unknown[0]!r} is not a concept of the run{hint}", file=sys.stderr)
       return 1
-    from camera_jax.explain.shown import supported_top
-    top = {i: [run.concepts[c] for c in supported_top(run, run.account_index[i])] for i in ids}
+    # the concepts CAMERA's search ranked each influencer by (T(m): its top --top_concepts of
+    # the shown w_a), not the run's top-K, which is shorter with --top_k below 10
+    top = {i: [run.concepts[c] for c in (-w_a[j]).argsort(kind="stable")[:_TOP_CONCEPTS.value]
+               if w_a[j, c] > 0] for j, i in enumerate(ids)}
     doc["precision"] = {
         k: search.search_precision(doc[k], _RELEVANT.value, concepts_of=top)
         for k in ("camera", "caption_match", "exact_match") if k in doc}

@@ -274,6 +274,11 @@ def test_rescoring_a_split_that_tests_training_brands_is_refused(tiny_run, tiny_
   pipeline.rescore(work, moved, tmp_path / "moved_out")
   assert ((tmp_path / "moved_out" / "scores.csv").read_bytes()
           == (tmp_path / "same" / "scores.csv").read_bytes())
+  # the run trained on the default split: it is known from the accounts and the seed
+  (moved / format_lib.SPLIT_FILE).write_text(json.dumps(obj))
+  with pytest.raises(ValueError, match=r"2 test brand\(s\) .* were training brands of the run"):
+    pipeline.rescore(work, moved, tmp_path / "moved_mixed")
+  (moved / format_lib.SPLIT_FILE).unlink()
   moved.rename(own)
   (own / format_lib.SPLIT_FILE).write_text(json.dumps(obj))
   with pytest.raises(ValueError, match=r"split.json: not the split the run trained with"):
@@ -892,5 +897,23 @@ def test_a_finished_run_is_scored_with_the_mask_its_ranker_trained_with(tiny_run
   other[:, 1:] = False
   np.save(work / "concepts" / pipeline.TOP_MASK_FILE, other)
   np.testing.assert_array_equal(run_lib.load_run(work).tables.top_mask, other)
-  (work / "concepts" / pipeline.TOP_MASK_FILE).unlink()  # an older run: the row-minimum rule
-  np.testing.assert_array_equal(run_lib.load_run(work).tables.top_mask, saved)  # masked: equal
+  # An older run (no top_mask.npy) trained with the row-minimum rule on its sums: load_run keeps
+  # it. Sums where the two rules differ: a concept no post of account 0 shows, raised above
+  # the row's minimum (as a shown concept's negative cosine does under --zprime_mode=faithful)
+  (work / "concepts" / pipeline.TOP_MASK_FILE).unlink()
+  sums = np.load(work / "concepts" / "z_prime_sum.npy")
+  shown = run.shown
+  never = int(np.flatnonzero(~shown[0])[0])
+  sums[0] = np.where(shown[0], sums[0] + 1.0, sums[0])
+  top = np.sort(sums[0])[::-1]
+  sums[0, never] = (top[0] + top[1]) / 2   # ranked second, but never shown
+  np.save(work / "concepts" / "z_prime_sum.npy", sums)
+  old = run_lib.load_run(work)
+  assert old.tables.top_idx[0, 1] == never and bool(old.tables.top_mask[0, 1])  # row-minimum
+  assert not bool(pipeline.account_shown(old.config, old.dataset,
+                                         np.load(work / "concepts" / "h.npy"))[0, never])
+  # rerunning such a run neither rescores it with another mask nor records one as its own
+  before = (work / "scores.csv").read_bytes()
+  pipeline.train_and_evaluate(old.config, work)
+  assert not (work / "concepts" / pipeline.TOP_MASK_FILE).exists()
+  assert (work / "scores.csv").read_bytes() == before

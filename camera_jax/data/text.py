@@ -75,7 +75,7 @@ _APOSTROPHE = re.compile(r"(?<=[^\W_])['\u2019](?=[^\W_])")
 
 
 def _marks_class() -> str:
-    """The combining marks (Unicode categories Mn, Mc, Me) as a regex character-class body: the
+    """The combining marks (Unicode categories Mn and Mc) as a regex character-class body: the
     vowel signs and viramas of Indic and Thai script, and the accents of decomposed (NFD) text,
     which ``str.isalnum`` (and so ``\\w``) does not count as letters."""
     # Mn and Mc only: an enclosing mark (Me: the keycap U+20E3 of "1\ufe0f\u20e3") makes a

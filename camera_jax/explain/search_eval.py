@@ -52,9 +52,11 @@ def evaluate_search(run: Any, *, top_k: int = 5, lengths: Sequence[int] = (1, 2,
   w_a = np.asarray(run.w_a)[rows]
   category = {a.id: a.category for a in infl}
   concepts = list(run.concepts)
-  from camera_jax.explain.shown import shown_w_a, supported_top
-  top = {i: [concepts[c] for c in supported_top(run, r)] for i, r in zip(ids, rows)}
+  from camera_jax.explain.shown import shown_w_a
   shown = shown_w_a(run, rows)  # what the search ranks by: the concepts the posts show
+  # precision judges the concepts the search ranked each influencer by, T(m): its top 10
+  top = {i: [concepts[c] for c in (-shown[j]).argsort(kind="stable")[:10] if shown[j, c] > 0]
+         for j, i in enumerate(ids)}
   captions: dict[str, list[str]] = {i: [] for i in ids}
   for p in ds.posts:
     if p.account in captions:
