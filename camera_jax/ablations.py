@@ -218,9 +218,7 @@ def hp_account_features(cfg: Config, dataset: format_lib.Dataset, data_dir: path
                                 len(dataset.concepts), mesh)
   except input_pipeline.ImageDecodeError as e:
     raise pipeline.image_decode_error(dataset, e) from None
-  acc = dataset.account_index()
-  post_account = np.array([acc[p.account] for p in dataset.posts], np.int64)
-  keep = pipeline.history_mask(cfg, dataset)  # the posts of CAMERA's w_a
+  post_account, keep = pipeline.history_posts(cfg, dataset)  # the posts of CAMERA's w_a
   return hp_lib.account_features(t[keep], has_text[keep], v2[keep], post_account[keep],
                                  len(dataset.accounts))
 
@@ -241,7 +239,7 @@ def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path) -> d
   if feat_path.exists():
     x_a = np.load(feat_path)
   else:
-    record = json.loads((camera_dir / pipeline.DATA_RECORD).read_text(encoding="utf-8"))
+    record = pipeline.read_data_record(camera_dir)  # checked and rewritten by run_seed
     x_a = hp_account_features(cfg, dataset, data_dir, camera_dir, mesh, record["image files"])
     pipeline.save_npy(feat_path, x_a)
   feats = pipeline.account_features(dataset, cfg)

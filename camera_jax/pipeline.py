@@ -322,6 +322,22 @@ def file_sha256(path: pathlib.Path) -> str:
   return h.hexdigest()
 
 
+def read_data_record(workdir: pathlib.Path) -> dict[str, str] | None:
+  """The work directory's :data:`DATA_RECORD` (:func:`data_digests` of the data its stages were
+  built from); None when there is none. Raises ValueError (naming the file) when it cannot be
+  read or is not a JSON object."""
+  path = pathlib.Path(workdir) / DATA_RECORD
+  if not path.exists():
+    return None
+  try:
+    record = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: cannot read the run's record of its dataset ({str(e)[:80]})") from None
+  if not isinstance(record, dict):
+    raise ValueError(f"{path}: cannot read the run's record of its dataset (not a JSON object)")
+  return record
+
+
 def check_data_record(data_dir: pathlib.Path, workdir: pathlib.Path) -> dict[str, str]:
   """Refuses a work directory whose stages were built from another version of the dataset.
 
@@ -335,10 +351,8 @@ def check_data_record(data_dir: pathlib.Path, workdir: pathlib.Path) -> dict[str
   path = workdir / DATA_RECORD
   if path.exists():
     try:
-      before = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-      before = {}
-    if not isinstance(before, dict):
+      before = read_data_record(workdir) or {}
+    except ValueError:  # unreadable: every file counts as changed
       before = {}
     changed = [k for k in now if before.get(k) != now[k]]
     built = [d for d in _DATA_STAGES if (workdir / d).exists()]
@@ -492,9 +506,7 @@ def account_stage(cfg: Config, dataset: format_lib.Dataset, z_prime: np.ndarray,
   """(w_a, z_prime_sum) of every account: eq. 5 and its input, the z' summed over the account's
   history posts (:func:`history_mask`); saved with the ids (``concepts/w_a.npy``,
   ``concepts/z_prime_sum.npy``, ``concepts/accounts.txt``)."""
-  acc_index = dataset.account_index()
-  post_account = np.array([acc_index[p.account] for p in dataset.posts], np.int64)
-  keep = history_mask(cfg, dataset)
+  post_account, keep = history_posts(cfg, dataset)
   sums = concepts_lib.account_distributions(z_prime[keep], post_account[keep],
                                             len(dataset.accounts))
   w_a = np.asarray(camera_lib.historical_distribution(sums), np.float32)
@@ -517,6 +529,14 @@ def load_account_sums(concepts_dir: pathlib.Path) -> np.ndarray:
     return np.load(path)
   with np.errstate(divide="ignore"):
     return np.log(np.load(pathlib.Path(concepts_dir) / "w_a.npy"))
+
+
+def history_posts(cfg: Config, dataset: format_lib.Dataset) -> tuple[np.ndarray, np.ndarray]:
+  """(post_account int64 [P]: each post's account row, keep bool [P]: :func:`history_mask`):
+  what the per-account sums over history posts index with."""
+  acc_index = dataset.account_index()
+  post_account = np.array([acc_index[p.account] for p in dataset.posts], np.int64)
+  return post_account, history_mask(cfg, dataset)
 
 
 def history_mask(cfg: Config, dataset: format_lib.Dataset) -> np.ndarray:
@@ -562,9 +582,7 @@ TOP_MASK_FILE = "top_mask.npy"
 def account_shown(cfg: Config, dataset: format_lib.Dataset, h: np.ndarray) -> np.ndarray:
   """bool [A, n]: the concepts some history post (:func:`history_mask`) of each account shows
   (its h summed over those posts > 0): the support of the top-k mask (``camera.supported_concepts``)."""
-  acc_index = dataset.account_index()
-  post_account = np.array([acc_index[p.account] for p in dataset.posts], np.int64)
-  keep = history_mask(cfg, dataset)
+  post_account, keep = history_posts(cfg, dataset)
   counts = concepts_lib.account_distributions(np.asarray(h)[keep].astype(np.float32),
                                               post_account[keep], len(dataset.accounts))
   return counts > 0
@@ -590,17 +608,22 @@ def loss_hparams(cfg: Config) -> tuple[tuple[str, Any], ...]:
   with (--loss_hparams wins), so that it still loads.
   """
   from camera_jax import losses as losses_lib
-  out = {k: v for k, v in (("margin", cfg.margin), ("temperature", cfg.temperature))
-         if v is not None}
+  out = _loss_flag_settings(cfg)
   out.update(losses_lib.parse_hparams(cfg.loss, cfg.loss_hparams))
   return tuple(sorted(out.items()))
+
+
+def _loss_flag_settings(cfg: Config) -> dict[str, float]:
+  """--margin and --temperature, those that are set."""
+  return {k: v for k, v in (("margin", cfg.margin), ("temperature", cfg.temperature))
+          if v is not None}
 
 
 def _loss_flags_given_twice(cfg: Config) -> str | None:
   """The keyword that --loss_hparams sets and --margin or --temperature sets too, if any."""
   from camera_jax import losses as losses_lib
-  own = {k for k, v in (("margin", cfg.margin), ("temperature", cfg.temperature)) if v is not None}
-  both = sorted(own & set(losses_lib.parse_hparams(cfg.loss, cfg.loss_hparams)))
+  both = sorted(set(_loss_flag_settings(cfg))
+                & set(losses_lib.parse_hparams(cfg.loss, cfg.loss_hparams)))
   return both[0] if both else None
 
 
@@ -1130,11 +1153,8 @@ def check_no_training_brand_tested(run: Any) -> None:
   """
   own_cfg = config_lib.read_flags(run.workdir / "flags.txt")  # load_run replaced its data_dir
   own = pathlib.Path(own_cfg.data_dir) if own_cfg.data_dir else run.workdir / "data"
-  try:
-    record = json.loads((run.workdir / DATA_RECORD).read_text(encoding="utf-8"))
-  except (OSError, ValueError):
-    record = {}
-  trained_with = record.get(format_lib.SPLIT_FILE) if isinstance(record, dict) else None
+  record = read_data_record(run.workdir) or {}  # load_run refused an unreadable one
+  trained_with = record.get(format_lib.SPLIT_FILE)
   given = run.dataset.root / format_lib.SPLIT_FILE
   if own.is_dir():
     split_file = own / format_lib.SPLIT_FILE

@@ -8,7 +8,6 @@ ranker's latest checkpoint; ``Run.score`` scores any (brand, influencer) rows le
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any, Sequence
 
@@ -153,16 +152,12 @@ def _check_same_accounts_and_posts(workdir: pathlib.Path, ddir: pathlib.Path) ->
   features are the run's."""
   from camera_jax import pipeline
   record = workdir / pipeline.DATA_RECORD
-  if not record.exists():
-    return
   try:
-    before = json.loads(record.read_text(encoding="utf-8"))
-    why = "" if isinstance(before, dict) else "not a JSON object"
-  except (OSError, ValueError) as e:
-    before, why = None, f"{e}"[:80]
-  if why:
-    raise RunError(f"{record}: cannot read the run's record of its dataset ({why}), so the "
-                   "dataset cannot be checked against the run")
+    before = pipeline.read_data_record(workdir)
+  except ValueError as e:
+    raise RunError(f"{e}, so the dataset cannot be checked against the run") from None
+  if before is None:
+    return
   for name in (format_lib.ACCOUNTS_FILE, format_lib.POSTS_FILE):
     if name in before and pipeline.file_sha256(ddir / name) != before[name]:
       raise RunError(

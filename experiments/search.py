@@ -94,8 +94,7 @@ def main(argv) -> int:
       return 1
     # the concepts CAMERA's search ranked each influencer by (T(m): its top --top_concepts of
     # the shown w_a), not the run's top-K, which is shorter with --top_k below 10
-    top = {i: [run.concepts[c] for c in (-w_a[j]).argsort(kind="stable")[:_TOP_CONCEPTS.value]
-               if w_a[j, c] > 0] for j, i in enumerate(ids)}
+    top = search.top_concept_names(w_a, run.concepts, ids, _TOP_CONCEPTS.value)
     doc["precision"] = {
         k: search.search_precision(doc[k], _RELEVANT.value, concepts_of=top)
         for k in ("camera", "caption_match", "exact_match") if k in doc}

@@ -494,6 +494,20 @@ def exact_match_search(
     return [{"rank": r + 1, "influencer": acc, "score": float(n)} for r, (n, acc) in enumerate(hits)]
 
 
+def top_concept_names(
+    w_a: np.ndarray, concept_names: Sequence[str], influencer_ids: Sequence[str], top_concepts: int = 10
+) -> dict[str, list[str]]:
+    """Each influencer's T(m) as :func:`keyword_search` ranks it: the names of its
+    ``top_concepts`` largest ``w_a`` concepts (stable order) with a weight above 0; for
+    :func:`search_precision`'s ``concepts_of``."""
+    w_a = np.asarray(w_a)
+    order = np.argsort(-w_a, axis=1, kind="stable")[:, :top_concepts]
+    return {
+        str(i): [str(concept_names[c]) for c in order[j] if w_a[j, c] > 0]
+        for j, i in enumerate(influencer_ids)
+    }
+
+
 def search_precision(
     results: Sequence[Mapping[str, Any]],
     relevant_concepts: Iterable[str],

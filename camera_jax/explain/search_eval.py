@@ -55,8 +55,7 @@ def evaluate_search(run: Any, *, top_k: int = 5, lengths: Sequence[int] = (1, 2,
   from camera_jax.explain.shown import shown_w_a
   shown = shown_w_a(run, rows)  # what the search ranks by: the concepts the posts show
   # precision judges the concepts the search ranked each influencer by, T(m): its top 10
-  top = {i: [concepts[c] for c in (-shown[j]).argsort(kind="stable")[:10] if shown[j, c] > 0]
-         for j, i in enumerate(ids)}
+  top = search_lib.top_concept_names(shown, concepts, ids)
   captions: dict[str, list[str]] = {i: [] for i in ids}
   for p in ds.posts:
     if p.account in captions:
