@@ -253,6 +253,10 @@ def parse_hparams(name: str, spec: str) -> dict[str, Any]:
     Traceback (most recent call last):
     ...
     ValueError: 'gamma=2': loss 'triplet' has no hyper-parameter 'gamma' (it has: margin)
+    >>> parse_hparams("hinge", "margin=1,margin=2")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'margin=2': margin is given twice in 'margin=1,margin=2'; give it once
     """
     accepted = hparams_of(name)
     out: dict[str, Any] = {}
@@ -262,6 +266,8 @@ def parse_hparams(name: str, spec: str) -> dict[str, Any]:
         key, sep, text = (part.strip() for part in item.partition("="))
         if not sep or not key:
             raise ValueError(f"{item!r}: expected key=value")
+        if key in out:
+            raise ValueError(f"{item!r}: {key} is given twice in {spec!r}; give it once")
         if key not in accepted:
             raise ValueError(f"{item!r}: loss {name!r} has no hyper-parameter {key!r} "
                              f"(it has: {', '.join(sorted(accepted)) or 'none'})")

@@ -56,6 +56,32 @@ def _as_1d(name: str, x: Any) -> np.ndarray:
   return a
 
 
+def _check_ids(name: str, a: np.ndarray | None) -> None:
+  """Ids and categories must be present and of one kind: a None or NaN (a missing category
+  would otherwise group with the other missing ones, and np.unique cannot sort None among
+  strings) or a mix of strings and numbers is refused with the first bad row.
+
+  >>> _check_ids("influencer_category", np.array(["food", None, "auto"], dtype=object))
+  Traceback (most recent call last):
+  ...
+  ValueError: influencer_category: missing value (None) at row 1
+  """
+  if a is None or a.dtype.kind in "iubSU":
+    return
+  if a.dtype.kind == "f":
+    bad = np.flatnonzero(np.isnan(a))
+    if len(bad):
+      raise ValueError(f"{name}: missing value (nan) at row {int(bad[0])}")
+    return
+  kinds = set()
+  for i, v in enumerate(a.tolist()):
+    if v is None or (isinstance(v, float) and v != v):
+      raise ValueError(f"{name}: missing value ({v}) at row {i}")
+    kinds.add(str if isinstance(v, str) else type(v).__name__)
+    if len(kinds) > 1:
+      raise ValueError(f"{name}: mixed strings and numbers (row {i} is {v!r}); use one kind")
+
+
 def _validate(brands, influencers, scores, labels, influencer_category, ks):
   b = _as_1d("brands", brands)
   m = _as_1d("influencers", influencers)
@@ -73,6 +99,8 @@ def _validate(brands, influencers, scores, labels, influencer_category, ks):
   lengths = {k: len(v) for k, v in arrays.items()}
   if len(set(lengths.values())) > 1:
     raise ValueError(f"all inputs must have the same length, got {lengths}")
+  for name in ("brands", "influencers", "influencer_category"):
+    _check_ids(name, arrays.get(name))
   bad = ~np.isfinite(s)
   if bad.any():
     i = int(np.flatnonzero(bad)[0])

@@ -613,6 +613,22 @@ def loss_hparams(cfg: Config) -> tuple[tuple[str, Any], ...]:
   return tuple(sorted(out.items()))
 
 
+def resolved_loss(cfg: Config) -> tuple[str, tuple[tuple[str, Any], ...]] | None:
+  """The loss and every setting it trains with: its own defaults, overridden where it accepts
+  them by --margin, --temperature and --loss_hparams (as ``losses.get_loss`` binds them). None
+  where the loss is not registered or the settings do not parse. Two runs with equal values
+  train the same loss, however the flags spell it (``margin=.5`` or ``margin=0.5``, a default
+  given or left out, keys in another order)."""
+  from camera_jax import losses as losses_lib
+  try:
+    accepted = losses_lib.hparams_of(cfg.loss)
+    given = dict(loss_hparams(cfg))
+  except ValueError:
+    return None
+  accepted.update((k, v) for k, v in given.items() if k in accepted)
+  return cfg.loss, tuple(sorted(accepted.items()))
+
+
 def _loss_flag_settings(cfg: Config) -> dict[str, float]:
   """--margin and --temperature, those that are set."""
   return {k: v for k, v in (("margin", cfg.margin), ("temperature", cfg.temperature))
@@ -627,7 +643,9 @@ def _loss_flags_given_twice(cfg: Config) -> str | None:
   return both[0] if both else None
 
 
-def ranker_config(cfg: Config) -> ranker_lib.RankerConfig:
+def ranker_config(cfg: Config, *, scoring: bool = False) -> ranker_lib.RankerConfig:
+  """The ranker's settings; ``scoring``: for restoring and scoring only, which need no loss (a
+  run trained with a loss that is no longer registered can still be evaluated)."""
   return ranker_lib.RankerConfig(
       epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
       representation_lr_scale=cfg.representation_lr_scale,
@@ -635,7 +653,7 @@ def ranker_config(cfg: Config) -> ranker_lib.RankerConfig:
       psi_features=tuple(cfg.psi_features), gamma_features=tuple(cfg.gamma_features),
       d_score=cfg.d_score, attention_scale=cfg.attention_scale, history_norm=cfg.history_norm,
       use_interaction=cfg.use_interaction, num_negatives=cfg.num_negatives, loss=cfg.loss,
-      loss_hparams=loss_hparams(cfg),
+      loss_hparams=() if scoring else loss_hparams(cfg),
       endorsement=cfg.endorsement, eval_chunk=cfg.eval_chunk, seed=cfg.seed,
       matmul_dtype=cfg.matmul_dtype)
 
@@ -892,6 +910,8 @@ RANKER_FIELDS = frozenset({
     "d_score", "attention_scale", "history_norm", "num_negatives", "loss", "loss_hparams",
     "endorsement", "history", "use_interaction", "matmul_dtype"})
 _RANKER_STAGE = "checkpoints/ranker"
+#: The flags that choose the ranker's loss and its settings (compared by meaning: resolved_loss).
+_LOSS_FIELDS = frozenset({"loss", "margin", "temperature", "loss_hparams"})
 #: The first stage each concept-layer setting shapes; a stage's outputs, and the stages it feeds.
 _STAGE_FIELDS = {
     "word2vec": {"w2v_dim", "w2v_epochs"},
@@ -974,6 +994,9 @@ def check_settings(cfg: Config, workdir: pathlib.Path) -> None:
   changed = [k for k in config_lib.differences(before, cfg) if k != "data_dir"
              and not (k == "preset" and (cfg.data_dir or before.data_dir))
              and not (k == "epochs" and cfg.epochs > before.epochs) and k != lowered]
+  if set(changed) & _LOSS_FIELDS and resolved_loss(before) is not None and \
+      resolved_loss(before) == resolved_loss(cfg):
+    changed = [k for k in changed if k not in _LOSS_FIELDS]   # the same loss, spelt otherwise
   if not changed:
     return
   blocked: list[str] = []
@@ -1111,7 +1134,7 @@ def evaluate_tables(cfg: Config, dataset: format_lib.Dataset, tables: ranker_lib
   """
   pairs = test_pairs(dataset)
   local_mesh = sharding.make_mesh(jax.local_devices())
-  scored = ranker_lib.score_pairs(ranker_config(cfg), params, tables, pairs["brand"],
+  scored = ranker_lib.score_pairs(ranker_config(cfg, scoring=True), params, tables, pairs["brand"],
                                   pairs["influencer"], mesh=local_mesh, keys=("S",))
   method_scores = {"CAMERA": scored["S"]}
   base_feats = baseline_features(feats, w_a)

@@ -54,7 +54,7 @@ class Run:
   @property
   def ranker_config(self) -> ranker_lib.RankerConfig:
     from camera_jax import pipeline
-    return pipeline.ranker_config(self.config)
+    return pipeline.ranker_config(self.config, scoring=True)
 
   def score(self, brand_rows: Sequence[int], influencer_rows: Sequence[int]) -> dict[str, np.ndarray]:
     """S, S_con, S_ed, S_in [N] and w_b, w_m [N, K] of the row pairs (chunked, leak-free)."""
@@ -212,7 +212,7 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
   if (cdir / pipeline.TOP_MASK_FILE).exists():  # the mask the ranker trained with
     tables.top_mask = np.load(cdir / pipeline.TOP_MASK_FILE)
   # else: a run made before the mask was saved trained with the row-minimum rule, as above
-  params = ranker_lib.restore_params(pipeline.ranker_config(cfg), tables, workdir / "checkpoints" / "ranker",
+  params = ranker_lib.restore_params(pipeline.ranker_config(cfg, scoring=True), tables, workdir / "checkpoints" / "ranker",
                                      finished=True)
   ids = [a.id for a in dataset.accounts]
   return Run(workdir=workdir, config=cfg, dataset=dataset, concepts=concepts, U_C=u_c,

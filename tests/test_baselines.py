@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import inspect
 
 import numpy as np
@@ -171,7 +170,3 @@ def test_validation(name, pairs, features, match):
   f = _features(np.random.default_rng(0)) if features is None else features
   with pytest.raises(ValueError, match=match):
     score_baseline(name, pairs, f)
-
-
-def test_doctests():
-  assert doctest.testmod(baselines).failed == 0

@@ -220,6 +220,11 @@ def test_score_pairs_equals_call():
                      method=camera.CAMERA.encode_accounts)
   table = model.apply(v, concepts, method=camera.CAMERA.concept_table)
   assert table.shape == (30, 8)
+  # eq. 7 is bi-directional: w_b from psi(e_h^m) over the brand's concepts, w_m from psi(e_h^b)
+  np.testing.assert_allclose(want["w_b"], camera.marketing_weights(
+      infs["psi"], table[batch["brand_idx"]]), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(want["w_m"], camera.marketing_weights(
+      brands["psi"], table[batch["inf_idx"]]), rtol=1e-5, atol=1e-6)
   order = jnp.array([2, 0, 1])
   pick = lambda enc: jax.tree.map(lambda a: a[order], enc)
   feats = {k: batch[k][order] for k in ("ed_post", "ed_brand", "followers", "eng_inf")}
@@ -290,3 +295,28 @@ def test_default_sizes_init_range_and_parameter_count():
   count = sum(int(np.prod(a.shape)) for a in leaves)
   assert count == 2 * 628_224 + 1_780_224 + 768 == 3_037_440
   assert v["params"]["gamma_mlp"]["dense0"]["kernel"].shape == (200, 1024)
+
+
+def test_s_ed_and_s_in_read_the_features_of_eq_11_and_14():
+  """S_ed and S_in recomputed by hand from the phi parameters: each phi reads its own feature
+  (eq. 11: the post and the brand; eq. 14: the followers and the engagement)."""
+  batch, concepts = _batch()
+  model = camera.CAMERA(**SMALL)
+  v = model.init(jax.random.key(0), batch, concepts, deterministic=True)
+  out = model.apply(v, batch, concepts, deterministic=True)
+  p = v["params"]
+  phi = lambda name, x: camera.score_mlp(x, p[name]["w1"], p[name]["b1"], p[name]["w2"])  # noqa: E731
+  np.testing.assert_allclose(out["S_ed"], camera.endorsement_score(
+      phi("phi_ed_post", batch["ed_post"]), phi("phi_ed_brand", batch["ed_brand"])), rtol=1e-6)
+  np.testing.assert_allclose(out["S_in"], camera.influence_score(
+      phi("phi_followers", batch["followers"]), phi("phi_eng_inf", batch["eng_inf"])), rtol=1e-6)
+
+
+def test_gamma_drops_only_its_first_two_layers_inputs():
+  """Dropout (paper: "rate of 0.6") on the inputs of psi's and rho's layers and of gamma's
+  first two only, as the authors' DropConnect."""
+  model = camera.CAMERA(**SMALL, dropout=0.5)
+  batch, concepts = _batch()
+  v = model.init(jax.random.key(0), batch, concepts, deterministic=True)
+  bound = model.bind(v)
+  assert bound.gamma_mlp.dropout_layers == 2 and bound.psi.dropout_layers is None

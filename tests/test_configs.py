@@ -268,8 +268,3 @@ def test_differences_ignore_only_the_neutral_fields():
   cfg = config_lib.Config()
   assert config_lib.differences(cfg, cfg.replace(report=False, eval_chunk=7, baselines=())) == []
   assert config_lib.differences(cfg, cfg.replace(margin=7.0, seed=2)) == ["margin", "seed"]
-
-
-def test_doctests():
-  import doctest
-  assert doctest.testmod(config_lib).failed == 0

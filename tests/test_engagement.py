@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import json
 import pathlib
 
@@ -46,11 +45,6 @@ def dataset(tmp_path) -> fmt.Dataset:
     )
     _write_jsonl(tmp_path / "cooperations.jsonl", [{"brand": "b1", "influencer": "m1", "post": "p2"}])
     return fmt.load(tmp_path, check_images=False)
-
-
-def test_doctests():
-    result = doctest.testmod(engagement)
-    assert result.attempted >= 3 and result.failed == 0
 
 
 def test_engagement_rate_hand_values():

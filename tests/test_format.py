@@ -643,11 +643,6 @@ def test_cli_valid_and_broken(tmp_path):
     assert result.stdout.strip() == f"{tmp_path / 'missing'}: dataset directory does not exist"
 
 
-def test_doctests():
-  import doctest
-  assert doctest.testmod(fmt).failed == 0
-
-
 def test_a_large_valid_image_decodes_without_pillow_warning(tmp_path, monkeypatch):
     # Images between Pillow's MAX_IMAGE_PIXELS and twice that are valid input; Pillow's
     # DecompressionBombWarning named neither the post nor the file (two anonymous lines).

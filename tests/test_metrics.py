@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import numpy as np
@@ -343,5 +342,29 @@ def test_bootstrap_on_evaluate_per_brand_output_and_errors():
     paired_bootstrap(good, bad, "ndcg")
 
 
-def test_doctests():
-  assert doctest.testmod(metrics).failed == 0
+def test_bootstrap_interval_is_the_95_percent_percentile_interval():
+  """ci_low, ci_high: the 2.5th and 97.5th percentiles of the resampled mean differences."""
+  a = {"brand": np.arange(6), "mrr": np.array([1., .5, .2, 1., .25, .5])}
+  b = {"brand": np.arange(6), "mrr": np.array([.5, .5, .5, .2, .2, .1])}
+  r = metrics.paired_bootstrap(a, b, "mrr", n_resamples=500, seed=3)
+  rng = np.random.default_rng(3)
+  idx = rng.integers(0, 6, size=(500, 6))
+  diffs = a["mrr"][idx].mean(1) - b["mrr"][idx].mean(1)
+  assert (r["ci_low"], r["ci_high"]) == tuple(np.percentile(diffs, [2.5, 97.5]))
+
+
+@pytest.mark.parametrize("field,values,why", [
+    ("influencer_category", [np.nan, np.nan, 1.0], "missing value (nan) at row 0"),
+    ("influencer_category", np.array(["food", None, "auto"], dtype=object), "missing value (None) at row 1"),
+    ("brands", np.array(["b", None, "b"], dtype=object), "missing value (None) at row 1"),
+    ("influencers", np.array(["m1", 2, "m3"], dtype=object), "mixed strings and numbers (row 1 is 2); use one kind"),
+])
+def test_missing_or_mixed_ids_and_categories_are_refused(field, values, why):
+  """A missing category is not a category (two NaNs would count as one shared category in cAUC),
+  and None among strings cannot be sorted: both are refused naming the field and the row."""
+  args = {"brands": ["b"] * 3, "influencers": ["m1", "m2", "m3"], "influencer_category": None}
+  args[field] = values
+  with pytest.raises(ValueError) as e:
+    metrics.evaluate(args["brands"], args["influencers"], [0.9, 0.5, 0.1], [1, 0, 0],
+                     args["influencer_category"])
+  assert str(e.value) == f"{field}: {why}"

@@ -104,6 +104,13 @@ def test_account_and_pair_charts(tmp_path):
     assert _radii(fb) == pytest.approx(np.sort(pair["w_b"])[::-1] / vmax)
     assert _radii(fm) == pytest.approx(np.sort(pair["w_m"])[::-1] / vmax)
     assert "w_b" in fb.axes[0].get_title() and "w_m" in fm.axes[0].get_title()
+    # the brand chart shows the model's w_b over the brand's concepts, the influencer chart w_m
+    b, m = run.account_index["brand_food"], run.account_index["infl_foodie"]
+    out = run.score(np.array([b]), np.array([m]))
+    for side, row, key in (("brand", b, "w_b"), ("influencer", m, "w_m")):
+        slots = [list(run.top_idx[row]).index(run.concepts.index(n)) for n in pair[f"{side}_names"]]
+        assert len(slots) >= 2
+        np.testing.assert_allclose(pair[key], np.asarray(out[key])[0][slots])
     with pytest.raises(KeyError, match="brand_food"):
         radar.account_chart(run, "brand_fod")
 

@@ -133,6 +133,22 @@ def test_recommend_candidates_and_top_k(run):
     assert sorted(r["influencer"] for r in rows) == ["infl_beauty", "infl_travel"]
 
 
+def test_equal_scores_rank_by_influencer_id(run):
+    """Ties in S are broken by the influencer's id (the output schema), not by the order the
+    candidates were given in."""
+    score = run.score
+
+    def tied(brand_rows, influencer_rows):
+        out = score(brand_rows, influencer_rows)
+        out["S"] = np.full(len(out["S"]), 0.25)
+        return out
+
+    run.score = tied
+    rows = rec.recommend(run, "brand_watch", top_k=0, candidates=["infl_watch", "infl_travel", "infl_beauty"])
+    assert [r["influencer"] for r in rows] == ["infl_beauty", "infl_travel", "infl_watch"]
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+
+
 def test_unknown_brand_names_closest_ids(run):
     with pytest.raises(rec.UnknownNameError) as e:
         rec.recommend(run, "brand_fod")

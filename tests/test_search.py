@@ -255,3 +255,14 @@ def test_shown_w_a_keeps_only_the_concepts_the_posts_show():
     run.shown = np.array([[True, False, False, True], [False, True, True, True]])
     np.testing.assert_array_equal(shown_w_a(run, [0, 1]), np.array(
         [[0.5, 0.0, 0.0, 0.1], [0.0, 0.3, 0.2, 0.1]], np.float32))
+
+
+def test_keyword_search_ties_are_broken_by_id():
+  """Module doc: results sorted by s, ties by id. Two influencers with identical w_a: the lower id
+  ranks first (a tie-break by row index reversed would put zz_watch first)."""
+  w = make_w_a()
+  w_a = np.stack([w[0], w[0], w[3]])
+  res = search.keyword_search("watch", embedder=make_embedder(), concept_names=CONCEPTS, w_a=w_a,
+                              influencer_ids=["aa_watch", "zz_watch", "travel"], top_k=2)
+  assert res[0]["score"] == res[1]["score"]
+  assert [r["influencer"] for r in res] == ["aa_watch", "zz_watch"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import os
 import subprocess
 import sys
@@ -32,12 +31,6 @@ CONCEPTS = ["coffee", "nature_landscape", "ready_to_eat", "beach", "running_shoe
 def embedder() -> text.TextEmbedder:
     model = text.train_word2vec(CAPTIONS, CONCEPTS, dim=16, seed=0, epochs=5)
     return text.TextEmbedder.from_model(model)
-
-
-def test_doctests():
-    result = doctest.testmod(text)
-    assert result.attempted >= 5
-    assert result.failed == 0
 
 
 @pytest.mark.parametrize(
