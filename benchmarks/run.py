@@ -139,21 +139,24 @@ def ranker_flops_authors(batch: int, negatives: int, psi: Sequence[int], gamma: 
 def ranker_flops_ours(batch: int, negatives: int, psi: Sequence[int], gamma: Sequence[int],
                       d_u: int = D_U, k: int = TOP_K, n: int = N_CONCEPTS,
                       rho_path: str = "auto", grouped: bool = True,
-                      constant_e_h: bool = False) -> dict[str, int]:
+                      constant_e_h: bool = False, brand_rows: int | None = None
+                      ) -> dict[str, int]:
   """Our step (``CAMERA.score_groups``): psi once per encoded account, rho per concept (table
   path, logits from q = psi rho^T) or per (account, slot) (row path), gamma per pair side.
   ``grouped=False`` is the pair-by-pair reference path (``CAMERA.__call__``).
   ``constant_e_h``: gamma's input gradient leaves out its e_h half (the feature-major path,
-  ``CAMERA.groups_feature_major``)."""
+  ``CAMERA.groups_feature_major``). ``brand_rows``: psi's brand rows when the step has a brand
+  table (``ranker.brand_table``; default one per triplet)."""
   m = 1 + negatives
   p = psi[-1]
   rows = batch * (1 + m) if grouped else 2 * batch * m          # encoded accounts
+  psi_rows = rows if brand_rows is None or not grouped else brand_rows + batch * m
   table = {"auto": rows * k > n, "table": True, "rows": False}[rho_path] if grouped else \
       (2 * batch * m * k > n if rho_path == "auto" else rho_path == "table")
-  out = {"psi": rows * dense_train_flops(d_u, psi, False)}
+  out = {"psi": psi_rows * dense_train_flops(d_u, psi, False)}
   if table:
     out["rho"] = n * dense_train_flops(d_u, psi, False)
-    out["logits"] = 3 * 2 * rows * n * p if grouped else 3 * 2 * 2 * batch * m * k * p
+    out["logits"] = 3 * 2 * psi_rows * n * p if grouped else 3 * 2 * 2 * batch * m * k * p
   else:
     out["rho"] = rows * k * dense_train_flops(d_u, psi, False)
     out["logits"] = 3 * 2 * 2 * batch * m * k * p
@@ -180,6 +183,15 @@ def catalogue_flops_ours(pairs: int, accounts: int, psi: Sequence[int], gamma: S
   per_account = dense_flops(d_u, psi) + 2 * n * p + 2 * d_u * g0
   per_pair = 2 * (2 * k * g0 + dense_flops(g0, gamma[1:])) + 2 * gamma[-1]
   return n * per_concept + accounts * per_account + pairs * per_pair
+
+
+def catalogue_flops_pairs_path(pairs: int, chunk: int, psi: Sequence[int], gamma: Sequence[int],
+                               d_u: int = D_U, k: int = TOP_K, n: int = N_CONCEPTS) -> int:
+  """``CAMERA.__call__`` per chunk of pairs: psi on both accounts of every pair, rho over the
+  table once a chunk (2 chunk K > n) or on the 2 K gathered rows, the logits, gamma on both sides."""
+  chunks = -(-pairs // chunk)
+  rho = chunks * n * dense_flops(d_u, psi) if 2 * chunk * k > n else pairs * 2 * k * dense_flops(d_u, psi)
+  return rho + pairs * (2 * dense_flops(d_u, psi) + 2 * 2 * k * psi[-1] + 2 * dense_flops(2 * d_u, gamma))
 
 
 def cnn_flops(image_size: int, channels: Sequence[int], pools: Sequence[int], fc: int,
@@ -260,6 +272,11 @@ class PeakMemory:
     self._stop = threading.Event()
     self.base_mb = self.peak_mb = None
     self.device_peak_mb = None
+    self._device_sampled = None          # max bytes_in_use seen by the sampler
+    self._device_lifetime_before = None  # the allocator's process-wide peak at entry
+
+  def _device_stats(self) -> dict[str, int] | None:
+    return getattr(self.device, "memory_stats", lambda: None)()
 
   @staticmethod
   def rss_mb() -> float | None:
@@ -274,10 +291,16 @@ class PeakMemory:
       v = self.rss_mb()
       if v is not None and (self.peak_mb is None or v > self.peak_mb):
         self.peak_mb = v
+      stats = self._device_stats()
+      if stats and "bytes_in_use" in stats:
+        self._device_sampled = max(self._device_sampled or 0, stats["bytes_in_use"])
       self._stop.wait(0.002)
 
   def __enter__(self) -> "PeakMemory":
     self.base_mb = self.peak_mb = self.rss_mb()
+    stats = self._device_stats()
+    if stats and "peak_bytes_in_use" in stats:
+      self._device_lifetime_before = stats["peak_bytes_in_use"]
     self._thread = threading.Thread(target=self._sample, daemon=True)
     self._thread.start()
     return self
@@ -288,9 +311,15 @@ class PeakMemory:
     v = self.rss_mb()
     if v is not None and self.peak_mb is not None:
       self.peak_mb = max(self.peak_mb, v)
-    stats = getattr(self.device, "memory_stats", lambda: None)()
+    stats = self._device_stats()
     if stats and "peak_bytes_in_use" in stats:
-      self.device_peak_mb = stats["peak_bytes_in_use"] / 2 ** 20
+      # peak_bytes_in_use is the allocator's maximum since the process started (JAX cannot
+      # reset it): it is this block's peak only when the block raised it; otherwise the block
+      # stayed below an earlier peak, and the sampled bytes_in_use is what it used.
+      if stats["peak_bytes_in_use"] > (self._device_lifetime_before or 0):
+        self.device_peak_mb = stats["peak_bytes_in_use"] / 2 ** 20
+      elif self._device_sampled is not None:
+        self.device_peak_mb = self._device_sampled / 2 ** 20
 
 
 def epoch_steps(batch: int) -> int:
@@ -471,6 +500,9 @@ class Bench:
     state = sharding.replicate(trainer.TrainState.create(apply_fn=None, params=params, tx=tx),
                                self.mesh)
     rng = np.random.default_rng(1)
+    brands = np.arange(N_BRANDS)           # the brands the triplets draw from (train_ranker's)
+    width = sharding.round_up(batch, self.mesh.devices.size)
+    brand_rows = len(brands) if grouped and len(brands) < width else None
     hosts = []
     for j in range(4):
       real = batch if j < 3 else max(1, batch - batch // 3)   # the last one padded
@@ -485,7 +517,7 @@ class Bench:
     box = {"state": state, "acc": None}
     if per_step:   # one jitted call (or op-by-op run) per step, metrics added between steps
       steps = 1
-      step = ranker.make_train_step(cfg, grouped=grouped, jit=use_jit)
+      step = ranker.make_train_step(cfg, grouped=grouped, jit=use_jit, brands=brands)
       batches = [sharding.shard_batch(h, self.mesh) for h in hosts]
 
       def run(i: int):
@@ -494,7 +526,7 @@ class Bench:
         return box["state"].params
     else:          # as train_ranker runs: the steps of an epoch in one call (lax.scan)
       steps = epoch_steps(batch)
-      step = ranker.make_train_epoch(cfg, grouped=grouped)
+      step = ranker.make_train_epoch(cfg, grouped=grouped, brands=brands)
       epoch = sharding.shard_batch(
           {k: np.stack([hosts[j % len(hosts)][k] for j in range(steps)], axis=1) for k in hosts[0]},
           self.mesh)
@@ -509,10 +541,11 @@ class Bench:
               max_iters=5 if variant == "op by op" else 1000)
     sums = trainer.host_sums(box["acc"])
     feature_major = grouped and ranker.make_model(cfg).bind({}).groups_feature_major(
-        batch, 1 + cfg.num_negatives, TOP_K, N_CONCEPTS, deterministic=False)
+        batch, 1 + cfg.num_negatives, TOP_K, N_CONCEPTS, deterministic=False,
+        brand_rows=brand_rows)
     flops = ranker_flops_ours(batch, cfg.num_negatives, cfg.psi_features, cfg.gamma_features,
-                              grouped=grouped, constant_e_h=feature_major)
-    extra = {"rho_path": flops["rho_path"], "flops_ours_parts": {
+                              grouped=grouped, constant_e_h=feature_major, brand_rows=brand_rows)
+    extra = {"rho_path": flops["rho_path"], "brand_rows": brand_rows, "flops_ours_parts": {
         k: v for k, v in flops.items() if k not in ("total", "rho_path")},
         "nonfinite_steps": int(sums.get("nonfinite", 0)), "steps_per_call": steps}
     if use_jit:
@@ -666,6 +699,8 @@ class Bench:
     path = "catalogue_scoring" + ("_op_by_op" if variant == "op by op" else "")
     r = row(path, variant, f"{n_brands} x {n_candidates}", "pairs/s", pairs, t,
             catalogue_flops_authors(pairs, cfg.psi_features, cfg.gamma_features),
+            catalogue_flops_pairs_path(pairs, extra["chunk"], cfg.psi_features, cfg.gamma_features)
+            if variant == "pairs path (CAMERA.__call__)" else
             catalogue_flops_ours(pairs, n_acc, cfg.psi_features, cfg.gamma_features),
             self.peak_for(variant), **extra)
     self.add(r)
@@ -739,14 +774,31 @@ class Bench:
     bf = self.catalogue(n_brands, n_candidates, max(1, self.sizes.catalogue_reps[0]),
                         variant="bf16", cfg=cfg)
     s32, s16 = f32["S"].astype(np.float64), bf["S"].astype(np.float64)
-    rng = np.random.default_rng(0)
-    labels = np.zeros(len(s32), bool)
-    for brand in range(n_brands):   # about 11.5 random positives per brand (the paper's test set)
-      rows = np.flatnonzero(f32["brand"] == brand)
-      labels[rng.choice(rows, size=min(len(rows), max(2, int(rng.poisson(11.5)))), replace=False)] = True
-    m32 = metrics_lib.evaluate(f32["brand"], f32["influencer"], s32, labels)
-    m16 = metrics_lib.evaluate(f32["brand"], f32["influencer"], s16, labels)
-    keys = [k for k in m32 if isinstance(m32[k], float)]
+
+    def labels(informed: bool) -> np.ndarray:
+      """About 11.5 positives per brand (the paper's test set): uniformly at random, or
+      (informed) drawn with odds exp(2 z), z the pair's standardised float32 score within its
+      brand, so that the metrics sit in a trained ranker's range instead of at chance."""
+      rng = np.random.default_rng(0)
+      out = np.zeros(len(s32), bool)
+      for brand in range(n_brands):
+        rows = np.flatnonzero(f32["brand"] == brand)
+        p = None
+        if informed:
+          z = (s32[rows] - s32[rows].mean()) / max(s32[rows].std(), 1e-30)
+          p = np.exp(2 * (z - z.max()))
+          p /= p.sum()
+        size = min(len(rows), max(2, int(rng.poisson(11.5))))
+        out[rng.choice(rows, size=size, replace=False, p=p)] = True
+      return out
+
+    def effect(lab: np.ndarray) -> dict[str, Any]:
+      m32 = metrics_lib.evaluate(f32["brand"], f32["influencer"], s32, lab)
+      m16 = metrics_lib.evaluate(f32["brand"], f32["influencer"], s16, lab)
+      keys = [k for k in m32 if isinstance(m32[k], float)]
+      return {"metrics_f32": {k: m32[k] for k in keys}, "metrics_bf16": {k: m16[k] for k in keys},
+              "metrics_delta": {k: m16[k] - m32[k] for k in keys}}
+
     rank32 = np.argsort(np.argsort(-s32))
     rank16 = np.argsort(np.argsort(-s16))
     self.extra["bf16"] = {
@@ -754,14 +806,18 @@ class Bench:
         "max_abs_diff_S": float(np.max(np.abs(s32 - s16))),
         "max_rel_diff_S": float(np.max(np.abs(s32 - s16)) / max(np.max(np.abs(s32)), 1e-30)),
         "rank_correlation": float(np.corrcoef(rank32, rank16)[0, 1]),
-        "metrics_f32": {k: m32[k] for k in keys},
-        "metrics_bf16": {k: m16[k] for k in keys},
-        "metrics_delta": {k: m16[k] - m32[k] for k in keys},
+        **effect(labels(False)),
         "labels": "random, about 11.5 positives per brand",
+        "informed": {**effect(labels(True)),
+                     "labels": "about 11.5 positives per brand, odds exp(2 z) of the float32 "
+                               "score's z within the brand"},
     }
     self.log(f"bf16 vs f32 on {n_brands} x {n_candidates}: max |dS| "
-             f"{self.extra['bf16']['max_abs_diff_S']:.3g}, metric deltas "
-             + ", ".join(f"{k} {v:+.4f}" for k, v in self.extra["bf16"]["metrics_delta"].items()))
+             f"{self.extra['bf16']['max_abs_diff_S']:.3g}, metric deltas (random labels) "
+             + ", ".join(f"{k} {v:+.4f}" for k, v in self.extra["bf16"]["metrics_delta"].items())
+             + "; (score-informed labels) "
+             + ", ".join(f"{k} {v:+.4f}"
+                         for k, v in self.extra["bf16"]["informed"]["metrics_delta"].items()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -951,6 +1007,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
   for r in bench.results:   # shares against the final peak
     if r.get("gflops_achieved"):
       r["peak_share"] = r["gflops_achieved"] / bench.peak_for(r["variant"])
+  log(f"results (peak shares against the run's best peak, {bench.peak_gflops:.0f} GFLOP/s, "
+      "as in the JSON):")
+  for r in bench.results:   # the lines above used the peak measured at the start
+    log(format_row(r))
   import flax
   import jaxlib
   from camera_jax.training import compiler_options

@@ -201,6 +201,34 @@ def test_targets_are_judged_on_the_cpu_only():
   assert gpu["no_recompilation"]["met"] is True
 
 
+def test_device_peak_memory_is_the_blocks_own_peak():
+  """PeakMemory.device_peak_mb: the allocator's peak_bytes_in_use is a process-wide maximum
+  (JAX cannot reset it), so a block below an earlier peak reports what it used (sampled
+  bytes_in_use), and a block that raises the peak reports the new peak."""
+  import time
+
+  class FakeDevice:      # XLA's allocator statistics: the peak is kept for the process's life
+    in_use = peak = 0
+
+    def alloc(self, n):
+      self.in_use += n
+      self.peak = max(self.peak, self.in_use)
+
+    def memory_stats(self):
+      return {"bytes_in_use": self.in_use, "peak_bytes_in_use": self.peak}
+
+  mb = 2 ** 20
+  dev = FakeDevice()
+  dev.alloc(768 * mb)
+  dev.alloc(-768 * mb)                 # an earlier, larger computation
+  for used, want in ((50, 50), (1000, 1000), (200, 200)):
+    with bench.PeakMemory(dev) as pm:
+      dev.alloc(used * mb)
+      time.sleep(0.05)                 # the sampler polls every 2 ms
+      dev.alloc(-used * mb)
+    assert pm.device_peak_mb == want, (used, pm.device_peak_mb)
+
+
 def test_cpu_model_reads_the_model_name_line(tmp_path):
   info = tmp_path / "cpuinfo"
   info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B45\n"
@@ -231,6 +259,18 @@ def test_flop_formulas_reproduce_the_authors_figures():
   per_pair = (bench.catalogue_flops_ours(10 ** 6, 0, psi, gamma)
               - bench.catalogue_flops_ours(0, 0, psi, gamma)) / 10 ** 6
   assert per_pair == pytest.approx(6.3e6, rel=0.01)
+  # a brand table of 360 brands: psi and the logits over 360 + 1,024 rows instead of 3 x 512
+  f_psi, f_gamma = 1_253_376, 3_555_328
+  tabled = bench.ranker_flops_ours(512, 1, psi, gamma, constant_e_h=True, brand_rows=360)
+  assert lean["psi"] - tabled["psi"] == 152 * (3 * f_psi - 2 * 100 * 1024)
+  assert lean["logits"] - tabled["logits"] == 152 * 3 * 2 * 420 * 512
+  assert (tabled["rho"], tabled["gamma"]) == (lean["rho"], lean["gamma"])
+  # the catalogue's pairs path (CAMERA.__call__ per chunk): psi on both accounts, the 2 K
+  # logits and gamma on both sides per pair, rho over the 420 concepts once per chunk
+  assert bench.catalogue_flops_pairs_path(3000, 1536, psi, gamma) == (
+      2 * 420 * f_psi + 3000 * (2 * f_psi + 2 * 2 * 10 * 512 + 2 * f_gamma))
+  assert bench.catalogue_flops_ours(797, 798, psi, gamma) < bench.catalogue_flops_pairs_path(
+      797, 1536, psi, gamma)
 
 
 # --------------------------------------------------------------------------- fast == reference
@@ -298,6 +338,12 @@ def test_catalogue_scoring_equals_the_pair_path_and_is_the_default():
   ref = scorer.score(sharding.replicate(params, mesh), t.device(mesh), brand, infl, mesh=mesh,
                      chunk=64, keys=("S",), jit=False)
   np.testing.assert_allclose(ref["S"], want["S"], rtol=1e-5, atol=1e-6)
+  # one pair, and one pair past whole chunks (n = 1 mod chunk): every pair is scored
+  for n in (1, 65):
+    part = scorer.score(sharding.replicate(params, mesh), t.device(mesh), brand[:n], infl[:n],
+                        mesh=mesh, chunk=64, keys=("S",))
+    assert part["S"].shape == (n,)
+    np.testing.assert_allclose(part["S"], want["S"][:n], rtol=1e-5, atol=1e-6)
   # bf16 matmuls: close, not equal
   bf = ranker.score_pairs(dataclasses.replace(cfg, matmul_dtype="bfloat16"), params, t, brand,
                           infl, keys=("S",))["S"]
@@ -570,6 +616,69 @@ def test_score_groups_feature_major_path_equals_the_row_path_in_training(monkeyp
   mid_out, _ = run(psi_rows + 1)
   assert not calls
   np.testing.assert_allclose(mid_out["S"], rows_out["S"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["rows", "table", "feature-major"])
+def test_a_brand_table_computes_psi_once_per_brand(monkeypatch, path):
+  """score_groups with numbered brands (ranker.brand_table) draws one psi dropout mask per
+  brand, and with fewer brands than triplets computes psi once per brand: the same function in
+  deterministic mode on every path, and in training the same as psi per triplet with the same
+  masks; two triplets of one brand with the same influencers get the same influencer attention
+  w_m on the paths whose rho has one mask per concept (unnumbered, each triplet draws its own)."""
+  if path == "feature-major":
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+      pytest.skip("the feature-major layout runs on a single CPU device")
+    monkeypatch.setattr(camera, "FEATURE_MAJOR_MIN_ROWS", 8)
+  b, m, k, n, d = 6, 2, 4, 30, 6                 # rows path: R K = 72 > n only with "table"
+  t = _tables(n_accounts=3 + 2 * m, n=n, k=k, d_u=d)
+  dev = {f.name: jnp.asarray(getattr(t, f.name)) for f in dataclasses.fields(t)}
+  brand = jnp.asarray([2, 0, 2, 1, 0, 2], jnp.int32)             # brands 0, 1, 2; 2 thrice
+  infl = jnp.asarray([[3, 4], [5, 6], [3, 4], [4, 5], [6, 3], [5, 3]], jnp.int32)
+  table = ranker.brand_table(np.asarray(brand))
+  assert table.tolist() == [0, 1, 2]
+  plain = ranker.group_inputs(dev, brand, infl)
+  tabled = ranker.group_inputs(dev, brand, infl, brand_table=table)
+  assert tabled["brand_slot"].tolist() == [2, 0, 2, 1, 0, 2]
+  model = camera.CAMERA(**SMALL, dropout=0.5, dropout_rng="hash",
+                        rho_path="rows" if path == "rows" else "table")
+  v = model.init(jax.random.key(0), plain, dev["concepts"], deterministic=True,
+                 method=camera.CAMERA.score_groups)
+  weights = jax.random.normal(jax.random.key(7), (b, m))
+  calls = []
+  feature_major_path = camera.CAMERA._score_groups_feature_major
+  monkeypatch.setattr(camera.CAMERA, "_score_groups_feature_major",
+                      lambda *a, **kw: calls.append(1) or feature_major_path(*a, **kw))
+
+  def run(inputs, deterministic):
+    def loss(p):
+      out = model.apply(p, inputs, dev["concepts"], deterministic=deterministic,
+                        rngs={"dropout": jax.random.key(3)}, method=camera.CAMERA.score_groups)
+      return jnp.sum(out["S"] * weights), out
+    return jax.value_and_grad(loss, has_aux=True)(v)
+
+  (_, want), want_grads = run(plain, True)
+  (_, got), got_grads = run(tabled, True)
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, c: np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-6),
+               want_grads, got_grads)
+  assert float(jnp.max(jnp.abs(want_grads["params"]["psi"]["dense0"]["kernel"]))) > 0
+  (_, tr_plain), _ = run(plain, False)
+  (_, tr_table), table_grads = run(tabled, False)
+  assert bool(calls) == (path == "feature-major")
+  # numbered brands without the table (8 brands >= 6 triplets: psi per triplet) draw the same
+  # masks (one per brand): the table changes no result in training either
+  untabled = ranker.group_inputs(dev, brand, infl, brand_table=np.arange(8))
+  (_, tr_untabled), untabled_grads = run(untabled, False)
+  for key in tr_table:
+    np.testing.assert_allclose(tr_untabled[key], tr_table[key], rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, c: np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-6),
+               table_grads, untabled_grads)
+  assert not np.allclose(tr_table["w_m"], got["w_m"], rtol=1e-3)          # dropout was on
+  if path != "rows":   # rho once per concept (one mask each): w_m = softmax(psi(e_h^b) . rho(u_i))
+    # triplets 0 and 2: brand 2, influencers (3, 4)
+    np.testing.assert_allclose(tr_table["w_m"][0], tr_table["w_m"][2], rtol=1e-6)
+    assert not np.allclose(tr_plain["w_m"][0], tr_plain["w_m"][2], rtol=1e-3)
 
 
 def test_mlp_auto_layout_is_feature_major_only_for_large_float32_training_calls():

@@ -17,10 +17,11 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import REPO, ranker_cfg, ranker_tables, tiny_config
 
 
 def read_log(path: pathlib.Path) -> list[dict]:
@@ -167,7 +168,7 @@ log = trainer.TrainLog(None)
 records = []
 log.write = lambda **r: records.append(r["loss"])
 log.enabled = True
-params = ranker.train_ranker(cfg=ranker_cfg(epochs=2, batch_size=6, dropout=0.0), tables=ranker_tables(),
+params = ranker.train_ranker(cfg=ranker_cfg(epochs=2, batch_size=6, dropout=0.1), tables=ranker_tables(),
                              positives=positives, ed_observed=np.zeros(20, np.float32),
                              candidates=np.arange(10, 40), ckpt_dir=None, log=log,
                              mesh=sharding.make_mesh())
@@ -413,3 +414,52 @@ def test_train_log_truncation_keeps_other_records_and_drops_a_torn_last_line(tmp
   records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
   assert [(r["stage"], r["epoch"]) for r in records] == [("cosmic", 1), ("cosmic", 2), ("ranker", 1)]
   assert [p.name for p in tmp_path.iterdir()] == ["train_log.jsonl"]  # no temporary file left
+
+
+def test_sampled_negatives_never_cooperated_with_the_brand_and_change_per_epoch():
+  """Eq. 19's negatives: candidates the brand never cooperated with, drawn again each epoch from
+  (seed, epoch) alone; every positive pair once an epoch."""
+  from camera_jax.training import ranker
+  positives = np.array([(b, m) for b in range(4) for m in range(10, 18)], np.int64)  # 8 of 12
+  sets = {}
+  for b, m in positives:
+    sets.setdefault(int(b), set()).add(int(m))
+  cands = np.arange(10, 22)
+  trips = [ranker.sample_triplets(positives, sets, cands, 3, seed=0, epoch=e) for e in (0, 1)]
+  for t in trips:
+    for b, negs in zip(t["brand"], t["neg"]):
+      assert not set(negs.tolist()) & sets[int(b)]
+    # every positive pair once
+    assert sorted(zip(t["brand"].tolist(), t["pos"].tolist())) == sorted(map(tuple, positives.tolist()))
+  assert not np.array_equal(trips[0]["order"], trips[1]["order"])   # reshuffled per epoch
+  again = ranker.sample_triplets(positives, sets, cands, 3, seed=0, epoch=1)
+  np.testing.assert_array_equal(again["neg"], trips[1]["neg"])     # same (seed, epoch)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_padded_rows_of_a_train_step_change_nothing(dropout):
+  """A step on 3 real triplets padded to 8 rows (mask False) = the step on the 3 alone, with
+  dropout too: a row's hash mask follows its triplet, not its position in the padded batch
+  (camera.group_row_ids), so a batch padded for 4 devices trains as on one."""
+  from camera_jax.training import ranker, sharding, trainer
+
+  cfg = ranker_cfg(dropout=dropout, num_negatives=2)
+  t = ranker_tables()
+  mesh = sharding.make_mesh()
+  params = ranker.init_params(cfg, t, jax.random.PRNGKey(0))
+  tx = trainer.make_optimizer(1e-2, 0.9, 3)
+  dev, key = t.device(mesh), sharding.replicate(jax.random.PRNGKey(1), mesh)
+  step = ranker.make_train_step(cfg, jit=False)
+  host = {"brand": np.array([0, 1, 2], np.int32), "pos": np.array([10, 11, 12], np.int32),
+          "neg": np.array([[20, 21], [22, 23], [24, 25]], np.int32),
+          "ed_obs": np.zeros(3, np.float32)}
+  outs = []
+  for size in (3, 8):
+    b, mask = sharding.pad_batch(host, size)
+    b["mask"] = mask
+    st = trainer.TrainState.create(apply_fn=None, params=jax.tree.map(jnp.array, params), tx=tx)
+    st, m = step(st, {k: jnp.asarray(v) for k, v in b.items()}, dev, key)
+    outs.append((st, m))
+  assert float(outs[0][1]["loss"]) == pytest.approx(float(outs[1][1]["loss"]), rel=1e-6)
+  for x, y in zip(jax.tree.leaves(outs[0][0].params), jax.tree.leaves(outs[1][0].params)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from camera_jax.models import precision
@@ -305,8 +306,25 @@ def _hash_counters(shape: tuple[int, ...], feature_major: bool) -> jax.Array:
   return i
 
 
+def _row_counters(shape: tuple[int, ...], feature_major: bool, row_ids: Any) -> jax.Array:
+  """uint32 counters ``row_id * F + f`` of a [*lead, F] activation (or its feature-major
+  [F, *lead] transpose), ``row_ids`` [*lead] non-negative ints (numpy ones are checked to fit
+  32 bits; a traced array's caller bounds it)."""
+  f = int(shape[0] if feature_major else shape[-1])
+  lead = shape[1:] if feature_major else shape[:-1]
+  if tuple(row_ids.shape) != tuple(lead):
+    raise ValueError(f"hash_keep_mask: row_ids of shape {row_ids.shape} for rows {tuple(lead)}")
+  if isinstance(row_ids, np.ndarray) and row_ids.size and (
+      int(row_ids.min()) < 0 or (int(row_ids.max()) + 1) * f > 2 ** 32):
+    raise ValueError("hash_keep_mask: row ids x features do not fit a 32-bit counter")
+  rows = jnp.asarray(row_ids).astype(jnp.uint32) * jnp.uint32(f)
+  if feature_major:
+    return rows[None] + jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
+  return rows[..., None] + jax.lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1)
+
+
 def hash_keep_mask(key: jax.Array, shape: Sequence[int], keep_prob: float, *,
-                   feature_major: bool = False) -> jax.Array:
+                   feature_major: bool = False, row_ids: Any = None) -> jax.Array:
   """A Bernoulli(keep_prob) bool mask from a counter-based hash (the fast dropout RNG).
 
   Two 32-bit seeds are drawn from ``key`` with ``jax.random.bits``; element i of the mask is
@@ -320,9 +338,15 @@ def hash_keep_mask(key: jax.Array, shape: Sequence[int], keep_prob: float, *,
   ``feature_major``: ``shape`` is ``[F, *lead]``, the transpose of a row-major ``[*lead, F]``
   activation, and the mask is the transpose of that activation's mask (the same key gives the
   same dropout in both layouts of :class:`MLP`).
+
+  ``row_ids``: ints [*lead], one per row: element f of row r counts as
+  ``row_ids[r] * F + f`` instead of by its position, so a row's mask does not move when rows
+  are added before it (``arange`` gives the positional counters).
   """
   seeds = jax.random.bits(key, (2,), jnp.uint32)
-  i = _hash_counters(tuple(int(d) for d in shape), feature_major)
+  shape = tuple(int(d) for d in shape)
+  i = (_hash_counters(shape, feature_major) if row_ids is None
+       else _row_counters(shape, feature_major, row_ids))
   threshold = min(int(round(keep_prob * 2.0 ** 32)), 2 ** 32 - 1)
   return _mix32(_mix32(i ^ seeds[0]) ^ seeds[1]) < jnp.uint32(threshold)
 
@@ -414,17 +438,18 @@ class MLP(nn.Module):
             and jax.default_backend() == "cpu" and jax.device_count() == 1)
 
   def _keep(self, x: jax.Array, i: int, n_drop: int, deterministic: bool,
-            feature_major: bool = False) -> jax.Array:
+            feature_major: bool = False, row_ids: Any = None) -> jax.Array:
     """Dropout on layer i's input (hash masks; in the given layout)."""
     if i >= n_drop or self.rate <= 0 or deterministic:
       return x
     keep = 1.0 - self.rate
-    mask = hash_keep_mask(self.make_rng("dropout"), x.shape, keep, feature_major=feature_major)
+    mask = hash_keep_mask(self.make_rng("dropout"), x.shape, keep, feature_major=feature_major,
+                          row_ids=row_ids)
     return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool, transposed: bool = False,
-               constant_inputs: int = 0) -> jax.Array:
+               constant_inputs: int = 0, row_ids: Any = None) -> jax.Array:
     """[..., d_in] -> [..., features[-1]].
 
     ``transposed``: x is already feature-major, [d_in, rows], and so is the result,
@@ -434,6 +459,9 @@ class MLP(nn.Module):
     ``constant_inputs``: the first c input features are constants (``lax.stop_gradient``), for
     inputs that depend on no parameter; in the feature-major layout their part of layer 0's
     input gradient is then never formed.
+    ``row_ids``: ints, one per row (shaped as the row layout's leading axes), that seed
+    the rows' hash dropout masks in place of their positions (:func:`hash_keep_mask`); the
+    threefry masks ignore them.
     """
     n_drop = len(self.features) if self.dropout_layers is None else self.dropout_layers
     init = uniform_init(self.init_scale)
@@ -445,8 +473,9 @@ class MLP(nn.Module):
       # the batch-512 step ran 91.6 to 93.8 ms against 83.4 to 84.5 ms
       lead = x.shape[:-1]
       x_t = x if transposed else precision.materialized_transpose(x.reshape(-1, x.shape[-1]))
+      ids = None if row_ids is None else row_ids.reshape(x_t.shape[1:])
       for i, f in enumerate(self.features):
-        x_t = self._keep(x_t, i, n_drop, deterministic, feature_major=True)
+        x_t = self._keep(x_t, i, n_drop, deterministic, feature_major=True, row_ids=ids)
         x_t = FeatureMajorDense(f, self.init_scale, constant_inputs if i == 0 else 0,
                                 name=f"dense{i}")(x_t)
         x_t = nn.leaky_relu(x_t, negative_slope=LEAKY_SLOPE)
@@ -459,7 +488,7 @@ class MLP(nn.Module):
     dot_general = precision.dense_dot_general(self.dtype)
     for i, f in enumerate(self.features):
       if self.dropout_rng == "hash":
-        x = self._keep(x, i, n_drop, deterministic)
+        x = self._keep(x, i, n_drop, deterministic, row_ids=row_ids)
       elif i < n_drop and self.rate > 0:
         x = nn.Dropout(self.rate, deterministic=deterministic)(x)
       x = nn.Dense(f, kernel_init=init, bias_init=init, dot_general=dot_general,
@@ -501,6 +530,41 @@ class ScoreMLP(nn.Module):
     b1 = self.param("b1", init, (self.d,))
     w2 = self.param("w2", init, (self.d, 1))
     return score_mlp(x, w1, b1, w2)
+
+
+def group_row_ids(b: int, m: int, k: int, brand_slot: jax.Array | None = None,
+                  table_rows: int | None = None) -> dict[str, Any]:
+  """Hash-dropout row ids of :meth:`CAMERA.score_groups`' rows.
+
+  Slot s of triplet t (0 its brand, 1..M its influencers) is row ``t (1 + M) + s``, or for the
+  brand, when the batch numbers its brands (``brand_slot`` [B]: each triplet's brand among the
+  training brands), ``brand_slot[t] (1 + M)``, and row r of a brand table (``table_rows``) is
+  ``r (1 + M)``: one mask per brand and step, whether psi runs per triplet or per table brand.
+  rho's gathered rows (the row path) are ``id K + slot``; gamma's side s of pair (t, j)
+  ``2 (t M + j) + s``. A row's id, hence its dropout mask, depends on its triplet (or brand)
+  alone, not on the batch's padded width: a batch padded for 4 devices draws the real rows'
+  masks of the unpadded batch.
+
+  >>> ids = group_row_ids(2, 2, 3)
+  >>> ids["psi"].tolist(), ids["gamma"].tolist()
+  ([0, 3, 1, 2, 4, 5], [[[0, 2], [4, 6]], [[1, 3], [5, 7]]])
+  >>> ids["psi"].tolist() == group_row_ids(3, 2, 3)["psi"][[0, 1, 3, 4, 5, 6]].tolist()
+  True
+  """
+  t = np.arange(b)[:, None] * (1 + m)
+  infl = (t + 1 + np.arange(m)).reshape(-1)
+  pair = 2 * np.arange(b * m).reshape(b, m)
+  out: dict[str, Any] = {"gamma": np.stack([pair, pair + 1])}
+  if brand_slot is None:
+    rows = np.concatenate([t[:, 0], infl])
+    out["psi"], out["rho"] = rows, rows[:, None] * k + np.arange(k)
+    return out
+  brand = jnp.asarray(brand_slot, jnp.int32) * (1 + m)
+  rows = jnp.concatenate([brand, jnp.asarray(infl, jnp.int32)])
+  out["rho"] = rows[:, None] * k + jnp.arange(k, dtype=jnp.int32)
+  out["psi"] = rows if table_rows is None else jnp.concatenate(
+      [jnp.arange(table_rows, dtype=jnp.int32) * (1 + m), rows[b:]])
+  return out
 
 
 class CAMERA(nn.Module):
@@ -699,7 +763,9 @@ class CAMERA(nn.Module):
   # -- fast paths ------------------------------------------------------------------------------
   # The same model, computed with algebra that changes no result (deterministic outputs equal
   # __call__'s to float rounding; tests/test_camera_model.py checks it):
-  #   * psi(e_h) once per account of a triplet (the brand once for its positive and negatives);
+  #   * psi(e_h) once per account of a triplet (the brand once for its positive and negatives),
+  #     or, with a brand table in the batch (ranker.brand_table: more triplets than brands), once
+  #     per brand of the table;
   #   * rho(u) once per concept (the table path) or once per (account, slot) (the row path);
   #   * the attention logits psi . rho(u_i) as columns of q = psi rho(U_C)^T on the table path;
   #   * scoring a catalogue: gamma's first layer is linear in concat(e_h, e_r) and
@@ -718,7 +784,11 @@ class CAMERA(nn.Module):
     float rounding. In training mode one dropout mask is drawn per encoded row: the brand's
     psi(e_h) and, on the row path, rho of its concepts are computed once per group, so its
     positive and its negatives see the same brand representation (``__call__`` draws the
-    brand's masks once per pair); gamma's masks are per pair side, as in ``__call__``.
+    brand's masks once per pair); gamma's masks are per pair side, as in ``__call__``. With a
+    brand table (``brand_table_idx``, ``brand_table_w`` [T, K], ``brand_slot`` [B]:
+    :func:`camera_jax.training.ranker.group_inputs`) psi runs once per table brand, so every
+    triplet of a brand shares its psi mask in the step (the table path likewise shares one
+    rho mask per concept).
 
     Args:
       batch: ``brand_idx``, ``brand_w`` [B, K] (optional ``brand_mask`` bool [B, K]);
@@ -743,27 +813,40 @@ class CAMERA(nn.Module):
     d = concepts.shape[1]
     e_h_b = self._history(batch["brand_w"], u_b)                                  # eq. 6
     e_h_m = self._history(batch["inf_w"], u_m)
-    e_h = jnp.concatenate([e_h_b, e_h_m.reshape(b * m, d)])                       # [R, d]
-    if self.groups_feature_major(b, m, k, n, deterministic=deterministic):
-      return self._score_groups_feature_major(batch, concepts, u_b, u_m, e_h, deterministic)
+    # psi's rows: the brands (once per triplet, or once per brand of the table), then the
+    # influencers; slot: each triplet's brand row
+    e_h_psi_b, slot, brand_slot = self._brand_rows(batch, concepts, e_h_b)
+    nb = e_h_psi_b.shape[0]
+    e_h = jnp.concatenate([e_h_psi_b, e_h_m.reshape(b * m, d)])                   # [R, d]
+    ids = group_row_ids(b, m, k, brand_slot, None if slot is None else nb)
+    if self.groups_feature_major(b, m, k, n, deterministic=deterministic, brand_rows=nb):
+      return self._score_groups_feature_major(batch, concepts, u_b, u_m, e_h, e_h_b, slot,
+                                              ids, deterministic)
     use_table = self._groups_use_table(b, m, k, n)
-    psi = self.psi(e_h, deterministic=deterministic).astype(jnp.float32)          # [R, p]
+    psi = self.psi(e_h, deterministic=deterministic,
+                   row_ids=ids["psi"]).astype(jnp.float32)                        # [R, p]
     p = psi.shape[-1]
-    psi_b, psi_m = psi[:b], psi[b:].reshape(b, m, p)
+    psi_b, psi_m = psi[:nb], psi[nb:].reshape(b, m, p)
+    if slot is not None:
+      psi_b = jnp.take(psi_b, slot, axis=0)                                       # [B, p]
     if use_table:  # R K rows > n: rho once per concept; logits as columns of q = psi rho(U_C)^T
       table = self.concept_table(concepts, deterministic=deterministic)          # [n, p]
       q = precision.matmul(psi, table, self.dtype, transpose_w=True)              # [R, n]
-      q_b, q_m = q[:b], q[b:].reshape(b, m, n)
+      q_b, q_m = q[:nb], q[nb:].reshape(b, m, n)
+      if slot is not None:
+        q_b = jnp.take(q_b, slot, axis=0)                                         # [B, n]
       logits_b = jnp.take_along_axis(q_m, jnp.broadcast_to(b_idx[:, None, :], (b, m, k)), -1)
       logits_m = jnp.take_along_axis(jnp.broadcast_to(q_b[:, None, :], (b, m, n)), m_idx, -1)
     else:  # rho once per (account, slot)
       u = jnp.concatenate([u_b, u_m.reshape(b * m, k, d)])                        # [R, K, d]
-      rho = self.rho(u, deterministic=deterministic).astype(jnp.float32)          # [R, K, p]
+      rho = self.rho(u, deterministic=deterministic,
+                     row_ids=ids["rho"]).astype(jnp.float32)                      # [R, K, p]
       rho_b, rho_m = rho[:b], rho[b:].reshape(b, m, k, p)
       logits_b = jnp.einsum("bjp,bkp->bjk", psi_m, rho_b)
       logits_m = jnp.einsum("bp,bjkp->bjk", psi_b, rho_m)
     w_b, w_m, e_r = self._group_attention(batch, logits_b, logits_m, p, u_b, u_m)
-    e_a = fuse(lambda x: self.gamma_mlp(x, deterministic=deterministic),          # eq. 9
+    e_a = fuse(lambda x: self.gamma_mlp(x, deterministic=deterministic,           # eq. 9
+                                        row_ids=ids["gamma"]),
                jnp.stack([jnp.broadcast_to(e_h_b[:, None, :], e_r.shape[1:]), e_h_m]),
                e_r).astype(jnp.float32)
     s_con = content_score(e_a[0], e_a[1])
@@ -773,12 +856,32 @@ class CAMERA(nn.Module):
     """score_groups' rho path: the table when its B (1 + M) K concept rows outnumber n."""
     return {"auto": b * (1 + m) * k > n, "table": True, "rows": False}[self.rho_path]
 
-  def groups_feature_major(self, b: int, m: int, k: int, n: int, *, deterministic: bool) -> bool:
+  def groups_feature_major(self, b: int, m: int, k: int, n: int, *, deterministic: bool,
+                           brand_rows: int | None = None) -> bool:
     """Whether :meth:`score_groups` on B groups of M candidates, top-K concepts out of n, runs
-    its feature-major path: the table path with psi's B (1 + M) rows feature-major
-    (:attr:`MLP.layout`). Static; works on an unbound model (``CAMERA(...).bind({})``)."""
-    rows = jax.ShapeDtypeStruct((b * (1 + m), 1), jnp.float32)
+    its feature-major path: the table path with psi's rows (``brand_rows``, default B, then the
+    B M influencers) feature-major (:attr:`MLP.layout`). Static; works on an unbound model
+    (``CAMERA(...).bind({})``)."""
+    rows = jax.ShapeDtypeStruct(((b if brand_rows is None else brand_rows) + b * m, 1), jnp.float32)
     return self._groups_use_table(b, m, k, n) and self.psi.feature_major(rows, deterministic)
+
+  def _brand_rows(self, batch: Mapping[str, jax.Array], concepts: jax.Array, e_h_b: jax.Array
+                  ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    """psi's brand rows for :meth:`score_groups`, each triplet's row among them, and its brand.
+
+    With the brands numbered (``brand_slot`` [B], ``brand_table_idx``, ``brand_table_w`` [T, K]:
+    :func:`camera_jax.training.ranker.group_inputs`) and fewer brands than triplets (T < B):
+    e_h (eq. 6) of the T table brands, and the slots twice; with T >= B the triplets' own e_h_b,
+    None and the slots (one dropout mask per brand either way, :func:`group_row_ids`); without
+    numbered brands e_h_b, None, None.
+    """
+    if batch.get("brand_slot") is None:
+      return e_h_b, None, None
+    slot = jnp.asarray(batch["brand_slot"], jnp.int32)
+    if batch["brand_table_idx"].shape[0] >= e_h_b.shape[0]:
+      return e_h_b, None, slot
+    u_t = concepts.at[batch["brand_table_idx"]].get(mode="promise_in_bounds")    # [T, K, d]
+    return self._history(batch["brand_table_w"], u_t), slot, slot
 
   def _group_attention(self, batch: Mapping[str, jax.Array], logits_b: jax.Array,
                        logits_m: jax.Array, p: int, u_b: jax.Array, u_m: jax.Array
@@ -796,7 +899,9 @@ class CAMERA(nn.Module):
 
   def _score_groups_feature_major(self, batch: Mapping[str, jax.Array], concepts: jax.Array,
                                   u_b: jax.Array, u_m: jax.Array, e_h: jax.Array,
-                                  deterministic: bool) -> dict[str, jax.Array]:
+                                  e_h_b: jax.Array, slot: jax.Array | None,
+                                  ids: dict[str, np.ndarray], deterministic: bool
+                                  ) -> dict[str, jax.Array]:
     """:meth:`score_groups`' table path with psi's and gamma's activations feature-major.
 
     For the training calls whose psi runs feature-major (:attr:`MLP.layout`; gamma, with at
@@ -812,25 +917,29 @@ class CAMERA(nn.Module):
     b, _, d = u_b.shape
     m = u_m.shape[1]
     bm = b * m
+    nb = e_h.shape[0] - bm                                                          # brand rows
     e_h_t = precision.materialized_transpose(e_h)                                  # [d, R]
-    psi_t = self.psi(e_h_t, deterministic=deterministic, transposed=True)          # [p, R]
+    psi_t = self.psi(e_h_t, deterministic=deterministic, transposed=True,
+                     row_ids=ids["psi"])                                          # [p, R]
     p = psi_t.shape[0]
     table = self.concept_table(concepts, deterministic=deterministic)              # [n, p]
     q_t = precision.feature_major_product(table, psi_t)                             # [n, R]
     # eq. 7's inner products psi(e_h^{m/b}) . rho(u_i): entries of q^T [n, R]
-    inf_col = b + jnp.arange(bm, dtype=jnp.int32).reshape(b, m)
+    inf_col = nb + jnp.arange(bm, dtype=jnp.int32).reshape(b, m)
+    brand_col = jnp.arange(b, dtype=jnp.int32) if slot is None else slot
     logits_b = q_t.at[batch["brand_idx"][:, None, :], inf_col[:, :, None]].get(
         mode="promise_in_bounds")                                                 # [B, M, K]
-    logits_m = q_t.at[batch["inf_idx"], jnp.arange(b, dtype=jnp.int32)[:, None, None]].get(
-        mode="promise_in_bounds")
+    logits_m = q_t.at[batch["inf_idx"], brand_col[:, None, None]].get(mode="promise_in_bounds")
     w_b, w_m, e_r = self._group_attention(batch, logits_b, logits_m, p, u_b, u_m)
     # e_r in rows, then transposed (eq. 8 written as "bjk,bkd->dbj" ran on XLA's Eigen dot,
     # 0.8 ms each way in the batch-512 step, against 0.2 to 0.3 ms)
     e_r_t = precision.materialized_transpose(e_r.reshape(2 * bm, d))              # [d, 2 B M]
+    e_h_b_t = e_h_t[:, :b] if slot is None else precision.materialized_transpose(e_h_b)
     e_h_pairs = jnp.concatenate(
-        [jnp.broadcast_to(e_h_t[:, :b, None], (d, b, m)).reshape(d, bm), e_h_t[:, b:]], axis=1)
+        [jnp.broadcast_to(e_h_b_t[:, :, None], (d, b, m)).reshape(d, bm), e_h_t[:, nb:]], axis=1)
     e_a_t = fuse(lambda x: self.gamma_mlp(x, deterministic=deterministic, transposed=True,
-                                          constant_inputs=d), e_h_pairs, e_r_t, axis=0)
+                                          constant_inputs=d, row_ids=ids["gamma"]),
+                 e_h_pairs, e_r_t, axis=0)
     s_con = content_score(e_a_t[:, :bm], e_a_t[:, bm:], axis=0).reshape(b, m)
     return self._result(batch, s_con, w_b, w_m)
 

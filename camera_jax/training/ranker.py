@@ -122,10 +122,14 @@ def pair_inputs(tables: dict[str, jax.Array], brand: jax.Array, influencer: jax.
 
 
 def group_inputs(tables: dict[str, jax.Array], brand: jax.Array, influencers: jax.Array,
-                 ed_post: jax.Array | None = None) -> dict[str, jax.Array]:
+                 ed_post: jax.Array | None = None, brand_table: np.ndarray | None = None
+                 ) -> dict[str, jax.Array]:
   """Inputs of :meth:`CAMERA.score_groups`: brands [B] and their influencer groups [B, M].
 
   The same features as :func:`pair_inputs` for the B x M pairs, with the brand's given once.
+  ``brand_table``: sorted distinct account rows holding every brand of ``brand`` (padding rows
+  aside): ``brand_table_idx``, ``brand_table_w`` and each triplet's ``brand_slot`` in it
+  (:func:`brand_table`).
   """
   eng_inf = tables["engagement"][influencers]
   out = {
@@ -139,7 +143,29 @@ def group_inputs(tables: dict[str, jax.Array], brand: jax.Array, influencers: ja
   if tables.get("top_mask") is not None:
     out["brand_mask"] = tables["top_mask"][brand]
     out["inf_mask"] = tables["top_mask"][influencers]
+  if brand_table is not None:
+    rows = jnp.asarray(brand_table, jnp.int32)
+    out["brand_table_idx"] = tables["top_idx"][rows]
+    out["brand_table_w"] = tables["top_w"][rows]
+    # a padding row's brand may be in no slot: any slot serves (it is masked out)
+    out["brand_slot"] = jnp.minimum(jnp.searchsorted(rows, brand, method="compare_all"),
+                                    len(brand_table) - 1)
   return out
+
+
+def brand_table(brands: np.ndarray | None) -> np.ndarray | None:
+  """The sorted distinct brands of the training triplets (:func:`group_inputs`), or None.
+
+  With it, :meth:`CAMERA.score_groups` draws one psi dropout mask per brand and step (shared by
+  the brand's triplets in the batch, as the authors' DropConnect shares one mask per weight
+  matrix and step), and a batch of more triplets than brands computes psi once per brand.
+
+  >>> brand_table(np.array([7, 3, 7, 5])).tolist()
+  [3, 5, 7]
+  """
+  if brands is None or not len(brands):
+    return None
+  return np.unique(np.asarray(brands, np.int32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +199,8 @@ def init_params(cfg: RankerConfig, tables: Any, key: jax.Array,
 
 
 def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
-                    grouped: bool | None = None, jit: bool = True):
+                    grouped: bool | None = None, jit: bool = True,
+                    brands: np.ndarray | None = None):
   """The jitted, donated train step: ``state, metrics = step(state, batch, tables, key)``.
 
   ``batch``: brand [B], pos [B], neg [B, N] int32 account rows, mask [B] bool, ed_obs [B] (the
@@ -181,13 +208,16 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
   ``grouped`` (default: True for CAMERA, False for another ``model``) scores each triplet's
   brand once against its positive and negatives (:meth:`CAMERA.score_groups`); False scores the
   B (1 + N) pairs independently (``CAMERA.__call__``, the reference). ``jit=False`` returns the
-  plain function (op by op, for reference timings).
+  plain function (op by op, for reference timings). ``brands``: the training brands (every
+  batch brand among them, padding rows aside); grouped, one psi dropout mask per brand and
+  step, and psi once per brand when a batch has more triplets (:func:`brand_table`).
   """
   grouped = model is None if grouped is None else grouped
   spec = model or _camera_model()
   module = spec.make(cfg)
   loss_fn = losses_lib.get_loss(cfg.loss, **dict(cfg.loss_hparams))
   observed = cfg.endorsement == "observed"
+  table = brand_table(brands)
 
   def train_step(state: trainer.TrainState, batch: dict[str, jax.Array],
                  tables: dict[str, jax.Array], key: jax.Array):
@@ -199,8 +229,8 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
     if observed:
       ed_post = jnp.concatenate(
           [batch["ed_obs"][:, None], tables["engagement"][batch["neg"]]], axis=1)
-    if grouped:  # the brand once per triplet
-      inputs = group_inputs(tables, batch["brand"], infl.reshape(b, 1 + n_neg), ed_post)
+    if grouped:  # the brand once per triplet (or once per brand: brand_table)
+      inputs = group_inputs(tables, batch["brand"], infl.reshape(b, 1 + n_neg), ed_post, table)
       method = {"method": camera_lib.CAMERA.score_groups}
     else:
       inputs = spec.inputs(tables, brand, infl, None if ed_post is None else ed_post.reshape(-1))
@@ -233,7 +263,7 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
 
 
 def make_train_epoch(cfg: RankerConfig, model: RankerModel | None = None, *,
-                     grouped: bool | None = None):
+                     grouped: bool | None = None, brands: np.ndarray | None = None):
   """The jitted, donated epoch: ``state, sums = run(state, batches, tables, key)``.
 
   Runs :func:`make_train_step`'s step over every batch of an epoch in one call (``lax.scan``
@@ -244,9 +274,9 @@ def make_train_epoch(cfg: RankerConfig, model: RankerModel | None = None, *,
   step order (as adding them after each step, to float rounding: XLA may round the reported
   rank loss differently in the two programs). The parameters and the optimiser state equal
   those of calling the step once per batch (tested bit for bit); one compiled program serves
-  every epoch (same S).
+  every epoch (same S). ``brands``: see :func:`make_train_step`.
   """
-  step = make_train_step(cfg, model, grouped=grouped, jit=False)
+  step = make_train_step(cfg, model, grouped=grouped, jit=False, brands=brands)
 
   def run(state: trainer.TrainState, batches: dict[str, jax.Array],
           tables: dict[str, jax.Array], key: jax.Array):
@@ -356,7 +386,15 @@ class CatalogueScorer:
     if n == 0:
       return {k: np.zeros((0,), np.float32) for k in keys}
     parts = concept_parts(params, tables)
-    uniq, inverse = np.unique(np.concatenate([brand, influencer]), return_inverse=True)
+    # The distinct accounts and a row -> local index lookup in O(accounts) memory (np.unique of
+    # the concatenated pairs held about 90 bytes a pair: its copy, sort order and inverse).
+    present = np.zeros(int(tables["top_idx"].shape[0]), bool)
+    for s in range(0, n, chunk):
+      present[brand[s:s + chunk]] = True
+      present[influencer[s:s + chunk]] = True
+    uniq = np.flatnonzero(present)
+    lookup = np.zeros(len(present), np.int32)
+    lookup[uniq] = np.arange(len(uniq), dtype=np.int32)
     n_acc = len(uniq)
     enc_chunk = min(chunk, 1 << max(6, (n_acc - 1).bit_length()))
     n_pad = sharding.round_up(n_acc, enc_chunk)
@@ -365,14 +403,12 @@ class CatalogueScorer:
     pieces = [account_parts(params, tables, sharding.replicate(rows[s:s + enc_chunk], mesh),
                             parts["rho"]) for s in range(0, n_pad, enc_chunk)]
     enc = pieces[0] if len(pieces) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *pieces)
-    b_local = inverse[:n].astype(np.int32)
-    m_local = inverse[n:].astype(np.int32)
-    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    out: dict[str, np.ndarray] = {}
     pending = None
     for s in range(0, n + chunk, chunk):
       current = None
       if s < n:
-        host = {"b": b_local[s:s + chunk], "m": m_local[s:s + chunk],
+        host = {"b": lookup[brand[s:s + chunk]], "m": lookup[influencer[s:s + chunk]],
                 "brand": brand[s:s + chunk].astype(np.int32),
                 "influencer": influencer[s:s + chunk].astype(np.int32)}
         real = len(host["b"])
@@ -380,13 +416,16 @@ class CatalogueScorer:
         dev = sharding.shard_batch(host, mesh)
         res = pair_scores(params, enc, parts["r1"], tables, dev["b"], dev["m"], dev["brand"],
                           dev["influencer"])
-        current = ({k: res[k] for k in keys}, real)
+        current = ({k: res[k] for k in keys}, real, s)
       if pending is not None:
-        res, real = pending
+        res, real, start = pending
         for k, v in jax.device_get(res).items():
-          out[k].append(np.asarray(v)[:real])
+          v = np.asarray(v)[:real]
+          if k not in out:   # written in place: no list of chunks and no concatenated copy
+            out[k] = np.empty((n,) + v.shape[1:], v.dtype)
+          out[k][start:start + real] = v
       pending = current
-    return {k: np.concatenate(v) for k, v in out.items()}
+    return out
 
 
 #: Pairs per scoring call when ``eval_chunk`` is 0, per (backend, matmul dtype). On the CPU
@@ -498,7 +537,9 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
   for b, m in positives:
     positive_sets.setdefault(int(b), set()).add(int(m))
   # Each step trains on cfg.batch_size triplets whatever the device count; the rows are padded
-  # to a multiple of it (masked), so the schedule and the results do not depend on the hardware.
+  # to a multiple of it (masked), and a row's dropout mask follows its triplet (camera.
+  # group_row_ids), so the schedule and the masks do not depend on the hardware (the float
+  # rounding of the gradients' sums does).
   batch_size = cfg.batch_size
   width = sharding.round_up(batch_size, mesh.devices.size)
   steps_per_epoch = max(1, -(-len(positives) // batch_size))
@@ -511,7 +552,7 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
   state = sharding.replicate(state, mesh)
   dev_tables = tables.device(mesh)
   step_key = sharding.replicate(step_key, mesh)
-  train_epoch = make_train_epoch(cfg, model)
+  train_epoch = make_train_epoch(cfg, model, brands=positives[:, 0])
   lr_fn = trainer.learning_rate_schedule(cfg.learning_rate, cfg.lr_decay, steps_per_epoch)
   for epoch in range(start_epoch, cfg.epochs):
     t0 = time.perf_counter()
