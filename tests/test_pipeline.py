@@ -668,6 +668,24 @@ def test_a_dataset_edited_in_place_is_refused_before_any_work(tiny_run, tiny_dat
       json.loads(record)["cooperations.jsonl"])
 
 
+def test_training_positives_are_the_training_brands_cooperations_only(tiny_data):
+  """The ranker learns from the training brands' cooperations, each (brand, influencer) pair
+  once, and never from a test brand's (those are the held-out labels)."""
+  from camera_jax import pipeline
+  from camera_jax.data import format as format_lib
+
+  dataset = format_lib.load(tiny_data, check_images=False)
+  acc = dataset.account_index()
+  pairs, ed = pipeline.training_positives(
+      dataset, {"followers": np.full(len(dataset.accounts), 1000.0)})
+  train, test = set(dataset.split.train), set(dataset.split.test)
+  assert train and test and not train & test
+  want = {(acc[c.brand], acc[c.influencer]) for c in dataset.cooperations if c.brand in train}
+  assert sorted(map(tuple, pairs.tolist())) == sorted(want)
+  assert any(c.brand in test for c in dataset.cooperations)        # there was something to leak
+  assert ed.shape == (len(pairs),) and np.all(np.isfinite(ed))
+
+
 def test_a_dataset_without_training_positives_is_refused_in_one_line(tiny_data, tmp_path):
   from camera_jax import pipeline
   from camera_jax.data import format as format_lib
