@@ -77,9 +77,11 @@ def _check_ids(name: str, a: np.ndarray | None) -> None:
   for i, v in enumerate(a.tolist()):
     if v is None or (isinstance(v, float) and v != v):
       raise ValueError(f"{name}: missing value ({v}) at row {i}")
-    kinds.add(str if isinstance(v, str) else type(v).__name__)
+    kinds.add("string" if isinstance(v, str) else
+              "number" if isinstance(v, (int, float, np.number)) else type(v).__name__)
     if len(kinds) > 1:
-      raise ValueError(f"{name}: mixed strings and numbers (row {i} is {v!r}); use one kind")
+      raise ValueError(f"{name}: mixed {' and '.join(sorted(kinds))} values (row {i} is {v!r}); "
+                       "use one kind")
 
 
 def _validate(brands, influencers, scores, labels, influencer_category, ks):

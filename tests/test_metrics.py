@@ -357,14 +357,19 @@ def test_bootstrap_interval_is_the_95_percent_percentile_interval():
     ("influencer_category", [np.nan, np.nan, 1.0], "missing value (nan) at row 0"),
     ("influencer_category", np.array(["food", None, "auto"], dtype=object), "missing value (None) at row 1"),
     ("brands", np.array(["b", None, "b"], dtype=object), "missing value (None) at row 1"),
-    ("influencers", np.array(["m1", 2, "m3"], dtype=object), "mixed strings and numbers (row 1 is 2); use one kind"),
+    ("influencers", np.array(["m1", 2, "m3"], dtype=object), "mixed number and string values (row 1 is 2); use one kind"),
+    ("brands", np.array([1, 2.5, 3], dtype=object), None),      # ints and floats: numbers
 ])
 def test_missing_or_mixed_ids_and_categories_are_refused(field, values, why):
   """A missing category is not a category (two NaNs would count as one shared category in cAUC),
   and None among strings cannot be sorted: both are refused naming the field and the row."""
   args = {"brands": ["b"] * 3, "influencers": ["m1", "m2", "m3"], "influencer_category": None}
   args[field] = values
+  run = lambda: metrics.evaluate(args["brands"], args["influencers"], [0.9, 0.5, 0.1],  # noqa: E731
+                                 [1, 0, 0], args["influencer_category"])
+  if why is None:
+    assert run()["n_pairs"] == 3          # accepted
+    return
   with pytest.raises(ValueError) as e:
-    metrics.evaluate(args["brands"], args["influencers"], [0.9, 0.5, 0.1], [1, 0, 0],
-                     args["influencer_category"])
+    run()
   assert str(e.value) == f"{field}: {why}"

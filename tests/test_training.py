@@ -437,19 +437,30 @@ def test_sampled_negatives_never_cooperated_with_the_brand_and_change_per_epoch(
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_padded_rows_of_a_train_step_change_nothing(dropout):
+@pytest.mark.parametrize("model", ["camera", "camera, numbered brands", "hp_mr"])
+def test_padded_rows_of_a_train_step_change_nothing(dropout, model):
   """A step on 3 real triplets padded to 8 rows (mask False) = the step on the 3 alone, with
-  dropout too: a row's hash mask follows its triplet, not its position in the padded batch
-  (camera.group_row_ids), so a batch padded for 4 devices trains as on one."""
+  dropout too: a row's hash mask follows its triplet (or brand, or pair), not its position in
+  the padded batch (camera.group_row_ids), so a batch padded for 4 devices trains as on one."""
+  from camera_jax.models import history_pooling as hp
   from camera_jax.training import ranker, sharding, trainer
 
   cfg = ranker_cfg(dropout=dropout, num_negatives=2)
   t = ranker_tables()
+  spec, kw = None, {}
+  if model == "hp_mr":
+    rng = np.random.default_rng(0)
+    a = len(t.top_idx)
+    t = hp.HpTables(features=rng.normal(size=(a, 6)).astype(np.float32),
+                    engagement=t.engagement, followers=t.followers)
+    spec = hp.HP_MODEL
+  elif model == "camera, numbered brands":
+    kw = {"brands": np.array([0, 1, 2, 5])}
   mesh = sharding.make_mesh()
-  params = ranker.init_params(cfg, t, jax.random.PRNGKey(0))
+  params = ranker.init_params(cfg, t, jax.random.PRNGKey(0), spec)
   tx = trainer.make_optimizer(1e-2, 0.9, 3)
   dev, key = t.device(mesh), sharding.replicate(jax.random.PRNGKey(1), mesh)
-  step = ranker.make_train_step(cfg, jit=False)
+  step = ranker.make_train_step(cfg, spec, jit=False, **kw)
   host = {"brand": np.array([0, 1, 2], np.int32), "pos": np.array([10, 11, 12], np.int32),
           "neg": np.array([[20, 21], [22, 23], [24, 25]], np.int32),
           "ed_obs": np.zeros(3, np.float32)}

@@ -94,12 +94,14 @@ class HistoryPoolingRanker(nn.Module):
   gamma: Sequence[int] = (1024, 1024, 512)
   d_score: int = 64
   dropout: float = 0.6
+  dropout_rng: str = "threefry"     # "hash": masks that follow the pair (make_hp_model)
   init_scale: float = 0.1
   use_interaction: bool = True
   dtype: Any = jnp.float32
 
   def setup(self) -> None:
-    self.gamma_mlp = camera_lib.MLP(self.gamma, self.dropout, 2, self.init_scale, self.dtype)
+    self.gamma_mlp = camera_lib.MLP(self.gamma, self.dropout, 2, self.init_scale, self.dtype,
+                                    dropout_rng=self.dropout_rng)
     if self.use_interaction:
       self.phi_ed_post = camera_lib.ScoreMLP(self.d_score, self.init_scale)
       self.phi_ed_brand = camera_lib.ScoreMLP(self.d_score, self.init_scale)
@@ -122,7 +124,11 @@ class HistoryPoolingRanker(nn.Module):
     del concepts
     x = jnp.stack([jnp.asarray(batch["brand_x"], jnp.float32),
                    jnp.asarray(batch["inf_x"], jnp.float32)])          # [2, B, d]
-    e_a = self.gamma_mlp(x, deterministic=deterministic).astype(jnp.float32)
+    # side s of pair i is row 2 i + s: its hash dropout mask follows the pair, not the padded
+    # batch's width (as camera.group_row_ids), so a batch padded for 4 devices trains as on one
+    pair = np.arange(x.shape[1])
+    e_a = self.gamma_mlp(x, deterministic=deterministic,
+                         row_ids=np.stack([2 * pair, 2 * pair + 1])).astype(jnp.float32)
     s_con = camera_lib.content_score(e_a[0], e_a[1])
     if self.use_interaction:
       s_ed = camera_lib.endorsement_score(self.phi_ed_post(batch["ed_post"]),
@@ -151,7 +157,8 @@ class HpTables:
 def make_hp_model(cfg: ranker_lib.RankerConfig) -> HistoryPoolingRanker:
   """The Hp+MR module with the ranker's gamma, phi, dropout and init settings."""
   return HistoryPoolingRanker(gamma=tuple(cfg.gamma_features), d_score=cfg.d_score,
-                              dropout=cfg.dropout, init_scale=cfg.init_scale,
+                              dropout=cfg.dropout, dropout_rng=cfg.dropout_rng,
+                              init_scale=cfg.init_scale,
                               use_interaction=cfg.use_interaction,
                               dtype=jnp.dtype(cfg.matmul_dtype))
 
