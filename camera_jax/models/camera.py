@@ -764,8 +764,8 @@ class CAMERA(nn.Module):
   # The same model, computed with algebra that changes no result (deterministic outputs equal
   # __call__'s to float rounding; tests/test_camera_model.py checks it):
   #   * psi(e_h) once per account of a triplet (the brand once for its positive and negatives),
-  #     or, with a brand table in the batch (ranker.brand_table: more triplets than brands), once
-  #     per brand of the table;
+  #     or, with numbered brands (ranker.brand_table) and more triplets than brands, once per
+  #     brand;
   #   * rho(u) once per concept (the table path) or once per (account, slot) (the row path);
   #   * the attention logits psi . rho(u_i) as columns of q = psi rho(U_C)^T on the table path;
   #   * scoring a catalogue: gamma's first layer is linear in concat(e_h, e_r) and
@@ -784,11 +784,12 @@ class CAMERA(nn.Module):
     float rounding. In training mode one dropout mask is drawn per encoded row: the brand's
     psi(e_h) and, on the row path, rho of its concepts are computed once per group, so its
     positive and its negatives see the same brand representation (``__call__`` draws the
-    brand's masks once per pair); gamma's masks are per pair side, as in ``__call__``. With a
-    brand table (``brand_table_idx``, ``brand_table_w`` [T, K], ``brand_slot`` [B]:
-    :func:`camera_jax.training.ranker.group_inputs`) psi runs once per table brand, so every
-    triplet of a brand shares its psi mask in the step (the table path likewise shares one
-    rho mask per concept).
+    brand's masks once per pair); gamma's masks are per pair side, as in ``__call__``. With
+    numbered brands (``brand_table_idx``, ``brand_table_w`` [T, K], ``brand_slot`` [B]:
+    :func:`camera_jax.training.ranker.group_inputs`) every triplet of a brand shares the
+    brand's psi mask (and, on the row path, its rho masks) in the step (:func:`group_row_ids`;
+    the table path likewise shares one rho mask per concept), and psi runs once per brand when
+    there are fewer brands than triplets.
 
     Args:
       batch: ``brand_idx``, ``brand_w`` [B, K] (optional ``brand_mask`` bool [B, K]);
