@@ -502,7 +502,9 @@ class Bench:
     rng = np.random.default_rng(1)
     brands = np.arange(N_BRANDS)           # the brands the triplets draw from (train_ranker's)
     width = sharding.round_up(batch, self.mesh.devices.size)
-    brand_rows = len(brands) if grouped and len(brands) < width else None
+    from camera_jax.models import camera as camera_lib
+    brand_rows = (len(brands) if grouped and camera_lib.psi_per_brand(len(brands), width)
+                  else None)
     hosts = []
     for j in range(4):
       real = batch if j < 3 else max(1, batch - batch // 3)   # the last one padded

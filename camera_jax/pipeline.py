@@ -613,22 +613,6 @@ def loss_hparams(cfg: Config) -> tuple[tuple[str, Any], ...]:
   return tuple(sorted(out.items()))
 
 
-def resolved_loss(cfg: Config) -> tuple[str, tuple[tuple[str, Any], ...]] | None:
-  """The loss and every setting it trains with: its own defaults, overridden where it accepts
-  them by --margin, --temperature and --loss_hparams (as ``losses.get_loss`` binds them). None
-  where the loss is not registered or the settings do not parse. Two runs with equal values
-  train the same loss, however the flags spell it (``margin=.5`` or ``margin=0.5``, a default
-  given or left out, keys in another order)."""
-  from camera_jax import losses as losses_lib
-  try:
-    accepted = losses_lib.hparams_of(cfg.loss)
-    given = dict(loss_hparams(cfg))
-  except ValueError:
-    return None
-  accepted.update((k, v) for k, v in given.items() if k in accepted)
-  return cfg.loss, tuple(sorted(accepted.items()))
-
-
 def _loss_flag_settings(cfg: Config) -> dict[str, float]:
   """--margin and --temperature, those that are set."""
   return {k: v for k, v in (("margin", cfg.margin), ("temperature", cfg.temperature))
@@ -910,7 +894,7 @@ RANKER_FIELDS = frozenset({
     "d_score", "attention_scale", "history_norm", "num_negatives", "loss", "loss_hparams",
     "endorsement", "history", "use_interaction", "matmul_dtype"})
 _RANKER_STAGE = "checkpoints/ranker"
-#: The flags that choose the ranker's loss and its settings (compared by meaning: resolved_loss).
+#: The flags that choose the ranker's loss and its settings (compared by meaning: _same_loss).
 _LOSS_FIELDS = frozenset({"loss", "margin", "temperature", "loss_hparams"})
 #: The first stage each concept-layer setting shapes; a stage's outputs, and the stages it feeds.
 _STAGE_FIELDS = {
@@ -958,6 +942,16 @@ def _lowered_after_nonfinite(workdir: pathlib.Path, before: Config, cfg: Config)
   return None
 
 
+def _same_loss(before: Config, cfg: Config) -> bool:
+  """Whether two runs train the same loss with the same settings, however their flags spell
+  them (``margin=.5`` or ``margin=0.5``, a default given or left out, keys in another order):
+  their :func:`ranker_loss_record` are equal. False where either does not parse."""
+  try:
+    return ranker_loss_record(before) == ranker_loss_record(cfg)
+  except ValueError:
+    return False
+
+
 def _exists(workdir: pathlib.Path, rel: str) -> bool:
   """A stage output exists: a file, a directory, but not a checkpoint directory without a
   finished step (a stage stopped in its first epoch has nothing to protect)."""
@@ -994,8 +988,7 @@ def check_settings(cfg: Config, workdir: pathlib.Path) -> None:
   changed = [k for k in config_lib.differences(before, cfg) if k != "data_dir"
              and not (k == "preset" and (cfg.data_dir or before.data_dir))
              and not (k == "epochs" and cfg.epochs > before.epochs) and k != lowered]
-  if set(changed) & _LOSS_FIELDS and resolved_loss(before) is not None and \
-      resolved_loss(before) == resolved_loss(cfg):
+  if set(changed) & _LOSS_FIELDS and _same_loss(before, cfg):
     changed = [k for k in changed if k not in _LOSS_FIELDS]   # the same loss, spelt otherwise
   if not changed:
     return

@@ -25,7 +25,7 @@ from camera_jax.models import concept_generator as cg_lib
 from camera_jax.training import checkpoint as ckpt_lib
 from camera_jax.training import concepts as concepts_lib
 from camera_jax.training import ranker as ranker_lib
-from camera_jax.training import trainer
+from camera_jax.training import sharding, trainer
 
 
 @dataclasses.dataclass
@@ -110,12 +110,11 @@ class Run:
     chunk = max(1, cfg.cg_batch_size)
     logits = []
     for start in range(0, len(paths), chunk):  # stream: one padded batch of images at a time
-      batch = np.stack([input_pipeline.decode_image(p.read_bytes(), cfg.image_size)
-                        for p in paths[start:start + chunk]])
-      n = len(batch)
-      if n < chunk:  # pad the last batch (one compiled shape), then drop the padding rows
-        batch = np.concatenate([batch, np.zeros((chunk - n, *batch.shape[1:]), batch.dtype)])
-      logits.append(np.asarray(apply(variables, jnp.asarray(batch)))[:n])
+      images = np.stack([input_pipeline.decode_image(p.read_bytes(), cfg.image_size)
+                         for p in paths[start:start + chunk]])
+      # the last batch padded (one compiled shape); the padding rows' logits are dropped
+      batch, _ = sharding.pad_batch({"image": images}, chunk)
+      logits.append(np.asarray(apply(variables, jnp.asarray(batch["image"])))[:len(images)])
     return np.asarray(cg_lib.predict_multi_hot(np.concatenate(logits), threshold=cfg.cg_threshold,
                                                min_k=cfg.cg_min_k, max_k=cfg.cg_max_k))
 

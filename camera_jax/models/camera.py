@@ -532,6 +532,12 @@ class ScoreMLP(nn.Module):
     return score_mlp(x, w1, b1, w2)
 
 
+def psi_per_brand(n_brands: int, b: int) -> bool:
+  """Whether :meth:`CAMERA.score_groups` runs psi once per numbered brand (T of them) rather than
+  once per triplet (B): when the brands are fewer. Static (shapes)."""
+  return n_brands < b
+
+
 def group_row_ids(b: int, m: int, k: int, brand_slot: jax.Array | None = None,
                   table_rows: int | None = None) -> dict[str, Any]:
   """Hash-dropout row ids of :meth:`CAMERA.score_groups`' rows.
@@ -879,7 +885,7 @@ class CAMERA(nn.Module):
     if batch.get("brand_slot") is None:
       return e_h_b, None, None
     slot = jnp.asarray(batch["brand_slot"], jnp.int32)
-    if batch["brand_table_idx"].shape[0] >= e_h_b.shape[0]:
+    if not psi_per_brand(batch["brand_table_idx"].shape[0], e_h_b.shape[0]):
       return e_h_b, None, slot
     u_t = concepts.at[batch["brand_table_idx"]].get(mode="promise_in_bounds")    # [T, K, d]
     return self._history(batch["brand_table_w"], u_t), slot, slot
