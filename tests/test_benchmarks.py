@@ -594,15 +594,19 @@ def test_score_groups_feature_major_path_equals_the_row_path_in_training(monkeyp
     (_, out), grads = jax.value_and_grad(loss, has_aux=True)(v)
     return out, grads
 
-  calls = []
+  calls, padded = [], []
   feature_major_path = camera.CAMERA._score_groups_feature_major
   monkeypatch.setattr(camera.CAMERA, "_score_groups_feature_major",
                       lambda *a, **kw: calls.append(1) or feature_major_path(*a, **kw))
+  pad_psi_rows = camera._pad_psi_rows
+  monkeypatch.setattr(camera, "_pad_psi_rows",
+                      lambda *a: (lambda r: padded.append(r[0].shape[0]) or r)(pad_psi_rows(*a)))
   psi_rows = b * (1 + m)
   rows_out, rows_grads = run(10 ** 9)
   assert not calls
   feats_out, feats_grads = run(psi_rows)           # psi (16 rows) and gamma (24) feature-major
   assert calls
+  assert set(padded) == {camera.PSI_ROW_MULTIPLE}  # psi's 16 rows padded with 48 zero rows
   for key in rows_out:
     np.testing.assert_allclose(feats_out[key], rows_out[key], rtol=1e-5, atol=1e-6)
   deterministic = model.apply(v, grouped, dev["concepts"], deterministic=True,

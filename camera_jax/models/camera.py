@@ -573,6 +573,32 @@ def group_row_ids(b: int, m: int, k: int, brand_slot: jax.Array | None = None,
   return out
 
 
+# The feature-major path pads psi's rows (its dots' column count) to a multiple of this.
+PSI_ROW_MULTIPLE = 64
+
+
+def _pad_psi_rows(e_h: jax.Array, row_ids: Any) -> tuple[jax.Array, Any]:
+  """e_h [R, d] and its hash-dropout row ids padded to R' = a multiple of
+  :data:`PSI_ROW_MULTIPLE` rows: zero rows with id 0, whose psi outputs nothing reads (their
+  gradients are zero, so the padding changes no result but float rounding).
+
+  On the 2-core development CPU, YNNPACK's float32 dots ran 8 to 15 % slower alone when their
+  column count was not a multiple of 32 (psi's [512, 1024] x [1024, R] at R = 1,384: 3.55 ms
+  against 3.16 to 3.33 ms at 1,408, 24 more columns; benchmarks/README.md); the batch-512
+  step has R = 360 + 1,024 = 1,384.
+
+  >>> e_h, ids = _pad_psi_rows(jnp.ones((3, 2)), np.array([5, 7, 9]))
+  >>> e_h.shape, ids[:4].tolist(), float(e_h[3:].sum())
+  ((64, 2), [5, 7, 9, 0], 0.0)
+  """
+  pad = -e_h.shape[0] % PSI_ROW_MULTIPLE
+  if not pad:
+    return e_h, row_ids
+  xp = np if isinstance(row_ids, np.ndarray) else jnp
+  ids = xp.concatenate([row_ids, xp.zeros(pad, row_ids.dtype)])
+  return jnp.pad(e_h, ((0, pad), (0, 0))), ids
+
+
 class CAMERA(nn.Module):
   """The CAMERA ranker: (brand, influencer) pairs -> S, S_con, S_ed, S_in, w_b, w_m.
 
@@ -777,9 +803,10 @@ class CAMERA(nn.Module):
   #   * scoring a catalogue: gamma's first layer is linear in concat(e_h, e_r) and
   #     e_r = sum_i w_i u_i, so gamma_0(concat(e_h, e_r)) = (e_h W_h + b) + sum_i w_i (u_i W_r):
   #     e_h W_h + b per account, u W_r per concept, only the weighted sum per pair;
-  #   * large float32 training batches on one CPU device: psi's and gamma's activations
-  #     feature-major from e_h to S_con (_score_groups_feature_major), gamma's input gradient
-  #     without its e_h half (e_h depends on no parameter).
+  #   * large float32 training batches on one CPU device: psi's, rho's and gamma's
+  #     activations feature-major from e_h to S_con (_score_groups_feature_major), psi's rows
+  #     padded with zero rows to a multiple of 64, gamma's input gradient without its e_h half
+  #     (e_h depends on no parameter).
 
   def score_groups(self, batch: Mapping[str, jax.Array], concepts: jax.Array, *,
                    deterministic: bool) -> dict[str, jax.Array]:
@@ -909,11 +936,13 @@ class CAMERA(nn.Module):
                                   e_h_b: jax.Array, slot: jax.Array | None,
                                   ids: dict[str, np.ndarray], deterministic: bool
                                   ) -> dict[str, jax.Array]:
-    """:meth:`score_groups`' table path with psi's and gamma's activations feature-major.
+    """:meth:`score_groups`' table path with psi's, rho's and gamma's activations feature-major.
 
     For the training calls whose psi runs feature-major (:attr:`MLP.layout`; gamma, with at
-    least as many rows, does too): psi's output stays [p, R], the logits are entries of
-    ``q^T = rho(U_C) psi^T`` [n, R], gamma's input is assembled as [2 d, 2 B M] and its output
+    least as many rows, does too): psi's rows are padded to a multiple of
+    :data:`PSI_ROW_MULTIPLE` (:func:`_pad_psi_rows`), its output stays [p, R'], rho runs on
+    U_C^T and its [p, n] output is transposed once, the logits are entries of
+    ``q^T = rho(U_C) psi^T`` [n, R'], gamma's input is assembled as [2 d, 2 B M] and its output
     [g, 2 B M] goes straight into eq. 17, so no activation is transposed back to rows (in the
     batch-512 step those transposes, and the gradients' transposes into the layout, took about
     5 ms). Rows keep the row path's order (the brands, then the influencers (b, j); gamma's
@@ -925,12 +954,17 @@ class CAMERA(nn.Module):
     m = u_m.shape[1]
     bm = b * m
     nb = e_h.shape[0] - bm                                                          # brand rows
-    e_h_t = precision.materialized_transpose(e_h)                                  # [d, R]
+    e_h, psi_ids = _pad_psi_rows(e_h, ids["psi"])
+    e_h_t = precision.materialized_transpose(e_h)                                  # [d, R']
     psi_t = self.psi(e_h_t, deterministic=deterministic, transposed=True,
-                     row_ids=ids["psi"])                                          # [p, R]
+                     row_ids=psi_ids)                                             # [p, R']
     p = psi_t.shape[0]
-    table = self.concept_table(concepts, deterministic=deterministic)              # [n, p]
-    q_t = precision.feature_major_product(table, psi_t)                             # [n, R]
+    # rho over the table feature-major as well: its weight gradients are then x_t g_t^T, not
+    # the x^T g that XLA runs on its Eigen dot (rho's two: 1.19 against 1.95 ms alone)
+    table = precision.materialized_transpose(self.rho(
+        precision.materialized_transpose(concepts), deterministic=deterministic,
+        transposed=True))                                                         # [n, p]
+    q_t = precision.feature_major_product(table, psi_t)                             # [n, R']
     # eq. 7's inner products psi(e_h^{m/b}) . rho(u_i): entries of q^T [n, R]
     inf_col = nb + jnp.arange(bm, dtype=jnp.int32).reshape(b, m)
     brand_col = jnp.arange(b, dtype=jnp.int32) if slot is None else slot
@@ -943,7 +977,8 @@ class CAMERA(nn.Module):
     e_r_t = precision.materialized_transpose(e_r.reshape(2 * bm, d))              # [d, 2 B M]
     e_h_b_t = e_h_t[:, :b] if slot is None else precision.materialized_transpose(e_h_b)
     e_h_pairs = jnp.concatenate(
-        [jnp.broadcast_to(e_h_b_t[:, :, None], (d, b, m)).reshape(d, bm), e_h_t[:, nb:]], axis=1)
+        [jnp.broadcast_to(e_h_b_t[:, :, None], (d, b, m)).reshape(d, bm), e_h_t[:, nb:nb + bm]],
+        axis=1)
     e_a_t = fuse(lambda x: self.gamma_mlp(x, deterministic=deterministic, transposed=True,
                                           constant_inputs=d, row_ids=ids["gamma"]),
                  e_h_pairs, e_r_t, axis=0)
