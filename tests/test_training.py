@@ -311,6 +311,30 @@ def test_ranker_resumed_after_epoch_1_matches_and_compiles_once(tiny_run, tiny_d
                              losses(workdir / "train_log.jsonl", "ranker"), rtol=1e-6)
 
 
+def test_ranker_log_adds_the_l1_term_of_each_epochs_final_parameters(tiny_run, tiny_data,
+                                                                       tmp_path):
+  """The step forms only the L1 term's gradient; the log's loss_with_l1 is the epoch's mean
+  ranking loss plus l1 x sum |W| of the parameters the epoch ends with."""
+  from camera_jax import pipeline
+  from camera_jax.training import ranker, sharding, trainer
+
+  workdir, _ = tiny_run
+  cfg, inputs = ranker_setup(workdir, tiny_data, l1=0.01)
+  log_path = tmp_path / "train_log.jsonl"
+  final = []
+  for epochs in (1, 2):   # the second call resumes from the first's checkpoint
+    final.append(ranker.train_ranker(
+        cfg=pipeline.ranker_config(cfg.replace(epochs=epochs)), **inputs,
+        ckpt_dir=tmp_path / "ranker", log=trainer.TrainLog(log_path), mesh=sharding.make_mesh()))
+  recs = [r for r in read_log(log_path) if r["stage"] == "ranker"]
+  assert [r["epoch"] for r in recs] == [1, 2]
+  for rec, params in zip(recs, final):
+    l1 = float(trainer.l1_penalty(params))
+    assert l1 > 0
+    np.testing.assert_allclose(rec["loss_with_l1"], rec["loss"] + 0.01 * l1, rtol=1e-6)
+  assert recs[0]["loss_with_l1"] != recs[1]["loss_with_l1"]
+
+
 _RUN = [sys.executable, "experiments/train.py"]
 
 
