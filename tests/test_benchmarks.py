@@ -565,8 +565,10 @@ def test_mlp_layouts_give_the_same_function_masks_and_gradients(dropout_layers):
     assert float(jnp.max(jnp.abs(dx))) > 0
 
 
-@pytest.mark.parametrize("masks", [True, False])
-def test_score_groups_feature_major_path_equals_the_row_path_in_training(monkeypatch, masks):
+@pytest.mark.parametrize("masks,brands", [(True, "triplets"), (False, "triplets"),
+                                          (True, "table"), (True, "numbered")])
+def test_score_groups_feature_major_path_equals_the_row_path_in_training(monkeypatch, masks,
+                                                                         brands):
   """score_groups' feature-major table path (psi's and gamma's activations never transposed
   back to rows) is the row path's function in training mode: the same dropout masks, so the
   same outputs to float rounding, and the same parameter gradients."""
@@ -575,7 +577,13 @@ def test_score_groups_feature_major_path_equals_the_row_path_in_training(monkeyp
   b, m, k, n, d = 4, 3, 4, 30, 6                    # R K = 64 > n: the table path
   t = _tables(n_accounts=b + b * m, n=n, k=k, d_u=d)
   dev = {f.name: jnp.asarray(getattr(t, f.name)) for f in dataclasses.fields(t)}
-  grouped = ranker.group_inputs(dev, jnp.arange(b), b + jnp.arange(b * m).reshape(b, m))
+  # "table": 3 brands for 4 triplets (psi once per brand, each triplet's row by its slot);
+  # "numbered": brand slots with psi per triplet (6 table brands >= 4 triplets)
+  brand = jnp.asarray([1, 0, 1, 2] if brands == "table" else np.arange(b), jnp.int32)
+  table = {"triplets": None, "table": ranker.brand_table(np.asarray(brand)),
+           "numbered": np.arange(b + 2, dtype=np.int32)}[brands]
+  grouped = ranker.group_inputs(dev, brand, b + jnp.arange(b * m).reshape(b, m),
+                                brand_table=table)
   if not masks:
     grouped = {key: v for key, v in grouped.items() if key not in ("brand_mask", "inf_mask")}
   model = camera.CAMERA(**SMALL, dropout=0.4, dropout_rng="hash")
@@ -601,12 +609,12 @@ def test_score_groups_feature_major_path_equals_the_row_path_in_training(monkeyp
   pad_psi_rows = camera._pad_psi_rows
   monkeypatch.setattr(camera, "_pad_psi_rows",
                       lambda *a: (lambda r: padded.append(r[0].shape[0]) or r)(pad_psi_rows(*a)))
-  psi_rows = b * (1 + m)
+  psi_rows = (3 if brands == "table" else b) + b * m
   rows_out, rows_grads = run(10 ** 9)
   assert not calls
   feats_out, feats_grads = run(psi_rows)           # psi (16 rows) and gamma (24) feature-major
   assert calls
-  assert set(padded) == {camera.PSI_ROW_MULTIPLE}  # psi's 16 rows padded with 48 zero rows
+  assert set(padded) == {camera.PSI_ROW_MULTIPLE}  # psi's 15 or 16 rows padded to 64
   for key in rows_out:
     np.testing.assert_allclose(feats_out[key], rows_out[key], rtol=1e-5, atol=1e-6)
   deterministic = model.apply(v, grouped, dev["concepts"], deterministic=True,

@@ -352,9 +352,10 @@ def hash_keep_mask(key: jax.Array, shape: Sequence[int], keep_prob: float, *,
 
 
 # Training calls with at least this many rows run feature-major on a single CPU device
-# (MLP.layout="auto"). The benchmark's batch 512 (2,048 rows in gamma, 1,536 in psi) gained
-# 12 to 15 %; batch 8 (24 to 240 rows) lost 13 to 16 % when forced; rho over the 420 concepts
-# ran alike both ways and keeps the row layout (benchmarks/README.md).
+# (MLP.layout="auto"). The benchmark's batch 512 (2,048 rows in gamma, 1,536 in psi before
+# psi ran once per brand) gained 12 to 15 %; batch 8 (24 to 240 rows) lost 13 to 16 % when
+# forced. rho over the 420 concepts stays below the threshold (row layout) except on
+# score_groups' feature-major path, which runs it feature-major (benchmarks/README.md).
 FEATURE_MAJOR_MIN_ROWS = 512
 
 MLPLayout = Literal["auto", "rows", "features"]
@@ -582,10 +583,10 @@ def _pad_psi_rows(e_h: jax.Array, row_ids: Any) -> tuple[jax.Array, Any]:
   :data:`PSI_ROW_MULTIPLE` rows: zero rows with id 0, whose psi outputs nothing reads (their
   gradients are zero, so the padding changes no result but float rounding).
 
-  On the 2-core development CPU, YNNPACK's float32 dots ran 8 to 15 % slower alone when their
-  column count was not a multiple of 32 (psi's [512, 1024] x [1024, R] at R = 1,384: 3.55 ms
-  against 3.16 to 3.33 ms at 1,408, 24 more columns; benchmarks/README.md); the batch-512
-  step has R = 360 + 1,024 = 1,384.
+  On the 2-core development CPU, YNNPACK's float32 dots ran 8 to 15 % slower alone at some
+  column counts (``[1024, 512] x [512, R]``: 3.50 ms at R = 1,384 and 1,392, 3.06 to 3.24 ms at
+  1,400, 1,408 and 1,440; benchmarks/README.md); a multiple of 64 was among the fast ones in
+  every shape timed. The batch-512 step has R = 360 + 1,024 = 1,384.
 
   >>> e_h, ids = _pad_psi_rows(jnp.ones((3, 2)), np.array([5, 7, 9]))
   >>> e_h.shape, ids[:4].tolist(), float(e_h[3:].sum())
@@ -692,10 +693,21 @@ class CAMERA(nn.Module):
     return dict(idx=jnp.asarray(idx, jnp.int32), w=jnp.asarray(w, jnp.float32), mask=mask, u=u,
                 e_h=e_h, psi=psi)
 
-  def concept_table(self, concepts: jax.Array, *, deterministic: bool = True) -> jax.Array:
-    """rho(u) for every concept: [n, p] float32."""
-    return self.rho(jnp.asarray(concepts, jnp.float32),
-                    deterministic=deterministic).astype(jnp.float32)
+  def concept_table(self, concepts: jax.Array, *, deterministic: bool = True,
+                    feature_major: bool = False) -> jax.Array:
+    """rho(u) for every concept: [n, p] float32.
+
+    ``feature_major``: rho runs on U_C^T (:attr:`MLP.layout` "features", the same function
+    and dropout masks) and its [p, n] output is transposed once; the feature-major training
+    path's choice, whose weight gradients are then x_t g_t^T, not the x^T g that XLA runs on
+    its Eigen dot (rho's two: 1.19 against 1.95 ms alone, benchmarks/README.md).
+    """
+    concepts = jnp.asarray(concepts, jnp.float32)
+    if feature_major:
+      return precision.materialized_transpose(self.rho(
+          precision.materialized_transpose(concepts), deterministic=deterministic,
+          transposed=True))
+    return self.rho(concepts, deterministic=deterministic).astype(jnp.float32)
 
   # -- per-pair part ---------------------------------------------------------------------------
 
@@ -959,11 +971,8 @@ class CAMERA(nn.Module):
     psi_t = self.psi(e_h_t, deterministic=deterministic, transposed=True,
                      row_ids=psi_ids)                                             # [p, R']
     p = psi_t.shape[0]
-    # rho over the table feature-major as well: its weight gradients are then x_t g_t^T, not
-    # the x^T g that XLA runs on its Eigen dot (rho's two: 1.19 against 1.95 ms alone)
-    table = precision.materialized_transpose(self.rho(
-        precision.materialized_transpose(concepts), deterministic=deterministic,
-        transposed=True))                                                         # [n, p]
+    table = self.concept_table(concepts, deterministic=deterministic,
+                               feature_major=True)                                # [n, p]
     q_t = precision.feature_major_product(table, psi_t)                             # [n, R']
     # eq. 7's inner products psi(e_h^{m/b}) . rho(u_i): entries of q^T [n, R]
     inf_col = nb + jnp.arange(bm, dtype=jnp.int32).reshape(b, m)
