@@ -246,13 +246,11 @@ def run_hp_mr(cfg: Config, camera_dir: pathlib.Path, out_dir: pathlib.Path) -> d
   tables = hp_lib.HpTables(features=x_a.astype(np.float32), engagement=feats["engagement_scaled"],
                            followers=feats["followers_scaled"])
   positives, ed_obs = pipeline.training_positives(dataset, feats)
-  acc = dataset.account_index()
-  candidates = np.array([acc[m] for m in dataset.split.candidates], np.int64)
   rcfg = pipeline.ranker_config(cfg)
   pipeline.check_ranker_loss(cfg, out_dir, write=True)
   log = trainer.TrainLog(out_dir / "train_log.jsonl")
   params = ranker_lib.train_ranker(cfg=rcfg, tables=tables, positives=positives,
-                                   ed_observed=ed_obs, candidates=candidates,
+                                   ed_observed=ed_obs, candidates=pipeline.negative_pool(dataset),
                                    ckpt_dir=out_dir / "checkpoints" / "ranker", log=log, mesh=mesh,
                                    stage="hp_mr", model=hp_lib.HP_MODEL)
   pairs = pipeline.test_pairs(dataset)

@@ -258,9 +258,10 @@ def load_dataset(cfg: Config, data_dir: pathlib.Path) -> format_lib.Dataset:
 def training_problems(cfg: Config, dataset: format_lib.Dataset, data_dir: pathlib.Path
                       ) -> list[str]:
   """``FILE:LINE`` lines for a valid dataset the method cannot train on: no cooperation of a
-  training brand, no candidate (the ranker's negatives are drawn from the candidates), a
-  training brand that cooperated with every candidate (no negative to draw), or fewer concepts
-  than ``--top_k``."""
+  training brand, a training brand that cooperated with every influencer (no negative to draw:
+  :func:`negative_pool`), fewer concepts than ``--top_k``, or with ``--history=unsponsored``
+  an account whose every post is sponsored (no history post). A split without test brands or
+  candidates trains; its metrics are null, with a warning (:func:`test_set_counts`)."""
   split_file = data_dir / format_lib.SPLIT_FILE
   where = "split.json's" if split_file.exists() else "the default split's"
   train = set(dataset.split.train)
@@ -271,22 +272,38 @@ def training_problems(cfg: Config, dataset: format_lib.Dataset, data_dir: pathli
   if not any(c.brand in train for c in dataset.cooperations):
     out.append(f"{data_dir / format_lib.COOPERATIONS_FILE}:0: no cooperation of a training brand "
                f"({len(train)} in {where} \"train\"): the ranker has no positive to learn from")
-  candidates = set(dataset.split.candidates)
-  source = split_file if split_file.exists() else data_dir / format_lib.ACCOUNTS_FILE
-  if not candidates:
-    out.append(f"{source}:0: no candidate influencer in {where} \"candidates\": the ranker "
-               "draws its negatives from them")
-  else:
-    partners: dict[str, set[str]] = {}
-    for c in dataset.cooperations:
-      if c.brand in train:
-        partners.setdefault(c.brand, set()).add(c.influencer)
-    for brand in dataset.split.train:
-      if candidates <= partners.get(brand, set()):
-        out.append(f"{source}:0: training brand {brand!r} cooperated with every candidate "
-                   f"({len(candidates)}): no negative to draw for it")
-        break
+  influencers = {a.id for a in dataset.influencers()}
+  partners: dict[str, set[str]] = {}
+  for c in dataset.cooperations:
+    if c.brand in train:
+      partners.setdefault(c.brand, set()).add(c.influencer)
+  for brand in dataset.split.train:
+    if influencers <= partners.get(brand, set()):
+      out.append(f"{data_dir / format_lib.COOPERATIONS_FILE}:0: training brand {brand!r} "
+                 f"cooperated with every influencer ({len(influencers)}): no negative to draw "
+                 "for it")
+      break
+  if cfg.history == "unsponsored":
+    # eq. 5 and eq. 10 average over an account's history posts: with none, its w_a would be
+    # uniform, its engagement 0 and its one attention slot an arbitrary concept
+    kept = {post.account for post, keep in zip(dataset.posts, history_mask(cfg, dataset)) if keep}
+    bare = [a.id for a in dataset.accounts if a.id not in kept]
+    if bare:
+      out.append(f"{data_dir / format_lib.COOPERATIONS_FILE}:0: {len(bare)} account(s) with "
+                 f"every post sponsored (e.g. {bare[0]!r}): no history under "
+                 "--history=unsponsored")
   return out
+
+
+def negative_pool(dataset: format_lib.Dataset) -> np.ndarray:
+  """The account rows the ranker draws a training brand's negatives from: every influencer
+  (paper III-D-3: m_q in M_i^-, the micro-influencers of the whole dataset the brand did not
+  cooperate with; ``ranker.sample_triplets`` leaves out its partners), in account file order.
+  Not ``split.candidates``: that list is the test protocol's (every test brand is ranked
+  against it; the authors' 797), and with it as the pool most influencers would never be a
+  negative."""
+  return np.array([i for i, a in enumerate(dataset.accounts) if a.kind == format_lib.INFLUENCER],
+                  np.int64)
 
 
 #: The work directory's record of the dataset its stages were built from.
@@ -358,13 +375,15 @@ def check_data_record(data_dir: pathlib.Path, workdir: pathlib.Path) -> dict[str
     built = [d for d in _DATA_STAGES if (workdir / d).exists()]
     if changed and built:
       first = changed[0]
-      head = (f"{data_dir}: the image files of the posts" if first == "image files"
-              else str(data_dir / first))
+      images = first == "image files"
+      head = f"{data_dir}: the image files of the posts" if images else str(data_dir / first)
       also = f" (and {', '.join(changed[1:])})" if len(changed) > 1 else ""
+      why = ("an image's size or modification time differs: edited since, another dataset, or a "
+             "copy that did not keep the files' times (cp -a and rsync -a keep them)" if images
+             else "edited since, or another dataset")
       raise ConfigError([
           f"{head}{also}: not as when the stages in {workdir} ({', '.join(built)}) were built "
-          f"(edited since, or another dataset); use a new --workdir, or delete those to rebuild "
-          f"them"])
+          f"({why}); use a new --workdir, or delete those to rebuild them"])
   if is_main():
     atomic_write_text(path, json.dumps(now, indent=2, sort_keys=True))
   return now
@@ -835,13 +854,12 @@ def write_scores(path: pathlib.Path, dataset: format_lib.Dataset, pairs: dict[st
 
 def ranker_inputs(cfg: Config, dataset: format_lib.Dataset, z_prime_sum: np.ndarray, u_c: np.ndarray,
                   feats: dict[str, np.ndarray], shown: np.ndarray | None = None) -> dict[str, Any]:
-  """The data arguments of ``ranker.train_ranker``: tables, positives, ed_observed, candidates
-  (``shown``: :func:`account_shown`, for the top-k support mask)."""
+  """The data arguments of ``ranker.train_ranker``: tables, positives, ed_observed and
+  candidates, the negatives' pool (:func:`negative_pool`; ``shown``: :func:`account_shown`, for
+  the top-k support mask)."""
   positives, ed_obs = training_positives(dataset, feats)
-  acc = dataset.account_index()
   return {"tables": build_tables(cfg, z_prime_sum, u_c, feats, shown), "positives": positives,
-          "ed_observed": ed_obs,
-          "candidates": np.array([acc[m] for m in dataset.split.candidates], np.int64)}
+          "ed_observed": ed_obs, "candidates": negative_pool(dataset)}
 
 
 @dataclasses.dataclass

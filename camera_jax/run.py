@@ -166,6 +166,17 @@ def _check_same_accounts_and_posts(workdir: pathlib.Path, ddir: pathlib.Path) ->
           "cooperations and split.json")
 
 
+def _load_file(load, path: pathlib.Path):
+  """``load(path)``; a missing or unreadable file as one RunError line naming it."""
+  try:
+    return load(path)
+  except (OSError, ValueError, EOFError) as e:
+    if isinstance(e, FileNotFoundError):
+      raise FileNotFoundError(f"{path}: missing") from None
+    raise RunError(f"{path}: unreadable ({type(e).__name__}: {e}); rerun the stage that "
+                   "writes it (docs/workdir.md)") from None
+
+
 def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = None) -> Run:
   """Loads a finished run; ``data_dir`` overrides the run's dataset.
 
@@ -204,8 +215,8 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
                    "a dataset with other posts than the run's is not supported yet")
   _check_same_accounts_and_posts(workdir, ddir)
   concepts = tuple(x for x in (cdir / "concepts.txt").read_text(encoding="utf-8").splitlines() if x)
-  u_c = np.load(cdir / "U_C.npy")
-  w_a = np.load(cdir / "w_a.npy")
+  u_c = _load_file(np.load, cdir / "U_C.npy")
+  w_a = _load_file(np.load, cdir / "w_a.npy")
   feats = pipeline.account_features(dataset, cfg)
   tables = pipeline.build_tables(cfg, pipeline.load_account_sums(cdir), u_c, feats)
   if (cdir / pipeline.TOP_MASK_FILE).exists():  # the mask the ranker trained with
@@ -215,7 +226,7 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
                                      finished=True)
   ids = [a.id for a in dataset.accounts]
   return Run(workdir=workdir, config=cfg, dataset=dataset, concepts=concepts, U_C=u_c,
-             embedder=text_lib.TextEmbedder.load(workdir / "word2vec"), w_a=w_a,
+             embedder=_load_file(text_lib.TextEmbedder.load, workdir / "word2vec"), w_a=w_a,
              top_idx=tables.top_idx, top_w=tables.top_w, account_ids=ids,
              account_index={a: i for i, a in enumerate(ids)},
              categories=[a.category for a in dataset.accounts], tables=tables, params=params,

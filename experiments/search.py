@@ -71,14 +71,7 @@ def main(argv) -> int:
 
   doc = {"keywords": results[0]["keywords"], "fallback": results[0]["fallback"], "camera": results}
   if _BASELINES.value:
-    captions: dict[str, list[str]] = {i: [] for i in ids}
-    for p in run.dataset.posts:
-      if p.account in captions:
-        captions[p.account].append(p.caption)
-    bios = {a.id: a.bio for a in influencers}
-    source = "bio"
-    if not any(b.strip() for b in bios.values()):  # no profiles in the data: use all captions
-      bios, source = {i: " ".join(c) for i, c in captions.items()}, "captions"
+    captions, bios, source = search.baseline_texts(run.dataset, ids)
     doc["caption_match"] = search.caption_keyword_search(_KEYWORDS.value, captions, top_k=_TOP_K.value)
     doc["exact_match"] = search.exact_match_search(_KEYWORDS.value, bios, top_k=_TOP_K.value)
     doc["exact_match_source"] = source

@@ -380,7 +380,7 @@ BROKEN: dict[str, tuple[Mutator, str, int, list[str]]] = {
     "malformed_json": (_raw("accounts", 1, '{"id": "b_auto2", '), A, 2, ["malformed JSON"]),
     "not_an_object": (_raw("accounts", 1, "[1, 2]"), A, 2, ["expected a JSON object", "array"]),
     "duplicate_key": (_raw("accounts", 1, '{"id": "b_auto2", "id": "x", "kind": "brand"}'), A, 2, ['"id"', "more than once"]),
-    "not_utf8": (_not_utf8, P, 1, ["not valid UTF-8"]),  # the bytes are written in the test
+    "not_utf8": (_not_utf8, P, 1, ['field "caption": not valid UTF-8']),  # bytes written in the test
     # Accounts.
     "missing_followers": (_drop("accounts", 4, "followers"), A, 5, ['missing required field "followers"']),
     "followers_bool": (_set("accounts", 4, followers=True), A, 5, ['"followers"', "got true", "boolean"]),
@@ -508,6 +508,21 @@ def test_single_problem_gives_single_error(tmp_path):
     rec["accounts"][4]["followers"] = -1  # m1: still a known influencer for posts and cooperations.
     errors = fmt.validate(write_dataset(tmp_path / "ds", rec))
     assert errors == ['accounts.jsonl:5: field "followers" must be an int > 0, got -1']
+
+
+@pytest.mark.parametrize("damage", ["no kind", "unknown kind"])
+def test_an_account_with_a_bad_kind_is_not_unknown_to_the_split(tmp_path, damage):
+    """Its id still registers: split.json, which names it, adds no "unknown brand" line."""
+    rec = base_records()
+    row = next(i for i, a in enumerate(rec["accounts"]) if a["id"] == "b_auto1")
+    if damage == "no kind":
+        del rec["accounts"][row]["kind"]
+    else:
+        rec["accounts"][row]["kind"] = "celebrity"
+    rec["split"] = {"train": ["b_auto1", "b_food1"], "test": ["b_auto2", "b_food2"]}
+    errors = fmt.validate(write_dataset(tmp_path / "ds", rec))
+    assert len(errors) == 1 and errors[0].startswith(f'accounts.jsonl:{row + 1}: '), errors
+    assert '"kind"' in errors[0]
 
 
 def test_all_problems_are_reported(tmp_path):

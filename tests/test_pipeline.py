@@ -200,7 +200,7 @@ def test_test_positives_outside_the_candidates_and_an_empty_test_set_are_warned(
                                                                                   tmp_path):
   """A test brand's cooperation with an influencer that is not a candidate is in no test pair:
   metrics.json counts it and says so in a warning line, as it does for a split with no test
-  brand (every metric null)."""
+  brand or no candidate (every metric null)."""
   from camera_jax import pipeline
   from camera_jax.data import format as format_lib
 
@@ -217,7 +217,8 @@ def test_test_positives_outside_the_candidates_and_an_empty_test_set_are_warned(
        others),
       ("no_test", {"test": [], "train": [*dataset.split.train, *dataset.split.test]}, 0),
       ("no_partner", {"candidates": [m for m in dataset.split.candidates if m not in partners]},
-       n_partners)):
+       n_partners),
+      ("no_candidate", {"candidates": []}, n_partners)):
     copy = tmp_path / name
     shutil.copytree(tiny_data, copy)
     obj = {"train": list(dataset.split.train), "test": list(dataset.split.test),
@@ -226,9 +227,13 @@ def test_test_positives_outside_the_candidates_and_an_empty_test_set_are_warned(
     metrics = pipeline.rescore(workdir, copy, tmp_path / f"{name}_out")
     saved = json.loads((tmp_path / f"{name}_out" / "metrics.json").read_text())
     assert saved["warnings"] == metrics["warnings"], name
-    assert len(metrics["warnings"]) == (2 if name == "no_partner" else 1), metrics["warnings"]
+    assert len(metrics["warnings"]) == (2 if name.startswith("no_") and name != "no_test"
+                                        else 1), metrics["warnings"]
     assert metrics["n_test_positives_not_candidates"] == want
-    if name == "no_partner":
+    if name == "no_candidate":
+      assert metrics["n_test_pairs"] == 0 and saved["methods"]["CAMERA"]["mrr"] is None
+      assert metrics["warnings"][0].startswith("no candidate in the split")
+    elif name == "no_partner":
       assert metrics["n_test_positives"] == 0 and saved["methods"]["CAMERA"]["mrr"] is None
       assert metrics["warnings"][0].startswith(f"no test brand ({len(dataset.split.test)}) "
                                                "cooperated with a candidate")
@@ -354,13 +359,24 @@ def test_rescoring_other_posts_or_accounts_is_refused_clearly(tiny_run, tiny_dat
 
 
 def test_an_unfinished_or_misread_run_is_refused_in_one_line(tiny_run, tmp_path):
-  """evaluate (and every command on a finished run) refuses a ranker stopped before --epochs and
-  a flags.txt value it cannot parse, naming the file and line; no traceback."""
+  """evaluate (and every command on a finished run) refuses a truncated or garbled file of the
+  run, a ranker stopped before --epochs and a flags.txt value it cannot parse, naming the file
+  (and line); no traceback."""
   from camera_jax import run as run_lib
 
   workdir, _ = tiny_run
   copy = tmp_path / "run"
   shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("tfds", "report"))
+  # a truncated or garbled file of the run: one line naming it
+  for rel, named, bad in (("concepts/w_a.npy", "concepts/w_a.npy", "truncated"),
+                          ("word2vec/keyed_vectors.kv", "word2vec", "garbage")):
+    good = (copy / rel).read_bytes()
+    (copy / rel).write_bytes(good[:90] if bad == "truncated" else b"garbage\n")
+    with pytest.raises(run_lib.RunError) as err:
+      run_lib.load_run(copy)
+    assert str(err.value).startswith(f"{copy / named}: unreadable ("), err.value
+    assert "\n" not in str(err.value)
+    (copy / rel).write_bytes(good)
   steps = sorted(int(p.name) for p in (copy / "checkpoints" / "ranker").iterdir() if p.name.isdigit())
   shutil.rmtree(copy / "checkpoints" / "ranker" / str(steps[-1]))
   with pytest.raises(ValueError, match=f"stopped after epoch {steps[-2]} of {steps[-1]}"):
@@ -660,6 +676,18 @@ def test_a_dataset_edited_in_place_is_refused_before_any_work(tiny_run, tiny_dat
       f"concepts, checkpoints) were built (edited since, or another dataset); use a new "
       f"--workdir, or delete those to rebuild them"]
   assert (workdir / pipeline.DATA_RECORD).read_text() == record   # not taken over
+  # The same files but an image's modification time (as a plain cp -r leaves it)
+  (data / "cooperations.jsonl").write_text("".join(coops))
+  image = data / json.loads((data / "posts.jsonl").read_text().splitlines()[0])["image"]
+  os.utime(image, (image.stat().st_atime, image.stat().st_mtime + 10))
+  with pytest.raises(pipeline.ConfigError) as err:
+    pipeline.train_and_evaluate(cfg, workdir)
+  assert err.value.errors == [
+      f"{data}: the image files of the posts: not as when the stages in {workdir} (word2vec, "
+      "concepts, checkpoints) were built (an image's size or modification time differs: edited "
+      "since, another dataset, or a copy that did not keep the files' times (cp -a and rsync -a "
+      "keep them)); use a new --workdir, or delete those to rebuild them"]
+  (data / "cooperations.jsonl").write_text("".join(coops[:-1]))
   # Without the cached stages the edited dataset is accepted and recorded.
   for name in ("word2vec", "concepts", "checkpoints"):
     shutil.rmtree(workdir / name)
@@ -712,9 +740,11 @@ def test_a_dataset_without_training_positives_is_refused_in_one_line(tiny_data, 
 
 
 def test_a_dataset_the_ranker_cannot_sample_from_is_refused_in_one_line(tiny_data, tmp_path):
-  """No candidate (rng.integers(0, 0) raised), or a training brand that cooperated with every
-  candidate (the negative sampler's rejection loop never ended), or fewer concepts than --top_k
-  (lax.top_k raised): each a valid dataset the method cannot run on, refused before any work."""
+  """A training brand that cooperated with every influencer (the negative sampler's rejection
+  loop never ended), an account with no unsponsored post under --history=unsponsored (a made-up
+  history), or fewer concepts than --top_k (lax.top_k raised): each a valid dataset
+  the method cannot run on, refused before any work. The negatives come from every influencer
+  (paper III-D-3), not from split.json's candidates: a split with no candidate trains."""
   from camera_jax import pipeline
   from camera_jax.data import format as format_lib
 
@@ -725,17 +755,39 @@ def test_a_dataset_the_ranker_cannot_sample_from_is_refused_in_one_line(tiny_dat
   split = {"train": list(dataset.split.train), "test": list(dataset.split.test)}
   brand = next(c.brand for c in dataset.cooperations if c.brand in split["train"])
   partners = sorted({c.influencer for c in dataset.cooperations if c.brand == brand})
-  for candidates, message in [
-      ([], f"{data / 'split.json'}:0: no candidate influencer in split.json's \"candidates\""),
-      (partners, f"{data / 'split.json'}:0: training brand {brand!r} cooperated with every "
-                 f"candidate ({len(partners)}): no negative to draw for it"),
-  ]:
+  for candidates in ([], partners):   # the candidates are the test's, not the negatives' pool
     (data / "split.json").write_text(json.dumps({**split, "candidates": candidates}))
     assert format_lib.validate(data, check_images=False) == []
-    with pytest.raises(format_lib.DatasetError) as err:
-      pipeline.load_dataset(cfg, data)
-    assert len(err.value.errors) == 1
-    assert err.value.errors[0].startswith(message)
+    loaded = pipeline.load_dataset(cfg, data)   # raises on a training problem
+    pool = pipeline.negative_pool(loaded)
+    assert [loaded.accounts[i].id for i in pool] == [a.id for a in dataset.influencers()]
+  # the brand now cooperates with every influencer (one of each one's posts)
+  posts_of = dataset.posts_of()
+  coop = data / "cooperations.jsonl"
+  with coop.open("a", encoding="utf-8") as f:
+    for a in dataset.influencers():
+      if a.id not in partners:
+        post = dataset.posts[posts_of[a.id][0]].id
+        f.write(json.dumps({"brand": brand, "influencer": a.id, "post": post}) + "\n")
+  assert format_lib.validate(data, check_images=False) == []
+  with pytest.raises(format_lib.DatasetError) as err:
+    pipeline.load_dataset(cfg, data)
+  assert err.value.errors == [
+      f"{coop}:0: training brand {brand!r} cooperated with every influencer "
+      f"({len(dataset.influencers())}): no negative to draw for it"]
+  shutil.copy(tiny_data / "cooperations.jsonl", coop)
+  # every post of one influencer sponsored: no history post under --history=unsponsored
+  bare = dataset.influencers()[0].id
+  with coop.open("a", encoding="utf-8") as f:
+    for row in posts_of[bare]:
+      f.write(json.dumps({"brand": brand, "influencer": bare, "post": dataset.posts[row].id}) + "\n")
+  pipeline.load_dataset(cfg, data)   # every post is history by default
+  with pytest.raises(format_lib.DatasetError) as err:
+    pipeline.load_dataset(cfg.replace(history="unsponsored"), data)
+  assert err.value.errors == [
+      f"{coop}:0: 1 account(s) with every post sponsored (e.g. {bare!r}): no history under "
+      "--history=unsponsored"]
+  shutil.copy(tiny_data / "cooperations.jsonl", coop)
   (data / "split.json").unlink()
   few = cfg.replace(top_k=len(dataset.concepts) + 1)
   with pytest.raises(format_lib.DatasetError) as err:

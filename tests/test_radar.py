@@ -113,6 +113,11 @@ def test_account_and_pair_charts(tmp_path):
         np.testing.assert_allclose(pair[key], np.asarray(out[key])[0][slots])
     with pytest.raises(KeyError, match="brand_food"):
         radar.account_chart(run, "brand_fod")
+    # the roles swapped: refused, not scored as an (influencer, brand) pair
+    with pytest.raises(KeyError, match="'infl_foodie' is an influencer, not a brand"):
+        radar.pair_charts(run, "infl_foodie", "brand_food")
+    with pytest.raises(KeyError, match="'brand_food' is a brand, not an influencer"):
+        radar.pair_concepts(run, "brand_food", "brand_food")
 
 
 def test_filler_concepts_are_left_out_of_charts_and_concept_lists(tmp_path):

@@ -267,7 +267,7 @@ def _replace_post_line(d: pathlib.Path, index: int, raw: bytes) -> None:
 @pytest.mark.parametrize("raw, error", [
     # read as a dataset's posts.jsonl is (format.py): every problem on its line, no traceback
     (b'{"id": "nb1", "image": "img/1.jpg", "caption": "caf\xe9", "likes": 5, "comments": 1}',
-     "posts.jsonl:2: not valid UTF-8 (invalid continuation byte at byte 51)"),
+     'posts.jsonl:2: field "caption": not valid UTF-8 (invalid continuation byte at byte 51)'),
     (b"[" * 100_000, "posts.jsonl:2: malformed JSON: RecursionError: maximum recursion depth exceeded"),
     (b'{"id": "nb1", "image": "img/1.jpg", "caption": "x", "likes": 1e300, "comments": 1}',
      'posts.jsonl:2: field "likes" must be an int >= 0, got 1e+300 (a float, not an int)'),

@@ -110,10 +110,14 @@ def test_centring_spreads_a_narrow_cone():
 
 
 def test_unknown_keyword_fallbacks(kw):
-    # (a) not in the vocabulary but contains the concept token "watch".
+    # a plural of a vocabulary word takes that word's Word2Vec similarities
     res = search.keyword_search(["watches"], **kw)
-    assert res[0]["keywords"] == [{"keyword": "watches", "method": "concept_string", "word": None}]
+    assert res[0]["keywords"] == [{"keyword": "watches", "method": "closest_word", "word": "watch"}]
     assert res[0]["influencer"] == "infl_watch" and res[0]["matched_concepts"][0][0] == "watch"
+    # (a) a keyword that contains a concept token
+    res = search.keyword_search(["smartwatch"], **kw)
+    assert res[0]["keywords"] == [{"keyword": "smartwatch", "method": "concept_string", "word": None}]
+    assert res[0]["influencer"] == "infl_watch"
     # (a) a prefix of a concept token.
     res = search.keyword_search(["hairsty"], **kw)
     assert res[0]["keywords"][0]["method"] == "concept_string" and res[0]["influencer"] == "infl_beauty"

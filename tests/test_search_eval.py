@@ -30,6 +30,25 @@ def test_camera_search_is_never_empty_on_the_tiny_run(tiny_run):
   assert 0.0 < result["chance_category_share"] < 1.0
 
 
+def test_without_bios_the_exact_match_baseline_reads_the_captions(tiny_run):
+  """A dataset without profile texts (bio is optional): the exact-match baseline searches the
+  joined captions, as experiments/search.py does, instead of finding nothing by construction."""
+  import dataclasses
+
+  from camera_jax import run as run_lib
+  from camera_jax.explain import search as search_lib
+  run = run_lib.load_run(tiny_run[0])
+  ids = [a.id for a in run.dataset.accounts if a.kind == "influencer"]
+  _, texts, source = search_lib.baseline_texts(run.dataset, ids)
+  assert source == "bio" and texts[ids[0]] == run.dataset.accounts[run.account_index[ids[0]]].bio
+  run.dataset = dataclasses.replace(
+      run.dataset, accounts=tuple(dataclasses.replace(a, bio="") for a in run.dataset.accounts))
+  captions, texts, source = search_lib.baseline_texts(run.dataset, ids)
+  assert source == "captions" and texts[ids[0]] == " ".join(captions[ids[0]]) != ""
+  exact = search_eval.evaluate_search(run, top_k=3, lengths=(1,))["methods"]["exact"]
+  assert exact["1"]["empty_rate"] < 1.0
+
+
 def test_cli_refuses_an_out_path_it_cannot_write_before_any_work(tmp_path):
   import subprocess
   import sys

@@ -302,7 +302,9 @@ def _decode_line(raw: bytes, lineno: int, errs: _FileErrors) -> str | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        errs.add(lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})")
+        field = _undecodable_field(raw)
+        where = f'field "{field}": ' if field else ""
+        errs.add(lineno, f"{where}not valid UTF-8 ({e.reason} at byte {e.start})")
         return None
     if lineno == 1 and text.startswith("\ufeff"):
         text = text[1:]
@@ -343,6 +345,21 @@ def _iter_jsonl(path: pathlib.Path, errs: _FileErrors) -> Iterator[tuple[int, di
                 yield lineno, obj
     except OSError as e:
         errs.add(lineno, f"cannot read file ({e.strerror or e})")
+
+
+def _undecodable_field(raw: bytes) -> str | None:
+    """The field of a JSON Lines record whose text holds the line's invalid UTF-8 bytes, or None
+    when the line does not parse even with the bytes kept as escapes.
+
+    >>> _undecodable_field(b'{"id": "p1", "caption": "caf\\xe9"}')
+    'caption'
+    """
+    try:
+        obj = json.loads(raw.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        return None
+    found = _surrogate_field(obj) if isinstance(obj, dict) else None
+    return found[0] if found else None
 
 
 def _unpaired_surrogate(field: str, escape: str) -> str:
@@ -848,7 +865,8 @@ def _scan(data_dir: str | os.PathLike[str], check_images: bool) -> _Scan:
 
     # split.json (optional)
     if (root / SPLIT_FILE).exists():
-        scan.split = _read_split(root / SPLIT_FILE, files[SPLIT_FILE], account_kind if have_accounts else None)
+        scan.split = _read_split(root / SPLIT_FILE, files[SPLIT_FILE], account_kind if have_accounts else None,
+                                 set(account_line))
 
     for errs in files.values():
         scan.errors.extend(errs.lines())
@@ -907,7 +925,8 @@ class _NormalizationHint:
 
 
 
-def _read_split(path: pathlib.Path, errs: _FileErrors, account_kind: dict[str, str] | None) -> Split | None:
+def _read_split(path: pathlib.Path, errs: _FileErrors, account_kind: dict[str, str] | None,
+                known_ids: set[str] | None = None) -> Split | None:
     read = _read_json_object(path, errs)
     if read is None:
         return None
@@ -937,10 +956,10 @@ def _read_split(path: pathlib.Path, errs: _FileErrors, account_kind: dict[str, s
                 continue
             seen.add(item)
             if account_kind is not None:
-                if item not in account_kind:
+                if item not in (account_kind if known_ids is None else known_ids):
                     errs.add(line, f'field "{key}": unknown {want} {item!r}{hint(item)}')
                     continue
-                if account_kind[item] != want:
+                if account_kind.get(item, want) != want:
                     errs.add(line, f'field "{key}": account {item!r} is {_a(account_kind[item])}, not {_a(want)}')
                     continue
             if key == "test" and item in lists.get("train", ()):

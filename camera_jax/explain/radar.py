@@ -260,6 +260,13 @@ def pair_concepts(run: Any, brand_id: str, influencer_id: str) -> dict[str, Any]
     """
     b = _row(run, brand_id)
     m = _row(run, influencer_id)
+    kinds = {a.id: a.kind for a in getattr(getattr(run, "dataset", None), "accounts", ())}
+    named = {"brand": "a brand", "influencer": "an influencer"}
+    for given, want in ((brand_id, "brand"), (influencer_id, "influencer")):
+        kind = kinds.get(given, want)   # an account added with run.add_account is not checked
+        if kind != want:
+            raise KeyError(f"{given!r} is {named.get(kind, kind)}, not {named[want]}: "
+                           "pair_charts(run, BRAND_ID, INFLUENCER_ID)")
     out = run.score(np.asarray([b], dtype=np.int64), np.asarray([m], dtype=np.int64))
     return {**supported_weights(run, b, np.asarray(out["w_b"], dtype=np.float64)[0], "brand", "w_b"),
             **supported_weights(run, m, np.asarray(out["w_m"], dtype=np.float64)[0],

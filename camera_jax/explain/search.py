@@ -235,6 +235,19 @@ def _string_similarity(q: str, strings: list[list[str]]) -> np.ndarray:
     return np.asarray([max(_ratio(q, s) for s in strs) for strs in strings], dtype=np.float64)
 
 
+def _known_stem(q: str, vocab: set[str]) -> str | None:
+    """The vocabulary word ``q`` is a plural of (``burgers`` -> ``burger``, ``dresses`` ->
+    ``dress``, ``berries`` -> ``berry``), or None."""
+    cands = []
+    if q.endswith("ies") and len(q) > 4:
+        cands.append(q[:-3] + "y")
+    if q.endswith("es") and len(q) > 4:
+        cands.append(q[:-2])
+    if q.endswith("s") and len(q) > 3:
+        cands.append(q[:-1])
+    return next((c for c in cands if c in vocab), None)
+
+
 def resolve_keywords(
     keywords: Sequence[str] | str,
     *,
@@ -281,12 +294,18 @@ def resolve_keywords(
     w2v_sims = (
         keyword_similarity(embedder, w2v, concept_names, centre=centre) if w2v else None
     )
+    vocab_set = set(vocab)
     out: list[KeywordMatch] = []
     j = 0
     for (_, q), is_known in zip(pairs, known):
         if is_known:
             out.append(KeywordMatch(q, "word2vec", None, w2v_sims[j]))
             j += 1
+            continue
+        stem = _known_stem(q, vocab_set)
+        if stem is not None:  # an inflection of a known word (burgers, dresses): its Word2Vec
+            sims = keyword_similarity(embedder, [stem], concept_names, centre=centre)[0]
+            out.append(KeywordMatch(q, "closest_word", stem, sims))
             continue
         sims = _concept_string_similarity(q, strings)
         if sims.max(initial=0.0) > 0:
@@ -463,6 +482,23 @@ def caption_keyword_search(
         {"rank": r + 1, "influencer": acc, "score": float(n), "n_posts": total, "example": ex}
         for r, (n, _, acc, ex, total) in enumerate(hits[: max(0, int(top_k))])
     ]
+
+
+def baseline_texts(dataset: Any, influencer_ids: Sequence[str]
+                   ) -> tuple[dict[str, list[str]], dict[str, str], str]:
+    """The two baselines' texts of each influencer: its captions (post file order,
+    :func:`caption_keyword_search`), its profile text (:func:`exact_match_search`) and that
+    text's source: ``"bio"``, or ``"captions"`` (all captions joined) when no influencer of the
+    dataset has a bio, so that the profile baseline is not empty by construction."""
+    captions: dict[str, list[str]] = {str(i): [] for i in influencer_ids}
+    for p in dataset.posts:
+        if p.account in captions:
+            captions[p.account].append(p.caption)
+    bio = {a.id: a.bio or "" for a in dataset.accounts}
+    texts = {i: bio.get(i, "") for i in captions}
+    if any(t.strip() for t in texts.values()):
+        return captions, texts, "bio"
+    return captions, {i: " ".join(c) for i, c in captions.items()}, "captions"
 
 
 def exact_match_search(

@@ -56,11 +56,7 @@ def evaluate_search(run: Any, *, top_k: int = 5, lengths: Sequence[int] = (1, 2,
   shown = shown_w_a(run, rows)  # what the search ranks by: the concepts the posts show
   # precision judges the concepts the search ranked each influencer by, T(m): its top 10
   top = search_lib.top_concept_names(shown, concepts, ids)
-  captions: dict[str, list[str]] = {i: [] for i in ids}
-  for p in ds.posts:
-    if p.account in captions:
-      captions[p.account].append(p.caption)
-  bios = {a.id: a.bio for a in infl}
+  captions, bios, _ = search_lib.baseline_texts(ds, ids)
   queries = characteristic_concepts(w_a, [a.category for a in infl], concepts, n=max(lengths))
   stats: dict[str, dict[int, dict[str, list[float]]]] = {}
   examples = []

@@ -507,8 +507,9 @@ def sample_triplets(positives: np.ndarray, positive_sets: dict[int, set[int]], c
                     num_negatives: int, seed: int, epoch: int) -> dict[str, np.ndarray]:
   """One epoch of triplets: every positive (brand, influencer) row pair, shuffled, with negatives.
 
-  Negatives are drawn uniformly from ``candidates`` that did not cooperate with the brand; the
-  draw depends only on (seed, epoch), so a resumed run resamples identically.
+  Negatives are drawn uniformly from ``candidates`` (the pool: every influencer in the main job,
+  ``pipeline.negative_pool``) that did not cooperate with the brand; the draw depends only on
+  (seed, epoch), so a resumed run resamples identically.
   """
   rng = np.random.default_rng([seed, epoch, 7])
   order = rng.permutation(len(positives))
@@ -530,7 +531,8 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
   """Trains the ranker on the training positives; returns the trained params (host pytree).
 
   ``positives`` [M, 2] (brand row, influencer row); ``ed_observed`` [M] the scaled engagement
-  of each positive's sponsored post (used only with endorsement="observed"). ``model``: another
+  of each positive's sponsored post (used only with endorsement="observed"); ``candidates``: the
+  rows negatives are drawn from (:func:`sample_triplets`). ``model``: another
   ranking module and its input builder (default CAMERA); ``tables`` then is that model's table
   dataclass (it needs a ``device(mesh)`` method and an ``engagement`` field).
   """
