@@ -141,7 +141,7 @@ def test_report_without_metrics_or_log_and_rewrite(tmp_path):
     (out / "charts" / "stale.png").write_bytes(b"x")
     report.write_report(run, out, n_cases=0)
     assert not (out / "charts" / "stale.png").exists()
-    assert "No test brand with candidates" in (out / "index.html").read_text()
+    assert "No case study asked for" in (out / "index.html").read_text()   # not "no brand"
 
 
 def test_a_folder_that_is_not_a_report_is_refused_and_left_alone(tmp_path):

@@ -142,6 +142,10 @@ def test_invalid_queries_raise_one_line_errors(kw):
     with pytest.raises(ValueError, match="no keywords given; known words include") as e:
         search.keyword_search([], **kw)
     assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="no keywords given"):
+        search.keyword_search(", ,", **kw)
+    # a blank keyword (a trailing comma) is left out, not refused
+    assert search.keyword_search("beauty,", **kw) == search.keyword_search(["beauty"], **kw)
     with pytest.raises(ValueError, match=r"'!!!' has no word of two or more letters or digits; "
                        r"no similar known word") as e:
         search.keyword_search(["food", "!!!"], **kw)

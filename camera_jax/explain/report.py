@@ -588,6 +588,8 @@ def write_report(run: Any, out_dir: str | pathlib.Path | None = None, *, n_cases
             " labelled with its weight. Click a chart for its SVG.</p>"
         )
         body += "\n".join(_case_html(w, i, b, cands) for i, b in enumerate(brands, start=1))
+    elif n_cases <= 0:
+        body = '<p class="muted">No case study asked for (<code>--n_cases=0</code>).</p>'
     else:
         body = '<p class="muted">No test brand with candidates to show.</p>'
     sections.append(f'<section id="cases"><h2>Case studies</h2>{body}</section>')

@@ -188,13 +188,18 @@ def _closest_hint(word: str, vocab: Sequence[str], concept_names: Sequence[str])
 
 
 def _normalise(keywords: Sequence[str] | str) -> list[tuple[str, str]]:
-    """(raw, normalised) pairs; normalised = tokens joined by '_'; raises on empty input."""
+    """(raw, normalised) pairs; normalised = tokens joined by '_'. Empty or blank keywords (the
+    trailing comma of ``food,``) are left out.
+
+    >>> _normalise("Street food, ,wristwatch,")
+    [('Street food', 'street_food'), ('wristwatch', 'wristwatch')]
+    """
     if isinstance(keywords, str):
-        keywords = [k for k in keywords.split(",")]
+        keywords = keywords.split(",")
     out = []
     for raw in keywords:
-        toks = tokenize(str(raw).replace("_", " "))
-        out.append((str(raw), "_".join(toks)))
+        if str(raw).strip():
+            out.append((str(raw), "_".join(tokenize(str(raw).replace("_", " ")))))
     return out
 
 
