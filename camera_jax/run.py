@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import pickle
 from typing import Any, Sequence
 
 import jax
@@ -170,7 +171,7 @@ def _load_file(load, path: pathlib.Path):
   """``load(path)``; a missing or unreadable file as one RunError line naming it."""
   try:
     return load(path)
-  except (OSError, ValueError, EOFError) as e:
+  except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
     if isinstance(e, FileNotFoundError):
       raise FileNotFoundError(f"{path}: missing") from None
     raise RunError(f"{path}: unreadable ({type(e).__name__}: {e}); rerun the stage that "
@@ -218,9 +219,9 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | pathlib.Path | None = 
   u_c = _load_file(np.load, cdir / "U_C.npy")
   w_a = _load_file(np.load, cdir / "w_a.npy")
   feats = pipeline.account_features(dataset, cfg)
-  tables = pipeline.build_tables(cfg, pipeline.load_account_sums(cdir), u_c, feats)
+  tables = pipeline.build_tables(cfg, _load_file(pipeline.load_account_sums, cdir), u_c, feats)
   if (cdir / pipeline.TOP_MASK_FILE).exists():  # the mask the ranker trained with
-    tables.top_mask = np.load(cdir / pipeline.TOP_MASK_FILE)
+    tables.top_mask = _load_file(np.load, cdir / pipeline.TOP_MASK_FILE)
   # else: a run made before the mask was saved trained with the row-minimum rule, as above
   params = ranker_lib.restore_params(pipeline.ranker_config(cfg, scoring=True), tables, workdir / "checkpoints" / "ranker",
                                      finished=True)

@@ -369,6 +369,8 @@ def test_an_unfinished_or_misread_run_is_refused_in_one_line(tiny_run, tmp_path)
   shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("tfds", "report"))
   # a truncated or garbled file of the run: one line naming it
   for rel, named, bad in (("concepts/w_a.npy", "concepts/w_a.npy", "truncated"),
+                          ("concepts/top_mask.npy", "concepts/top_mask.npy", "truncated"),
+                          ("word2vec/keyed_vectors.kv", "word2vec", "truncated"),
                           ("word2vec/keyed_vectors.kv", "word2vec", "garbage")):
     good = (copy / rel).read_bytes()
     (copy / rel).write_bytes(good[:90] if bad == "truncated" else b"garbage\n")
@@ -761,6 +763,10 @@ def test_a_dataset_the_ranker_cannot_sample_from_is_refused_in_one_line(tiny_dat
     loaded = pipeline.load_dataset(cfg, data)   # raises on a training problem
     pool = pipeline.negative_pool(loaded)
     assert [loaded.accounts[i].id for i in pool] == [a.id for a in dataset.influencers()]
+    n, rows = len(loaded.concepts), len(loaded.accounts)   # what the ranker is given
+    inputs = pipeline.ranker_inputs(cfg, loaded, np.zeros((rows, n), np.float32),
+                                    np.zeros((n, 4), np.float32), pipeline.account_features(loaded, cfg))
+    np.testing.assert_array_equal(inputs["candidates"], pool)
   # the brand now cooperates with every influencer (one of each one's posts)
   posts_of = dataset.posts_of()
   coop = data / "cooperations.jsonl"

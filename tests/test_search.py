@@ -114,6 +114,11 @@ def test_unknown_keyword_fallbacks(kw):
     res = search.keyword_search(["watches"], **kw)
     assert res[0]["keywords"] == [{"keyword": "watches", "method": "closest_word", "word": "watch"}]
     assert res[0]["influencer"] == "infl_watch" and res[0]["matched_concepts"][0][0] == "watch"
+    # -s is tried first (wines -> wine, not win), -es only after a sibilant (cares is not car+es)
+    assert search._known_stem("wines", {"win", "wine"}) == "wine"
+    assert search._known_stem("cares", {"car"}) is None
+    assert search._known_stem("dresses", {"dress"}) == "dress"
+    assert search._known_stem("berries", {"berry"}) == "berry"
     # (a) a keyword that contains a concept token
     res = search.keyword_search(["smartwatch"], **kw)
     assert res[0]["keywords"] == [{"keyword": "smartwatch", "method": "concept_string", "word": None}]

@@ -353,13 +353,17 @@ def _undecodable_field(raw: bytes) -> str | None:
 
     >>> _undecodable_field(b'{"id": "p1", "caption": "caf\\xe9"}')
     'caption'
+    >>> _undecodable_field(b'{"id": "p1", "capti\\xe9n": "x"}') is None   # in a name: none to name
+    True
     """
     try:
         obj = json.loads(raw.decode("utf-8", "surrogateescape"))
     except ValueError:
         return None
     found = _surrogate_field(obj) if isinstance(obj, dict) else None
-    return found[0] if found else None
+    if not found or not found[0].isprintable():   # a surrogate is not printable
+        return None   # the bytes are in a field's name: no field to name
+    return found[0]
 
 
 def _unpaired_surrogate(field: str, escape: str) -> str:
@@ -926,7 +930,9 @@ class _NormalizationHint:
 
 
 def _read_split(path: pathlib.Path, errs: _FileErrors, account_kind: dict[str, str] | None,
-                known_ids: set[str] | None = None) -> Split | None:
+                known_ids: set[str]) -> Split | None:
+    """``known_ids``: every id of accounts.jsonl, its kind valid or not (a bad kind is reported
+    there, not as an unknown id here)."""
     read = _read_json_object(path, errs)
     if read is None:
         return None
@@ -956,7 +962,7 @@ def _read_split(path: pathlib.Path, errs: _FileErrors, account_kind: dict[str, s
                 continue
             seen.add(item)
             if account_kind is not None:
-                if item not in (account_kind if known_ids is None else known_ids):
+                if item not in known_ids:
                     errs.add(line, f'field "{key}": unknown {want} {item!r}{hint(item)}')
                     continue
                 if account_kind.get(item, want) != want:

@@ -244,12 +244,12 @@ def _known_stem(q: str, vocab: set[str]) -> str | None:
     """The vocabulary word ``q`` is a plural of (``burgers`` -> ``burger``, ``dresses`` ->
     ``dress``, ``berries`` -> ``berry``), or None."""
     cands = []
+    if q.endswith("s") and len(q) > 3:   # first: wines -> wine, not win; shoes -> shoe
+        cands.append(q[:-1])
     if q.endswith("ies") and len(q) > 4:
         cands.append(q[:-3] + "y")
-    if q.endswith("es") and len(q) > 4:
+    if q.endswith(("ses", "xes", "zes", "ches", "shes")) and len(q) > 4:   # -es only after a sibilant
         cands.append(q[:-2])
-    if q.endswith("s") and len(q) > 3:
-        cands.append(q[:-1])
     return next((c for c in cands if c in vocab), None)
 
 
