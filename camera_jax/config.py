@@ -45,7 +45,7 @@ class Config:
   cg_threshold: float = 0.5          # h_i = 1 when sigmoid(logit_i) >= threshold ...
   cg_min_k: int = 1                  # ... and at least the top cg_min_k concepts ...
   cg_max_k: int = 10                 # ... and at most the top cg_max_k concepts (paper: ~10 per post)
-  augment: bool = True               # light image augmentation in the CNN training stages
+  augment: bool = True               # light image augmentation in the concept generator's training (the authors')
   input_threads: int = 0             # image-decoding threads per process, batches prepared ahead; 0: one per CPU core (at most 4)
   image_cache_gb: float = 8.0        # keep a split's images decoded on disk (uint8, under tfds/) when that takes at most this many GB; 0: decode every epoch
 
@@ -59,6 +59,7 @@ class Config:
   zprime_mode: str = "masked"        # masked | faithful (see docs/deviations.md)
   semantic: bool = True              # False: the C-w/o-SI ablation (z' = normalised h)
   cosmic_logit_scale: str = "inner"  # inner (paper eq. 3) | mean (authors)
+  cosmic_augment: bool = True        # the same flips and shifts in COSMIC's training (the authors: none)
 
   # Ranker (paper III-C, III-D, IV-B).
   epochs: int = 40                   # ranker training epochs

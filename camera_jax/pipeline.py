@@ -506,7 +506,7 @@ def cosmic_stage(cfg: Config, dataset: format_lib.Dataset, sources: dict[str, An
   stage_cfg = concepts_lib.ImageStageConfig(
       epochs=cfg.cosmic_epochs, batch_size=cfg.cosmic_batch_size,
       learning_rate=cfg.cosmic_learning_rate, lr_decay=cfg.cosmic_lr_decay, l1=cfg.cosmic_l1,
-      image_size=cfg.image_size, augment=cfg.augment, seed=cfg.seed,
+      image_size=cfg.image_size, augment=cfg.cosmic_augment, seed=cfg.seed,
       input_threads=input_threads(cfg))
   u_c, metrics = concepts_lib.train_cosmic(
       posts_source=sources["posts"], z_prime=z_prime, cfg=stage_cfg,
@@ -921,7 +921,8 @@ _STAGE_FIELDS = {
                           "cg_batch_size", "cg_learning_rate", "cg_lr_decay", "cg_held_out",
                           "cg_threshold", "cg_min_k", "cg_max_k", "augment", "image_size"},
     "cosmic": {"d_u", "cosmic_epochs", "cosmic_batch_size", "cosmic_learning_rate",
-               "cosmic_lr_decay", "cosmic_l1", "zprime_mode", "semantic", "cosmic_logit_scale"},
+               "cosmic_lr_decay", "cosmic_l1", "zprime_mode", "semantic", "cosmic_logit_scale",
+               "cosmic_augment"},
 }
 _STAGE_OUTPUTS = {
     "data": ("data",),

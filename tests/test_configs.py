@@ -52,6 +52,8 @@ def test_paper_flags_keep_the_papers_ranker(monkeypatch):
           cfg.num_negatives, cfg.epochs) == ("none", "inner", 0.6, 1e-3, 1e-3, 1, 40)
   # COSMIC as the authors train it: L1 0.001, and their x0.99 per 100 steps as a per-epoch decay
   assert (cfg.cosmic_l1, cfg.cosmic_lr_decay, cfg.cosmic_learning_rate) == (1e-3, 0.56, 1e-3)
+  # the paper names no augmentation: the authors', the concept generator's images only
+  assert (cfg.augment, cfg.cosmic_augment) == (True, False)
   # The paper's margin 7.0 is the triplet loss's own; left unset, so that another --loss keeps
   # its own margin (hinge: 1.0) instead of inheriting 7.0.
   for flagfile in ("camera.flags", "experiments/configs/paper.flags"):

@@ -509,6 +509,9 @@ def test_a_rerun_with_other_settings_is_refused_before_any_work(tiny_run, tiny_d
   with pytest.raises(pipeline.ConfigError, match=r"\(concepts/h.npy, checkpoints/concept_generator, "
                      r"concepts/U_C.npy, checkpoints/cosmic\) .*\(cg_epochs"):
     pipeline.check_settings(cfg.replace(cg_epochs=cfg.cg_epochs + 1), workdir)
+  with pytest.raises(pipeline.ConfigError, match=r"\(concepts/U_C.npy, checkpoints/cosmic\) "
+                     r".*\(cosmic_augment"):
+    pipeline.check_settings(cfg.replace(cosmic_augment=not cfg.cosmic_augment), workdir)
   with pytest.raises(pipeline.ConfigError, match=r"\(word2vec, concepts/h.npy, "):  # --data_dir
     pipeline.check_settings(cfg.replace(seed=5), workdir)
   # docs/workdir.md's recipe: retrain COSMIC with other settings once its outputs are deleted;
@@ -523,6 +526,40 @@ def test_a_rerun_with_other_settings_is_refused_before_any_work(tiny_run, tiny_d
   pipeline.check_settings(cfg.replace(report=True, eval_chunk=7, check_images=False,
                                       epochs=cfg.epochs + 5, data_dir=str(tmp_path / "copy")),
                           workdir)
+
+
+@pytest.mark.parametrize("augment, cosmic_augment", [(True, False), (False, True)])
+def test_each_image_stage_takes_its_own_augmentation_switch(tiny_run, tiny_data, tmp_path,
+                                                          monkeypatch, augment, cosmic_augment):
+  """--augment is the concept generator's, --cosmic_augment COSMIC's (paper.flags: the authors'
+  generator only)."""
+  from camera_jax import pipeline
+  from camera_jax.data import format as format_lib
+  from camera_jax.data import text as text_lib
+  from camera_jax.training import concepts as concepts_lib
+
+  seen = {}
+
+  class Stop(Exception):
+    pass
+
+  def capture(name):
+    def fake(*args, cfg, **kwargs):
+      seen[name] = cfg.augment
+      raise Stop
+    return fake
+
+  monkeypatch.setattr(concepts_lib, "train_cosmic", capture("cosmic"))
+  monkeypatch.setattr(concepts_lib, "train_concept_generator", capture("concept_generator"))
+  cfg = tiny_config(tiny_data, augment=augment, cosmic_augment=cosmic_augment)
+  dataset = format_lib.load(tiny_data, check_images=False)
+  embedder = text_lib.TextEmbedder.load(tiny_run[0] / "word2vec")
+  h = np.ones((len(dataset.posts), len(dataset.concepts)), np.float32)
+  with pytest.raises(Stop):
+    pipeline.cosmic_stage(cfg, dataset, {"posts": None}, embedder, h, tmp_path, None, None)
+  with pytest.raises(Stop):
+    pipeline.concept_stage(cfg, dataset, {"posts": None, "labeled": None}, tmp_path, None, None)
+  assert seen == {"cosmic": cosmic_augment, "concept_generator": augment}
 
 
 def test_after_a_nan_the_stopped_stage_may_lower_its_learning_rate(tiny_run, tiny_data,
