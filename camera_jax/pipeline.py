@@ -273,10 +273,7 @@ def training_problems(cfg: Config, dataset: format_lib.Dataset, data_dir: pathli
     out.append(f"{data_dir / format_lib.COOPERATIONS_FILE}:0: no cooperation of a training brand "
                f"({len(train)} in {where} \"train\"): the ranker has no positive to learn from")
   influencers = {a.id for a in dataset.influencers()}
-  partners: dict[str, set[str]] = {}
-  for c in dataset.cooperations:
-    if c.brand in train:
-      partners.setdefault(c.brand, set()).add(c.influencer)
+  partners = dataset.positives()
   for brand in dataset.split.train:
     if influencers <= partners.get(brand, set()):
       out.append(f"{data_dir / format_lib.COOPERATIONS_FILE}:0: training brand {brand!r} "
