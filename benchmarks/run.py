@@ -57,6 +57,9 @@ TARGETS = {
     "catalogue_scoring@74x797_seconds": 1.5,
     "catalogue_scoring@74x797_peak_share": 0.5,
 }
+#: The cores of the CPU the authors' figures and the targets are for: on a CPU with another
+#: count (known from ``os.cpu_count()``) the rows are reported but not judged.
+TARGET_CPU_COUNT = 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -692,7 +695,10 @@ class Bench:
              "rss_peak_increase_mb": (mem.peak_mb - mem.base_mb)
              if mem.peak_mb is not None else None,
              "device_peak_mb": mem.device_peak_mb,
-             "chunk": ranker.mesh_eval_chunk(cfg, self.mesh),
+             # pairs per call: the pairs path's configured chunk, the scorer's balanced one
+             "chunk": (ranker.mesh_eval_chunk(cfg, self.mesh)
+                       if variant == "pairs path (CAMERA.__call__)"
+                       else ranker.pair_chunk(cfg, len(b), self.mesh)),
              "output_mb": out["S"].nbytes / 2 ** 20}
     if variant == "ours":
       extra["jit_cache_size"] = {"concept_parts": int(scorer.concept_parts._cache_size()),
@@ -707,6 +713,20 @@ class Bench:
             self.peak_for(variant), **extra)
     self.add(r)
     return {"S": out["S"], "brand": b, "influencer": m}
+
+  def call_scores(self, n_brands: int, n_candidates: int) -> np.ndarray:
+    """S of the pair-by-pair ``CAMERA.__call__`` (jitted, per chunk) on :meth:`catalogue`'s pairs,
+    tables and parameters: the reference the fast scorer's algebra is checked against (the op by
+    op row runs the same algebra as ours, so it cannot catch an error in it)."""
+    ranker = self.ranker
+    tables = self.tables(max(N_ACCOUNTS, n_brands + n_candidates))
+    params = self.params(self.cfg, tables)
+    b = np.repeat(np.arange(n_brands), n_candidates)
+    m = np.tile(n_brands + np.arange(n_candidates), n_brands)
+    fn = ranker.make_score_fn(self.cfg, ranker.RankerModel(make=ranker.make_model,
+                                                           inputs=ranker.pair_inputs))
+    return ranker.score_pairs(self.cfg, params, tables.device(self.mesh), b, m, mesh=self.mesh,
+                              score_fn=fn, keys=("S",))["S"]
 
   # -- 4: input pipeline -----------------------------------------------------------------------
 
@@ -882,7 +902,9 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
 
   def catalogue(row: dict[str, Any]) -> dict[str, Any]:
     return {"median_s": row["median_s"], "peak_share": row["peak_share"],
-            "met": row["median_s"] < seconds and row["peak_share"] >= share,
+            # a share above 1 means the peak was not one: the criterion cannot be judged
+            "met": None if row["peak_share"] > 1 else
+                   row["median_s"] < seconds and row["peak_share"] >= share,
             **required(row, seconds)}
 
   r = find("catalogue_scoring", "ours", "74 x 797")
@@ -897,13 +919,15 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     if c is not None:
       caches.extend(c.values() if isinstance(c, dict) else [c])
   backend = report["meta"]["backend"]
-  if backend != "cpu":
+  cores = report["meta"].get("cpu_count")
+  if backend != "cpu" or cores not in (None, TARGET_CPU_COUNT):
     # The speed targets are set on the issue's 2-core CPU: elsewhere the rows are reported
     # (vs_authors then says what the machine buys) but not judged.
+    where = backend if backend != "cpu" else f"a {cores}-core CPU"
     for t in out.values():
       if t is None:
         continue
-      t["note"] = f"a target for the 2-core CPU; not judged on {backend}"
+      t["note"] = f"a target for the 2-core CPU; not judged on {where}"
       for entry in (t, t.get("bf16")):
         if entry is not None:
           entry["met"] = None
@@ -929,7 +953,7 @@ SECTIONS = ("ranker", "images", "catalogue", "input", "reference")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p = _Parser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true", help="CI smoke run (about a minute)")
-  p.add_argument("--out", default="", help="write the JSON report here")
+  p.add_argument("--out", default=None, help="write the JSON report here (a file name)")
   p.add_argument("--bf16", action="store_true",
                  help="also measure the bfloat16 matmul peak and run the ranker with bfloat16 "
                       "matmul operands (float32 accumulation): train steps at batches 8 and 512 "
@@ -946,7 +970,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.error(f"--only: no section named; choose from {list(SECTIONS)}")
   args.only = only
   from camera_jax import atomic
-  problem = atomic.output_problem(args.out) if args.out else None   # not after minutes of work
+  problem = None                                    # checked now, not after minutes of work
+  if args.out is not None and not args.out.strip():
+    problem = "empty path; give a file name"
+  elif args.out is not None and args.out.endswith(("/", os.sep)):
+    problem = f"{args.out} names a directory; give a file name"
+  elif args.out is not None:
+    problem = atomic.output_problem(args.out)
   if problem:
     p.error(f"--out: {problem}")
   return args
@@ -1000,6 +1030,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
       bench.ranker_step(b, "op by op")
     nb, nc = sizes.op_by_op_catalogue
     out = bench.catalogue(nb, nc, sizes.op_by_op_reps, variant="op by op")
+    bench.results[-1]["max_abs_diff_vs_call"] = float(
+        np.max(np.abs(out["S"] - bench.call_scores(nb, nc))))   # the independent check
     if ref is not None and (nb, nc) == sizes.catalogues[0]:
       bench.results[-1]["max_abs_diff_vs_ours"] = float(np.max(np.abs(out["S"] - ref["S"])))
     elif "catalogue" in only:   # the same pairs with the jitted scorer
@@ -1009,6 +1041,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
   for r in bench.results:   # shares against the final peak
     if r.get("gflops_achieved"):
       r["peak_share"] = r["gflops_achieved"] / bench.peak_for(r["variant"])
+  # A row faster than the "peak" means the peak was measured in a slow minute: its shares (and
+  # the catalogue target's share criterion) say nothing then; say so instead of reporting > 100 %.
+  exceeded = [f"{r['path']} / {r['variant']} / {r['size']}" for r in bench.results
+              if (r.get("peak_share") or 0) > 1]
+  if exceeded:
+    log(f"warning: {len(exceeded)} row(s) ran above the measured matmul peak (measured while the "
+        f"machine was slower): peak shares are not meaningful in this run: {exceeded}")
   log(f"results (peak shares against the run's best peak, {bench.peak_gflops:.0f} GFLOP/s, "
       "as in the JSON):")
   for r in bench.results:   # the lines above used the peak measured at the start
@@ -1041,7 +1080,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                 "dropout_rng": bench.cfg.dropout_rng,
                 "eval_chunk": bench.ranker.mesh_eval_chunk(bench.cfg, bench.mesh)},
       "peak": {"gflops": bench.peak_gflops, "gflops_bf16": bench.peak_gflops_bf16 or None,
-               "runs": bench.extra.get("matmul_peak_runs", [])},
+               "runs": bench.extra.get("matmul_peak_runs", []),
+               "exceeded_by": exceeded},
       "authors": {k: {str(s): v for s, v in d.items()} for k, d in AUTHORS.items()},
       "results": bench.results,
   }

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -211,7 +212,7 @@ def check(name: str, hparams: Mapping[str, Any] | None = None, *, evaluate: bool
     >>> check("triplet", {"margin": 2.0}) is None
     True
     >>> check("infonce", {"temperature": -1.0}, evaluate=False)
-    'temperature must be > 0, got -1.0'
+    'temperature must be > 0 and finite, got -1.0'
     >>> check("hinge", {"margin": float("inf")})
     'the loss or its gradient is not finite on a test batch'
     >>> check("hinge", {"margin": float("inf")}, evaluate=False) is None   # only a value shows it
@@ -226,23 +227,26 @@ def check(name: str, hparams: Mapping[str, Any] | None = None, *, evaluate: bool
             jax.eval_shape(step, *args)
             return None
         value, grads = step(*args)
-    except (ValueError, TypeError) as e:
-        return str(e)
+    except (ValueError, TypeError) as e:   # one line: a JAX error's text runs over several
+        text = str(e).strip()
+        return text.splitlines()[0] if text else type(e).__name__
     finite = bool(np.isfinite(value)) and all(bool(np.isfinite(g).all()) for g in grads)
     return None if finite else "the loss or its gradient is not finite on a test batch"
 
 
 def _positive(name: str, value: Any) -> None:
-    """Raises ValueError unless a Python number ``value`` is > 0 (traced values pass)."""
-    if isinstance(value, (int, float)) and not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+    """Raises ValueError unless a Python number ``value`` is finite and > 0 (traced values
+    pass): an infinite temperature would leave every score's gradient 0."""
+    if isinstance(value, (int, float)) and not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
 
 
 def parse_hparams(name: str, spec: str) -> dict[str, Any]:
     """The keyword settings ``spec`` = ``"key=value,..."`` for the loss ``name``, typed.
 
     Each key must be a hyper-parameter of the loss (:func:`hparams_of`); its value is read as
-    the type of the loss's default (bool: true/false, int, float, else str). Raises
+    the type its annotation names (bool: true/false, int, float, str, or an Optional of one),
+    else as the type of its default (str for a None default). Raises
     ``ValueError`` with one line naming the offending item. The main job's ``--loss_hparams``.
 
     >>> parse_hparams("hinge", "margin=0.5,squared=true")
@@ -272,21 +276,36 @@ def parse_hparams(name: str, spec: str) -> dict[str, Any]:
             raise ValueError(f"{item!r}: loss {name!r} has no hyper-parameter {key!r} "
                              f"(it has: {', '.join(sorted(accepted)) or 'none'})")
         default = accepted[key]
+        kind = _hparam_type(name, key, default)
         try:
-            if isinstance(default, bool):
+            if kind is bool:
                 if text.lower() not in ("true", "false"):
                     raise ValueError
                 out[key] = text.lower() == "true"
-            elif isinstance(default, int):
-                out[key] = int(text)
-            elif isinstance(default, float):
-                out[key] = float(text)
+            elif kind in (int, float):
+                out[key] = kind(text)
             else:
                 out[key] = text
         except ValueError:
-            raise ValueError(f"{item!r}: {key} must be {type(default).__name__}, "
+            raise ValueError(f"{item!r}: {key} must be {kind.__name__}, "
                              f"like its default {default!r}") from None
     return out
+
+
+def _hparam_type(name: str, key: str, default: Any) -> type:
+    """The type a ``--loss_hparams`` value of ``key`` is read as: the annotation where it is (an
+    Optional of) bool, int, float or str (``scale: float = 1`` reads 0.5; ``clip: float | None =
+    None`` reads 2.0 as a float), else the default's type (str for a None default)."""
+    try:
+        hint = typing.get_type_hints(_lookup(name)).get(key)
+    except Exception:  # noqa: BLE001 -- an annotation that does not resolve: use the default's
+        hint = None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1:
+        hint = args[0]
+    if hint in (bool, int, float, str):
+        return hint
+    return type(default) if default is not None else str
 
 
 def _lookup(name: str) -> Callable[..., jax.Array]:

@@ -760,7 +760,7 @@ def check_ranker_loss(cfg: Config, workdir: pathlib.Path, *, write: bool = False
   path = workdir / RANKER_LOSS_RECORD
   ckpt_dir = workdir / _RANKER_STAGE
   before = read_ranker_loss(workdir)
-  if ckpt_dir.exists():
+  if _exists(workdir, _RANKER_STAGE):   # as check_settings: a ranker stopped in epoch 1 has nothing to protect
     if before is not None and before != now:
       raise ConfigError([
           f"{path}: the ranker in {ckpt_dir} was trained with loss {before.get('name')} "

@@ -126,9 +126,11 @@ def test_unset_loss_flags_keep_each_losss_own_defaults_and_loss_hparams_reach_th
 
   # a setting the loss cannot train with is refused before any work, whichever flag set it
   assert pipeline.check_config(config_lib.Config(loss="infonce", temperature=0.0)) == [
-      "--loss=infonce with temperature=0.0: temperature must be > 0, got 0.0"]
+      "--loss=infonce with temperature=0.0: temperature must be > 0 and finite, got 0.0"]
   assert pipeline.check_config(config_lib.Config(loss="approx_ndcg", loss_hparams="temperature=-1")) == [
-      "--loss=approx_ndcg with temperature=-1.0: temperature must be > 0, got -1.0"]
+      "--loss=approx_ndcg with temperature=-1.0: temperature must be > 0 and finite, got -1.0"]
+  assert pipeline.check_config(config_lib.Config(loss="infonce", loss_hparams="temperature=inf")) == [
+      "--loss=infonce with temperature=inf: temperature must be > 0 and finite, got inf"]  # every gradient 0
   assert pipeline.check_config(config_lib.Config(loss="hinge", margin=1e39)) == [  # inf in float32
       "--loss=hinge with margin=1e+39: the loss or its gradient is not finite on a test batch"]
   assert pipeline.check_config(config_lib.Config(loss="bpr", margin=float("nan"))) == [  # not bpr's,
@@ -164,7 +166,9 @@ def test_a_ranker_trained_with_other_loss_settings_is_refused(tmp_path):
   assert not record.exists()
   pipeline.check_ranker_loss(hinge, tmp_path, write=True)      # the ranker is about to train
   assert pipeline.read_ranker_loss(tmp_path) == {"name": "hinge", "settings": {"margin": 1.0, "squared": False}}
-  ckpt.mkdir(parents=True)                                     # the ranker trains
+  ckpt.mkdir(parents=True)                                     # the ranker starts (orbax's dir)
+  pipeline.check_ranker_loss(hinge.replace(margin=2.0), tmp_path)  # stopped in epoch 1: nothing to protect
+  (ckpt / "1").mkdir()                                         # the ranker finished an epoch
   pipeline.check_ranker_loss(hinge, tmp_path)                  # the same settings: fine
   with pytest.raises(pipeline.ConfigError) as e:
     pipeline.check_ranker_loss(hinge.replace(margin=2.0), tmp_path)
@@ -172,11 +176,12 @@ def test_a_ranker_trained_with_other_loss_settings_is_refused(tmp_path):
       f"{record}: the ranker in {ckpt} was trained with loss hinge (margin=1.0, squared=False); "
       f"hinge now gives (margin=2.0, squared=False) (its code changed since?); use a new "
       f"--workdir, or delete {ckpt} to train it again"]
+  (ckpt / "1").rmdir()
   ckpt.rmdir()                                                 # deleted to train it again
   pipeline.check_ranker_loss(hinge.replace(margin=2.0), tmp_path, write=True)
   assert pipeline.read_ranker_loss(tmp_path)["settings"]["margin"] == 2.0
   record.unlink()                                              # a ranker from before the records
-  ckpt.mkdir()
+  (ckpt / "1").mkdir(parents=True)
   pipeline.check_ranker_loss(hinge, tmp_path, write=True)     # not written over its checkpoints
   assert pipeline.read_ranker_loss(tmp_path) is None
 
@@ -188,7 +193,7 @@ def test_the_check_before_the_process_group_starts_no_jax_backend():
           "for name in sorted(losses.REGISTRY):\n"
           "  assert pipeline.check_config(config.Config(loss=name), evaluate_loss=False) == []\n"
           "bad = pipeline.check_config(config.Config(loss='infonce', temperature=0.0), evaluate_loss=False)\n"
-          "assert bad == ['--loss=infonce with temperature=0.0: temperature must be > 0, got 0.0'], bad\n"
+          "assert bad == ['--loss=infonce with temperature=0.0: temperature must be > 0 and finite, got 0.0'], bad\n"
           "assert not xb._backends, xb._backends\n")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
