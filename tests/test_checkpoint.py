@@ -325,3 +325,29 @@ def test_two_processes_save_and_restore_a_sharded_state(tmp_path: pathlib.Path) 
     assert [p.returncode for p in procs] == [0, 0], "\n".join(err[-3000:] for _, err in outs)
     assert [out.strip().splitlines()[-1] for out, _ in outs] == ["OK 0", "OK 1"]
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if not p.name.startswith(".")) == ["5"]
+
+
+def test_resume_on_another_device_count_warns(tmp_path: pathlib.Path, caplog) -> None:
+    """A checkpoint's meta records the devices its epoch trained on; resuming it on another count
+    is allowed but logged (the result then matches neither count's uninterrupted run)."""
+    import logging as py_logging
+
+    from camera_jax.training import trainer
+    state = {"x": jnp.zeros(2)}
+    with Checkpointer(tmp_path / "ckpt") as ckpt:
+        ckpt.save(3, {"x": jnp.ones(2)}, {"epoch": 3, "loss": 0.5, "devices": 4})
+        ckpt.wait()
+    log = trainer.TrainLog(None)
+    for devices, warned in ((4, False), (1, True), (None, False)):
+        caplog.clear()
+        with caplog.at_level(py_logging.WARNING):
+            checkpointer, restored, start = trainer.resume("ranker", state, tmp_path / "ckpt", log,
+                                                           devices)
+        checkpointer.close()
+        assert start == 3 and restored["x"].tolist() == [1.0, 1.0]
+        messages = [r.getMessage() for r in caplog.records if r.levelno >= py_logging.WARNING]
+        assert bool(messages) == warned, (devices, messages)
+        if warned:
+            assert messages == ["ranker: epoch 3 was trained on 4 devices, this run has 1: the result "
+                                "will not be byte-identical to an uninterrupted run on either count "
+                                "(docs/workdir.md)"]

@@ -116,7 +116,7 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
   key = jax.random.PRNGKey(cfg.seed)
   init_key, step_key = jax.random.split(key)
   state = create_image_state(model, cfg.image_size, init_key, tx)
-  checkpointer, state, start_epoch = trainer.resume(stage, state, ckpt_dir, log)
+  checkpointer, state, start_epoch = trainer.resume(stage, state, ckpt_dir, log, mesh.devices.size)
   state = sharding.replicate(state, mesh)
   step_key = sharding.replicate(step_key, mesh)
   train_step, _ = make_image_steps(loss_fn, cfg.l1)
@@ -154,9 +154,10 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
     logging.info("%s epoch %d/%d: loss %.4f, lr %.2e, %.0f images/s", stage, epoch + 1,
                  cfg.epochs, loss, lr, images_per_s)
     log.write(stage=stage, epoch=epoch + 1, loss=loss, lr=lr, images_per_s=images_per_s,
-              seconds=seconds)
+              seconds=seconds, devices=mesh.devices.size)
     if checkpointer is not None:
-      checkpointer.save(epoch + 1, jax.device_get(state), {"epoch": epoch + 1, "loss": loss})
+      checkpointer.save(epoch + 1, jax.device_get(state), {"epoch": epoch + 1, "loss": loss,
+                                                          "devices": mesh.devices.size})
   if checkpointer is not None:
     checkpointer.wait()
   return state

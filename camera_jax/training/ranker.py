@@ -551,7 +551,7 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
   init_key, step_key = jax.random.split(key)
   params = init_params(cfg, tables, init_key, model)
   state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)
-  checkpointer, state, start_epoch = trainer.resume(stage, state, ckpt_dir, log)
+  checkpointer, state, start_epoch = trainer.resume(stage, state, ckpt_dir, log, mesh.devices.size)
   state = sharding.replicate(state, mesh)
   dev_tables = tables.device(mesh)
   step_key = sharding.replicate(step_key, mesh)
@@ -580,9 +580,10 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
                  epoch + 1, cfg.epochs, loss, total, lr, rows / max(seconds, 1e-9))
     log.write(stage=stage, epoch=epoch + 1, loss=loss, loss_with_l1=total, lr=lr,
               lr_representation=lr * cfg.representation_lr_scale,
-              triplets_per_s=rows / max(seconds, 1e-9), seconds=seconds)
+              triplets_per_s=rows / max(seconds, 1e-9), seconds=seconds, devices=mesh.devices.size)
     if checkpointer is not None:
-      checkpointer.save(epoch + 1, jax.device_get(state), {"epoch": epoch + 1, "loss": loss})
+      checkpointer.save(epoch + 1, jax.device_get(state), {"epoch": epoch + 1, "loss": loss,
+                                                          "devices": mesh.devices.size})
   if checkpointer is not None:
     checkpointer.wait()
   return jax.device_get(state.params)

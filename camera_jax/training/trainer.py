@@ -283,11 +283,13 @@ class TrainLog:
     atomic.write_bytes(self.path, "".join(l + "\n" for l in keep).encode("utf-8"))
 
 
-def resume(stage: str, state: TrainState, ckpt_dir, log: "TrainLog"):
+def resume(stage: str, state: TrainState, ckpt_dir, log: "TrainLog", devices: int | None = None):
   """Restores the latest checkpoint of a stage, if any: returns (checkpointer, state, start epoch).
 
   The stage's train-log records after the restored epoch are dropped (the resumed run rewrites
-  them).  ``ckpt_dir=None`` trains without checkpoints.
+  them).  ``ckpt_dir=None`` trains without checkpoints. ``devices``: the mesh size this run
+  trains on; a checkpoint saved on another count (its meta's ``devices``) is resumed with a
+  warning, since the result then matches neither device count's uninterrupted run.
   """
   from absl import logging
   from camera_jax.training import checkpoint as ckpt_lib
@@ -297,6 +299,11 @@ def resume(stage: str, state: TrainState, ckpt_dir, log: "TrainLog"):
     state, meta = checkpointer.restore(target=state)
     start_epoch = int(meta["epoch"])
     logging.info("%s: resumed from epoch %d", stage, start_epoch)
+    saved = meta.get("devices")
+    if devices is not None and saved is not None and int(saved) != devices:
+      logging.warning("%s: epoch %d was trained on %d devices, this run has %d: the result will "
+                      "not be byte-identical to an uninterrupted run on either count "
+                      "(docs/workdir.md)", stage, start_epoch, int(saved), devices)
   log.truncate_stage(stage, start_epoch)
   return checkpointer, state, start_epoch
 
