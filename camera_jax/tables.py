@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from camera_jax import atomic
 from camera_jax import metrics as metrics_lib
 
 __all__ = ["METRICS", "HEADERS", "PAPER_NOTE", "PAPER_TABLE_II", "PAPER_TABLE_III", "summarize",
@@ -174,10 +175,7 @@ def table_markdown(title: str, table: Mapping[str, Mapping[str, Mapping[str, Any
 
 
 def _atomic_write(path: pathlib.Path, text: str) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f".{path.name}.tmp"
-  tmp.write_text(text, encoding="utf-8")
-  os.replace(tmp, path)
+  atomic.write_bytes(path, text.encode("utf-8"))   # a unique temporary name, removed on failure
 
 
 def _csv_text(table: Mapping[str, Mapping[str, Mapping[str, Any]]], row_key: str,

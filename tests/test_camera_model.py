@@ -269,17 +269,6 @@ def test_without_interaction_s_equals_s_con():
                              out["S_con"], rtol=1e-6)
 
 
-def test_ed_mask_zeroes_endorsement():
-  batch, concepts = _batch()
-  model = camera.CAMERA(**SMALL)
-  v = model.init(jax.random.key(0), batch, concepts, deterministic=True)
-  out = model.apply(v, {**batch, "ed_mask": jnp.array([1.0, 0.0, 1.0])}, concepts,
-                    deterministic=True)
-  ref = model.apply(v, batch, concepts, deterministic=True)
-  assert float(out["S_ed"][1]) == 0.0 and float(out["S"][1]) == 0.0
-  np.testing.assert_allclose(np.asarray(out["S"])[[0, 2]], np.asarray(ref["S"])[[0, 2]], rtol=1e-6)
-
-
 def test_default_sizes_init_range_and_parameter_count():
   batch, concepts = _batch(b=2, k=10, n=40, d_u=100)
   model = camera.CAMERA()

@@ -622,7 +622,7 @@ def test_main_lines(dataset_dir, tmp_path):
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "camera_jax.data.validate", *args],
+        [sys.executable, "experiments/validate.py", *args],
         capture_output=True, text=True, timeout=120, cwd=REPO, env=repo_on_pythonpath(),
     )
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from camera_jax.data import format as fmt
 from camera_jax.data import synthetic
-from conftest import repo_on_pythonpath
+from conftest import REPO, repo_on_pythonpath
 
 TINY = synthetic.PRESETS["tiny"]
 # A very small preset for the checks that generate several datasets.
@@ -262,7 +262,7 @@ def test_cli_refuses_non_empty_directory_without_traceback(tmp_path):
     (tmp_path / "x").write_text("occupied")
     env = repo_on_pythonpath()
     proc = subprocess.run(
-        [sys.executable, "-m", "camera_jax.data.synthetic", f"--out={tmp_path}", "--preset=tiny"],
+        [sys.executable, str(REPO / "experiments" / "synthetic.py"), f"--out={tmp_path}", "--preset=tiny"],
         capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1
     assert "error:" in proc.stderr and "Traceback" not in proc.stderr

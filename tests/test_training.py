@@ -23,6 +23,8 @@ import pytest
 
 from conftest import REPO, ranker_cfg, ranker_tables, tiny_config
 
+from camera_jax.training import ranker, sharding, trainer
+
 
 def read_log(path: pathlib.Path) -> list[dict]:
   return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
@@ -498,3 +500,23 @@ def test_padded_rows_of_a_train_step_change_nothing(dropout, model):
   assert float(outs[0][1]["loss"]) == pytest.approx(float(outs[1][1]["loss"]), rel=1e-6)
   for x, y in zip(jax.tree.leaves(outs[0][0].params), jax.tree.leaves(outs[1][0].params)):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("use_interaction, negatives_matter", [(True, False), (False, True)])
+def test_observed_endorsement_zeroes_the_negatives_only_where_there_is_an_s_ed(
+    use_interaction, negatives_matter):
+  """--endorsement=observed: a negative pair has S_ed = 0, hence S = 0 (eq. 18), so with S_ed
+  (CAMERA) the negatives drawn change nothing; C-w/o-MR has no S_ed (S = S_con), and its
+  negatives must still train it (disjoint negative pools give other parameters)."""
+  positives = np.array([(b, m) for b in range(5) for m in range(10, 14)], np.int64)
+
+  def train(candidates):
+    return ranker.train_ranker(
+        cfg=ranker_cfg(epochs=2, batch_size=4, dropout=0.0, l1=0.0, use_interaction=use_interaction,
+                       endorsement="observed"),
+        tables=ranker_tables(), positives=positives, ed_observed=np.zeros(20, np.float32),
+        candidates=candidates, ckpt_dir=None, log=trainer.TrainLog(None), mesh=sharding.make_mesh())
+
+  a, b = train(np.arange(14, 27)), train(np.arange(27, 40))
+  same = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert same != negatives_matter

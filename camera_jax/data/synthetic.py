@@ -6,7 +6,7 @@ available from the authors only on request. This module writes a dataset with th
 so the whole system (concept generator, COSMIC, CAMERA, baselines, metrics, explanations) can be
 run, tested and timed end to end. Usage::
 
-    python -m camera_jax.data.synthetic --out=DIR --preset=tiny|small|paper --seed=0 [--image_size=64]
+    python experiments/synthetic.py --out=DIR --preset=tiny|small|paper --seed=0 [--image_size=64]
 
 Presets (:data:`PRESETS`)
 -------------------------
@@ -108,7 +108,6 @@ import multiprocessing
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -996,32 +995,3 @@ def generate(out_dir: str | os.PathLike[str], preset: str | Preset = "tiny", see
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _main(argv: Sequence[str]) -> None:
-    from absl import flags  # pylint: disable=import-outside-toplevel
-
-    del argv
-    f = flags.FLAGS
-    try:
-        path = generate(f.out, preset=f.preset, seed=f.seed, image_size=f.image_size,
-                        workers=f.workers or None)
-    except (FileExistsError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    p = get_preset(f.preset)
-    print(f"{path}: preset={p.name} seed={f.seed} image_size={f.image_size}: {p.num_brands} brands, "
-          f"{p.influencers} influencers, {p.num_posts} posts, {p.labeled_posts} labeled posts, "
-          f"{p.num_concepts} concepts")
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-
-    flags.DEFINE_string("out", None, "Output dataset directory.", required=True)
-    flags.DEFINE_enum("preset", "tiny", sorted(PRESETS), "Dataset size preset.")
-    flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
-    flags.DEFINE_integer("image_size", 64, "Image side in pixels.", lower_bound=24)
-    flags.DEFINE_integer("workers", 0, "Rendering processes (0: automatic). Output does not depend on it.",
-                         lower_bound=0)
-    app.run(_main)

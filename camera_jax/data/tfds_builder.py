@@ -70,7 +70,7 @@ comments and follower counts; Wang et al., IEEE TMM 2022, built on the brand-mic
 set of Gan et al.) is not public: ask the paper's authors for it. Convert what you get to this
 project's dataset format v1 (docs/dataset-format.md): a directory with concepts.txt,
 accounts.jsonl, posts.jsonl, cooperations.jsonl, labeled_posts.jsonl and the image files the
-records point to. Check it with `python -m camera_jax.data.validate --data_dir=DIR`, then pass that
+records point to. Check it with `python experiments/validate.py --data_dir=DIR`, then pass that
 directory as the manual directory (`camera_jax.data.input_pipeline.prepare(DIR, TFDS_DIR)` does so).
 """
 

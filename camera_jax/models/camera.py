@@ -719,8 +719,6 @@ class CAMERA(nn.Module):
       return dict(S=s_con, S_con=s_con, S_ed=one, S_in=one, w_b=w_b, w_m=w_m)
     s_ed = endorsement_score(self.phi_ed_post(batch["ed_post"]),
                              self.phi_ed_brand(batch["ed_brand"]))
-    if batch.get("ed_mask") is not None:
-      s_ed = s_ed * jnp.asarray(batch["ed_mask"], jnp.float32)
     s_in = influence_score(self.phi_followers(batch["followers"]),
                            self.phi_eng_inf(batch["eng_inf"]))
     return dict(S=ranking_score(s_con, s_ed, s_in), S_con=s_con, S_ed=s_ed, S_in=s_in,
@@ -755,8 +753,8 @@ class CAMERA(nn.Module):
       brand, influencer: outputs of :meth:`encode_accounts` gathered to a common leading
         shape [P].
       rho_table: :meth:`concept_table` output [n, p].
-      features: dict of [P] arrays ``ed_post``, ``ed_brand``, ``followers``, ``eng_inf`` and
-        optionally ``ed_mask`` (see :meth:`__call__`); unused when ``use_interaction`` is False.
+      features: dict of [P] arrays ``ed_post``, ``ed_brand``, ``followers``, ``eng_inf`` (see
+        :meth:`__call__`); unused when ``use_interaction`` is False.
       deterministic: no dropout when True (gamma's dropout otherwise).
 
     Returns:
@@ -778,8 +776,8 @@ class CAMERA(nn.Module):
         ``ed_post`` [B] -- scaled engagement feature of the pair's endorsement post (the
         caller chooses a leak-free estimate); ``ed_brand`` [B] -- the brand's scaled mean
         engagement; ``followers`` [B], ``eng_inf`` [B] -- the influencer's scaled followers
-        and mean engagement; optional ``ed_mask`` [B] -- S_ed is multiplied by it (0 gives the
-        paper's S_ed = 0 for sampled negatives).
+        and mean engagement. (The paper's S_ed = 0 for sampled negatives, in training with
+        ``--endorsement=observed``, is the train step's: ``ranker.make_train_step``.)
       concepts: the fixed standardised U_C [n, d_u].
       deterministic: disables dropout; otherwise a ``'dropout'`` rng is needed.
 
@@ -839,7 +837,7 @@ class CAMERA(nn.Module):
     Args:
       batch: ``brand_idx``, ``brand_w`` [B, K] (optional ``brand_mask`` bool [B, K]);
         ``inf_idx``, ``inf_w`` [B, M, K] (optional ``inf_mask``); ``ed_post``, ``ed_brand``,
-        ``followers``, ``eng_inf`` (optional ``ed_mask``) [B, M] -- see :meth:`__call__`.
+        ``followers``, ``eng_inf`` [B, M] -- see :meth:`__call__`.
       concepts: U_C [n, d_u].
       deterministic: disables dropout; otherwise a ``'dropout'`` rng is needed.
 
@@ -940,6 +938,8 @@ class CAMERA(nn.Module):
         logits_b, p, None if mask_b is None else mask_b[:, None, :], scale=self.attention_scale)
     w_m = marketing_weights_from_logits(logits_m, p, batch.get("inf_mask"),
                                         scale=self.attention_scale)
+    # eq. 8 both ways; the brand side is marketing_representation(w_b, u_b[:, None]) written
+    # as one dot over the group's shared u_b, so the [B, M, K, d] broadcast is never formed
     e_r = jnp.stack([jnp.einsum("bjk,bkd->bjd", w_b, u_b), marketing_representation(w_m, u_m)])
     return w_b, w_m, e_r
 

@@ -242,8 +242,8 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
                          rngs={"dropout": dropout_key}, **method)
       s = out["S"].reshape(b, 1 + n_neg)
       pos, neg = s[:, 0], s[:, 1:]
-      if observed:  # the paper's form: a negative pair has S_ed = 0, hence S = 0 (eq. 18).
-        neg = jnp.zeros_like(neg)
+      if observed and cfg.use_interaction:  # the paper's form: a negative pair has S_ed = 0,
+        neg = jnp.zeros_like(neg)           # hence S = 0 (eq. 18); C-w/o-MR has no S_ed: S = S_con
       rank_loss = loss_fn(pos, neg, where)
       total = rank_loss + cfg.l1 * trainer.l1_penalty(params) if cfg.l1 else rank_loss
       return total, rank_loss
