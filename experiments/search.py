@@ -57,40 +57,17 @@ def main(argv) -> int:
 
   try:
     run = _cli.open_run(_WORKDIR.value)
-    influencers = [a for a in run.dataset.accounts if a.kind == "influencer" and a.id in run.account_index]
-    ids = [a.id for a in influencers]
-    from camera_jax.explain.shown import shown_w_a
-    w_a = shown_w_a(run, [run.account_index[i] for i in ids])  # the concepts the posts show
-    categories = {a.id: a.category for a in influencers}
-    results = search.keyword_search(
-        _KEYWORDS.value or [], embedder=run.embedder, concept_names=run.concepts, w_a=w_a,
-        influencer_ids=ids, top_k=_TOP_K.value, top_concepts=_TOP_CONCEPTS.value, categories=categories)
+    problem = _RELEVANT.value and search.relevant_problem(_RELEVANT.value, run.concepts)
+    if problem:
+      print(f"--relevant: {problem}", file=sys.stderr)
+      return 1
+    doc = search.search_run(run, _KEYWORDS.value or [], top_k=_TOP_K.value,
+                            top_concepts=_TOP_CONCEPTS.value, baselines=_BASELINES.value,
+                            relevant=_RELEVANT.value)
   except _cli.run_errors() as e:
     print(_cli.error_line(e), file=sys.stderr)
     return 1
-
-  doc = {"keywords": results[0]["keywords"], "fallback": results[0]["fallback"], "camera": results}
-  if _BASELINES.value:
-    captions, bios, source = search.baseline_texts(run.dataset, ids)
-    doc["caption_match"] = search.caption_keyword_search(_KEYWORDS.value, captions, top_k=_TOP_K.value)
-    doc["exact_match"] = search.exact_match_search(_KEYWORDS.value, bios, top_k=_TOP_K.value)
-    doc["exact_match_source"] = source
-    for r in doc["caption_match"] + doc["exact_match"]:
-      r["category"] = categories.get(r["influencer"], "")
-  if _RELEVANT.value:
-    unknown = [c for c in _RELEVANT.value if c not in run.concepts]
-    if unknown:
-      import difflib
-      close = difflib.get_close_matches(unknown[0], run.concepts, n=3, cutoff=0.5)
-      hint = f"; closest: {', '.join(close)}" if close else ""
-      print(f"--relevant: {unknown[0]!r} is not a concept of the run{hint}", file=sys.stderr)
-      return 1
-    # the concepts CAMERA's search ranked each influencer by (T(m): its top --top_concepts of
-    # the shown w_a), not the run's top-K, which is shorter with --top_k below 10
-    top = search.top_concept_names(w_a, run.concepts, ids, _TOP_CONCEPTS.value)
-    doc["precision"] = {
-        k: search.search_precision(doc[k], _RELEVANT.value, concepts_of=top)
-        for k in ("camera", "caption_match", "exact_match") if k in doc}
+  results = doc["camera"]
 
   if _FORMAT.value == "json":
     from camera_jax import strict_json

@@ -95,6 +95,9 @@ __all__ = [
     "vocabulary_of",
     "vocabulary_mean",
     "keyword_similarity",
+    "run_influencers",
+    "relevant_problem",
+    "search_run",
 ]
 
 _MIN_SUBSTRING = 3  # shortest keyword/token used for substring matching (fallback a)
@@ -575,3 +578,58 @@ def search_precision(
             cs = {str(m[0]) for m in r.get("matched_concepts", ())}
         good += bool(cs & relevant)
     return good / len(results)
+
+
+# -- on a finished run (camera_jax.run.Run) ---------------------------------------------------------
+
+
+def run_influencers(run: Any) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """A finished run's searchable influencers: their ids (the dataset's order, those the run
+    represents), the ``w_a`` rows the search ranks them by (the concepts their posts show,
+    :func:`camera_jax.explain.shown.shown_w_a`) and their categories."""
+    from camera_jax.explain.shown import shown_w_a
+
+    infl = [a for a in run.dataset.accounts if a.kind == "influencer" and a.id in run.account_index]
+    ids = [a.id for a in infl]
+    return ids, shown_w_a(run, [run.account_index[i] for i in ids]), {a.id: a.category for a in infl}
+
+
+def relevant_problem(relevant: Sequence[str], concept_names: Sequence[str]) -> str | None:
+    """The line for the first of ``relevant`` that is not a concept (with the closest names), or
+    None when every one is."""
+    unknown = [c for c in relevant if c not in set(concept_names)]
+    if not unknown:
+        return None
+    close = difflib.get_close_matches(unknown[0], list(concept_names), n=3, cutoff=0.5)
+    return f"{unknown[0]!r} is not a concept of the run" + (f"; closest: {', '.join(close)}" if close else "")
+
+
+def search_run(run: Any, keywords: Sequence[str], *, top_k: int = 3, top_concepts: int = 10,
+               baselines: bool = True, relevant: Sequence[str] | None = None) -> dict[str, Any]:
+    """``experiments/search.py``'s document: CAMERA's keyword search over the run's influencers
+    (``camera``, with ``keywords`` and ``fallback``: :func:`keyword_search`), with ``baselines``
+    the paper's two (``caption_match``, ``exact_match`` and ``exact_match_source``:
+    :func:`baseline_texts`), and with ``relevant`` concepts (checked by :func:`relevant_problem`)
+    each method's ``precision``: the share of its results whose T(m), the top ``top_concepts``
+    concepts the search ranked them by, holds one."""
+    ids, w_a, categories = run_influencers(run)
+    results = keyword_search(list(keywords or []), embedder=run.embedder,
+                             concept_names=run.concepts, w_a=w_a, influencer_ids=ids, top_k=top_k,
+                             top_concepts=top_concepts, categories=categories)
+    doc: dict[str, Any] = {"keywords": results[0]["keywords"], "fallback": results[0]["fallback"],
+                           "camera": results}
+    if baselines:
+        captions, bios, source = baseline_texts(run.dataset, ids)
+        doc["caption_match"] = caption_keyword_search(keywords, captions, top_k=top_k)
+        doc["exact_match"] = exact_match_search(keywords, bios, top_k=top_k)
+        doc["exact_match_source"] = source
+        for r in doc["caption_match"] + doc["exact_match"]:
+            r["category"] = categories.get(r["influencer"], "")
+    if relevant:
+        problem = relevant_problem(relevant, run.concepts)
+        if problem:
+            raise ValueError(problem)
+        top = top_concept_names(w_a, run.concepts, ids, top_concepts)
+        doc["precision"] = {k: search_precision(doc[k], relevant, concepts_of=top)
+                            for k in ("camera", "caption_match", "exact_match") if k in doc}
+    return doc

@@ -46,18 +46,14 @@ def characteristic_concepts(w_a: np.ndarray, categories: Sequence[str], concept_
 def evaluate_search(run: Any, *, top_k: int = 5, lengths: Sequence[int] = (1, 2, 3)) -> dict[str, Any]:
   """Runs the three searches on every category's queries of each length; returns the summary."""
   ds = run.dataset
-  infl = [a for a in ds.accounts if a.kind == "influencer"]
-  ids = [a.id for a in infl]
-  rows = [run.account_index[i] for i in ids]
-  w_a = np.asarray(run.w_a)[rows]
-  category = {a.id: a.category for a in infl}
+  # the influencers experiments/search.py ranks, by the concepts their posts show
+  ids, shown, category = search_lib.run_influencers(run)
+  w_a = np.asarray(run.w_a)[[run.account_index[i] for i in ids]]
   concepts = list(run.concepts)
-  from camera_jax.explain.shown import shown_w_a
-  shown = shown_w_a(run, rows)  # what the search ranks by: the concepts the posts show
   # precision judges the concepts the search ranked each influencer by, T(m): its top 10
   top = search_lib.top_concept_names(shown, concepts, ids)
   captions, bios, _ = search_lib.baseline_texts(ds, ids)
-  queries = characteristic_concepts(w_a, [a.category for a in infl], concepts, n=max(lengths))
+  queries = characteristic_concepts(w_a, [category[i] for i in ids], concepts, n=max(lengths))
   stats: dict[str, dict[int, dict[str, list[float]]]] = {}
   examples = []
   for cat, words in queries.items():
@@ -83,7 +79,7 @@ def evaluate_search(run: Any, *, top_k: int = 5, lengths: Sequence[int] = (1, 2,
                           "concept_precision": float(np.mean(v["concept_precision"])),
                           "queries": len(v["empty"])}
                  for n, v in by_n.items()} for m, by_n in stats.items()}
-  shares = np.array([sum(1 for a in infl if a.category == c) for c in queries], float) / len(infl)
+  shares = np.array([sum(1 for i in ids if category[i] == c) for c in queries], float) / len(ids)
   return {"top_k": top_k, "methods": summary, "chance_category_share": float(np.mean(shares)),
           "queries": {c: w for c, w in queries.items()}, "examples": examples}
 
