@@ -67,7 +67,7 @@ class Config:
   learning_rate: float = 1e-3        # ranker Adam learning rate
   representation_lr_scale: float = 1.0  # x learning_rate for psi, rho, gamma (the phi keep it)
   lr_decay: float = 0.95             # ranker learning-rate decay per epoch
-  dropout: float = 0.6               # drop rate (paper IV-B); the authors keep 0.6 (docs/deviations.md)
+  dropout: float = 0.6               # drop rate (paper IV-B); the authors keep 0.6, i.e. --dropout=0.4 (docs/deviations.md)
   margin: float | None = None        # the loss's margin; unset: the loss's own default (triplet 7.0, hinge 1.0)
   temperature: float | None = None   # the loss's temperature (infonce, approx_ndcg); unset: its own default
   init_scale: float = 0.1            # uniform(-s, s) init of every ranker weight (paper 0.1)

@@ -14,7 +14,28 @@ def run(main: Callable[[Sequence[str]], int]) -> None:
   from camera_jax.training import compiler_options
 
   compiler_options.use_deterministic_gpu_ops()
-  app.run(lambda argv: sys.exit(main(argv)))
+
+  def quiet_then_main(argv):
+    _quiet_third_party_info()
+    return sys.exit(main(argv))
+
+  app.run(quiet_then_main)
+
+
+def _quiet_third_party_info() -> None:
+  """Keeps the console to the project's own INFO lines: orbax (through absl logging) and gensim
+  log several lines per checkpoint and per Word2Vec epoch; their warnings still show."""
+  import logging as py_logging
+
+  from absl import logging as absl_logging
+
+  noisy = ("/orbax/", "/gensim/", "/tensorflow_datasets/")
+
+  class _Filter(py_logging.Filter):
+    def filter(self, record):
+      return record.levelno >= py_logging.WARNING or not any(p in record.pathname for p in noisy)
+
+  absl_logging.get_absl_handler().addFilter(_Filter())
 
 
 def one_line(text: str) -> str:

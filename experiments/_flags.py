@@ -35,6 +35,9 @@ def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   for field in dataclasses.fields(config_lib.Config):
     hint, default = hints[field.name], field.default
     text = helps.get(field.name, _HELP)
+    if field.name == "loss":   # the registered names, a fork's own included
+      from camera_jax import losses
+      text += f": {', '.join(sorted(losses.REGISTRY))}"
     if hint is bool:
       flags.DEFINE_bool(field.name, default, text, **fv)
     elif hint is int:

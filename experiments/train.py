@@ -29,7 +29,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv
+  # absl leaves what is not a flag in argv: "--use_interaction false" sets the flag to true and
+  # leaves "false" here, which would train the full model under the ablation's name.
+  if _cli.first_problem(_cli.stray_arguments(argv, "write a boolean flag as --name=false")):
+    return 1
   from camera_jax import pipeline
   from camera_jax.data import format as format_lib
   from camera_jax.training import checkpoint as ckpt_lib, sharding, trainer

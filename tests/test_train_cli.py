@@ -93,6 +93,17 @@ def test_an_unknown_loss_fails_with_one_line_before_any_work(tmp_path):
   assert "Traceback" not in proc.stderr and not work.exists()
 
 
+def test_a_stray_argument_is_refused_before_any_work(tmp_path):
+  """"--use_interaction false" sets the flag to true and leaves "false" over: refused, or the
+  run would train the full model under the ablation's name."""
+  work = tmp_path / "work"
+  proc = train("--use_interaction", "false", f"--workdir={work}")
+  assert proc.returncode == 1
+  assert problem_lines(proc.stderr) == [
+      "unexpected arguments: false (write a boolean flag as --name=false)"]
+  assert not work.exists()
+
+
 def test_bad_settings_are_each_one_line(tmp_path):
   proc = train("--batch_size=0", "--zprime_mode=sideways", "--baselines=RAND,NOPE", "--seed=-1",
                f"--workdir={tmp_path / 'work'}")
@@ -163,3 +174,6 @@ def test_help_lists_every_config_flag_with_its_comment():
     assert re.search(rf"--(\[no\])?{field.name}:", text), field.name
   assert "see camera_jax/config.py" not in text   # every field has its own help line
   assert re.search(r"--loss_hparams: more of the loss's keyword settings", text)
+  from camera_jax import losses      # --loss lists the registered names
+  assert (f"a name of camera_jax.losses.REGISTRY: {', '.join(sorted(losses.REGISTRY))}"
+          in " ".join(text.split()))   # (absl wraps the help text)

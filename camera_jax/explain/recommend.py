@@ -224,8 +224,8 @@ def read_brand_dir(brand_dir: str | pathlib.Path,
     if not posts_file.is_file():
         raise FileNotFoundError(f"{str(posts_file)!r} does not exist (a new brand needs posts.jsonl)")
     account: dict[str, Any] = {"id": None, "followers": None, "category": ""}
-    acc_errs = fmt._FileErrors("account.json")
     acc_file = root / "account.json"
+    acc_errs = fmt._FileErrors(str(acc_file))   # the folder named: not the dataset's files
     if acc_file.is_file():
         # Read as a dataset's split.json is: each problem on the line it is on.
         text, obj = fmt._read_json_object(acc_file, acc_errs) or ("", {})
@@ -245,7 +245,7 @@ def read_brand_dir(brand_dir: str | pathlib.Path,
         if "category" in obj:
             category = field("category").string("category", nonempty=False)
             account["category"] = category or ""
-    errs = fmt._FileErrors("posts.jsonl")
+    errs = fmt._FileErrors(str(posts_file))   # the folder named: not a dataset's posts.jsonl
     raw_posts = list(fmt._iter_jsonl(posts_file, errs))
     owners = {}
     for lineno, obj in raw_posts:   # an optional "account" is checked as a dataset's post's is

@@ -576,8 +576,9 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
     loss = sums.get("loss", 0.0) / rows
     total = loss + cfg.l1 * sums.get("l1", 0.0)
     lr = float(lr_fn(steps_per_epoch * epoch))
-    logging.info("%s epoch %d/%d: loss %.4f (with L1 %.4f), lr %.2e, %.0f triplets/s", stage,
-                 epoch + 1, cfg.epochs, loss, total, lr, rows / max(seconds, 1e-9))
+    logging.info("%s epoch %d/%d: loss %.4f%s, lr %.2e, %.0f triplets/s", stage, epoch + 1,
+                 cfg.epochs, loss, f" (with L1 {total:.4f})" if cfg.l1 else "", lr,
+                 rows / max(seconds, 1e-9))
     log.write(stage=stage, epoch=epoch + 1, loss=loss, loss_with_l1=total, lr=lr,
               lr_representation=lr * cfg.representation_lr_scale,
               triplets_per_s=rows / max(seconds, 1e-9), seconds=seconds, devices=mesh.devices.size)
