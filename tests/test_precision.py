@@ -253,7 +253,7 @@ def test_every_experiment_starts_through_cli_run():
     assert "app.run" not in calls, path.name
     assert "_cli.run" in calls, path.name
     mains += 1
-  assert mains == 7
+  assert mains == 9   # train, evaluate, paper_tables, search, search_eval, recommend, report, validate, synthetic
 
 
 def test_bf16_keeps_the_batch_sharded_on_four_devices():
