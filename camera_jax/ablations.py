@@ -131,10 +131,16 @@ def variant_config(cfg: Config, method: str, data_dir: str | os.PathLike) -> Con
   return out
 
 
-def _check_flags(workdir: pathlib.Path, cfg: Config) -> None:
+def _check_flags(workdir: pathlib.Path, cfg: Config, inner_data: bool = False) -> None:
+  """Refuses a variant directory made with other settings. ``inner_data``: ``cfg.data_dir`` is
+  the seed's own ``camera/data`` (a synthetic preset), so a saved ``.../camera/data`` matches
+  wherever the work directory has been moved or copied to since."""
   path = workdir / "flags.txt"
   if path.exists():
-    diff = config_lib.differences(config_lib.read_flags(path), cfg)
+    saved = config_lib.read_flags(path)
+    if inner_data and pathlib.Path(saved.data_dir).parts[-2:] == ("camera", "data"):
+      saved = saved.replace(data_dir=cfg.data_dir)
+    diff = config_lib.differences(saved, cfg)
     if diff:
       raise ConfigMismatchError(
           f"{workdir} was made with other settings ({', '.join(diff)}); use another --workdir")
@@ -286,7 +292,7 @@ def run_seed(cfg: Config, seed_dir: str | os.PathLike, methods: Sequence[str] = 
       continue
     out_dir = seed_dir / VARIANT_DIRS[method]
     vcfg = variant_config(cfg, method, camera_data_dir(cfg, camera_dir))
-    _check_flags(out_dir, vcfg)
+    _check_flags(out_dir, vcfg, inner_data=method != "CAMERA" and not cfg.data_dir)
     if _done(out_dir):
       seconds[method] = 0.0
       if method == "CAMERA":

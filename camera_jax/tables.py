@@ -279,8 +279,8 @@ def format_p(p: float, n_resamples: int) -> str:
 #: How the pooled test treats the seeds' brands: ``significance``'s ``pooling`` entry (the key)
 #: and its wording in the markdown.
 POOLING = {"brands of all seeds": "brands of all seeds pooled",
-           "brand means over seeds": ("each test brand's values averaged over the seeds (the same "
-                                      "brands in every seed), each brand resampled once")}
+           "brand means over seeds": ("each test brand's values averaged over the seeds in which "
+                                      "it is a test brand, each brand resampled once")}
 
 
 def significance(per_seed: Mapping[int, Mapping[str, Any]], reference: str = "CAMERA",

@@ -75,6 +75,23 @@ def test_init_workdir_refuses_foreign_or_changed_directories(tmp_path):
     ablations.init_workdir(work, cfg.replace(epochs=cfg.epochs + 1))
 
 
+def test_a_moved_workdir_keeps_its_variants_but_other_settings_are_refused(tmp_path):
+  """A variant's flags.txt records the seed's own camera/data by its absolute path (synthetic
+  presets): after `mv` or `cp -a` of the work directory it must still be recognised."""
+  old = tmp_path / "old" / "seed_0"
+  new = tmp_path / "new" / "seed_0"
+  variant = new / "wo_si"
+  variant.mkdir(parents=True)
+  saved = ablations.variant_config(Config(preset="tiny"), "C-w/o-SI", old / "camera" / "data")
+  (variant / "flags.txt").write_text(config_lib.flags_file(saved, variant))
+  now = ablations.variant_config(Config(preset="tiny"), "C-w/o-SI", new / "camera" / "data")
+  ablations._check_flags(variant, now, inner_data=True)                  # moved: fine
+  with pytest.raises(ablations.ConfigMismatchError, match="data_dir"):
+    ablations._check_flags(variant, now)                                 # a real --data_dir
+  with pytest.raises(ablations.ConfigMismatchError, match="epochs"):
+    ablations._check_flags(variant, now.replace(epochs=now.epochs + 1), inner_data=True)
+
+
 # --------------------------------------------------------------------------- history pooling
 
 
