@@ -1155,11 +1155,20 @@ def evaluate_tables(cfg: Config, dataset: format_lib.Dataset, tables: ranker_lib
   result["concept_layer"] = concept_metrics
   result["ranker_loss"] = ranker_loss
   result.update(test_set_counts(dataset, pairs))
+  # which labels and split the metrics are of: the report checks them against the run's dataset
+  result["labels"] = labels_record(dataset)
   if is_main():
     out_dir = pathlib.Path(out_dir)
     write_scores(out_dir / "scores.csv", dataset, pairs, scored["S"])
     write_metrics(out_dir / "metrics.json", result)
   return result
+
+
+def labels_record(dataset: format_lib.Dataset) -> dict[str, str]:
+  """sha256 of the dataset's cooperations.jsonl and split.json ("missing" when absent)."""
+  root = pathlib.Path(dataset.root)
+  return {name: (file_sha256(root / name) if (root / name).exists() else "missing")
+          for name in (format_lib.COOPERATIONS_FILE, format_lib.SPLIT_FILE)}
 
 
 def saved_concept_metrics(workdir: pathlib.Path) -> dict[str, Any]:

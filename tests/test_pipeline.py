@@ -101,6 +101,7 @@ def test_workdir_has_every_documented_file(tiny_run, tiny_data):
   assert labels.sum() == metrics["n_test_positives"] > 0
   assert metrics["n_test_brands"] == len(dataset.split.test) > 0
   assert metrics["n_test_positives_not_candidates"] == 0 and metrics["warnings"] == []
+  assert metrics["labels"] == pipeline.labels_record(dataset)     # the report checks them
   assert np.isfinite([float(r[2]) for r in rows[1:]]).all()
   # the loss and every setting it trained with: the triplet's own margin, which no flag set
   assert (cfg.loss, cfg.margin, cfg.loss_hparams) == ("triplet", None, "")

@@ -41,7 +41,7 @@ def test_radar_chart_labels_scale_and_canvas():
     assert labels[2].endswith("\n<0.01") and "_" not in labels[2] and labels[2].count("\n") >= 2  # wrapped
     # Linear scale: radius = weight / max, max = 0.5 (the nice number above 0.3); ticks show weights.
     assert _radii(fig) == pytest.approx([0.6, 0.24, 0.01])
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.12", "0.25", "0.38", "0.5"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.125", "0.25", "0.375", "0.5"]
     fig = radar.radar_chart(names, [0.3, 0.12, 0.05], title="t", max_value=1.0, show_values=False)
     assert _radii(fig) == pytest.approx([0.3, 0.12, 0.05]) and _labels(fig)[0] == "food"
     with pytest.raises(ValueError, match="3 names but 2 weights"):
@@ -144,6 +144,16 @@ def test_filler_concepts_are_left_out_of_charts_and_concept_lists(tmp_path):
     assert sorted(_names(fm)) == sorted(radar.concept_label(n) for n in kept)
     (row,) = [r for r in rec.recommend(run, "brand_food", top_k=0) if r["influencer"] == "infl_foodie"]
     assert sorted(c["concept"] for c in row["influencer_concepts"]) == sorted(kept)
+    # more spokes than the top-K: the largest w_a among the concepts its posts show, no filler
+    k = np.shape(run.top_idx)[1]
+    run.tables = types.SimpleNamespace(top_mask=np.ones(np.shape(run.top_idx), bool))
+    run.shown = np.zeros(np.shape(run.w_a), bool)
+    shows = [int(c) for c in run.top_idx[m]][:2] + [int(np.argsort(run.w_a[m])[0])]  # + a weak one
+    run.shown[m, shows] = True
+    names, _ = radar.account_concepts(run, "infl_foodie", top=k + 2)
+    assert sorted(names) == sorted(run.concepts[c] for c in shows)
+    run.shown = None
+    run.tables = types.SimpleNamespace(top_mask=mask)
     mask[m, :] = False                                   # nothing shown: every slot, not no spoke
     assert shown.supported_top(run, m) == [int(c) for c in run.top_idx[m]]
     radar.pair_charts(run, "brand_food", "infl_foodie")

@@ -127,6 +127,22 @@ def test_report_is_self_contained_and_complete(tmp_path):
     assert "known partner" in text and "rank <b>1</b> / 4" in text
 
 
+def test_report_warns_when_metrics_are_of_other_labels(tmp_path):
+  """evaluate.py --data_dir rewrites metrics.json for another dataset's cooperations or split:
+  the report says its tables do not describe the run's own case studies."""
+  from camera_jax import pipeline
+  run = make_run(tmp_path)
+  wd = _workdir(run)
+  warning = "metrics.json was computed on other cooperations or another split"
+  metrics = json.loads((wd / "metrics.json").read_text())
+  for labels, warned in ((pipeline.labels_record(run.dataset), False),
+                         ({**pipeline.labels_record(run.dataset), "split.json": "0" * 64}, True),
+                         (None, False)):   # metrics.json written before the record existed
+    (wd / "metrics.json").write_text(json.dumps({**metrics, "labels": labels}))
+    text = report.write_report(run, n_cases=1, seed=0).read_text(encoding="utf-8")
+    assert (warning in text) == warned, labels
+
+
 def test_report_without_metrics_or_log_and_rewrite(tmp_path):
     run = make_run(tmp_path)
     out = tmp_path / "elsewhere"

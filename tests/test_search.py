@@ -68,6 +68,15 @@ def test_paper_queries_rank_the_matching_influencer_first(kw):
     assert {"food", "beauty"} <= {m[0] for m in res[0]["matched_concepts"]}
 
 
+def test_an_influencer_with_no_shown_concept_is_matched_through_none(kw):
+  """A w_a row of zeros (no history post shows a concept, e.g. --history=unsponsored with every
+  post sponsored) gives v = 0: the account is not matched through concepts it never showed."""
+  w_a = kw["w_a"].copy()
+  w_a[0] = 0.0                                            # infl_watch shows nothing
+  res = search.keyword_search(["watch"], **{**kw, "w_a": w_a}, top_k=4, min_weight=0.0)
+  assert "infl_watch" not in [r["influencer"] for r in res if r["score"] > 0]
+
+
 def test_score_follows_documented_formula(kw):
     w_a = kw["w_a"]
     keywords = ["watch", "travel"]

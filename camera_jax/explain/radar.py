@@ -157,7 +157,9 @@ def radar_chart(
     ticks = [vmax * f for f in fractions]
     ax.set_yticks(radius(np.asarray(ticks)))
     ax.set_yticklabels([_fmt_tick(t) for t in ticks], fontsize=7, color="#666666")
-    ax.set_rlabel_position(180.0 / k)
+    # tick labels between the two last (smallest) spokes: between the first two they sit under
+    # the edge from the largest weight and are overdrawn by the polygon
+    ax.set_rlabel_position(360.0 * (k - 1.5) / k if k > 2 else 180.0 / k)
     ax.set_xticks(angles)
     labels = [concept_label(n) for n in names]
     if show_values:
@@ -178,9 +180,7 @@ def _fmt_value(v: float) -> str:
 def _fmt_tick(v: float) -> str:
     if v == 0:
         return "0"
-    if v >= 0.1:
-        return f"{v:.2f}".rstrip("0").rstrip(".")
-    return f"{v:.2g}"
+    return f"{v:.3g}"  # 0.125 and 0.375 are gridlines: "0.12" / "0.38" misread them
 
 
 def save_figure(fig: Figure, path_stem: str | pathlib.Path, *, dpi: int = 120) -> list[pathlib.Path]:
@@ -225,8 +225,11 @@ def account_concepts(run: Any, account_id: str, top: int = 10) -> tuple[list[str
     shown = shown_concepts(run, row)
     if not shown.all() or top <= len(shown):
         idx = np.asarray(run.top_idx[row]).reshape(-1)[shown][:top].astype(np.int64)
-    else:
-        idx = np.argsort(-w_a, kind="stable")[:top]
+    else:  # more than K: the largest w_a among the concepts its posts show, never a filler
+        idx = np.argsort(-w_a, kind="stable")
+        if getattr(run, "shown", None) is not None:
+            idx = idx[np.asarray(run.shown[row], bool)[idx]]
+        idx = idx[:top]
     return [run.concepts[i] for i in idx], w_a[idx]
 
 

@@ -341,7 +341,8 @@ def recommend_new_brand(
 def _fmt(x: float) -> str:
     if not math.isfinite(x):
         return str(x)
-    return f"{x:.4f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+    # 6 significant digits: the parts multiply to the S shown (eq. 18) to its digits
+    return f"{x:.6g}"
 
 
 def _concepts_short(items: Sequence[Mapping[str, Any]], n: int = 3) -> str:

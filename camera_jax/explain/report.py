@@ -379,7 +379,8 @@ def _pick_brands(run: Any, cands: Sequence[str], n: int, seed: int) -> list[str]
 
 def _scores_table(pair: Mapping[str, Any], rank: int, n: int, partner: bool) -> str:
     tag = '<span class="tag">known partner</span>' if partner else '<span class="tag no">not a known partner</span>'
-    cells = "".join(f"<td>{pair[k]:.4f}</td>" for k in ("S", "S_con", "S_ed", "S_in"))
+    # 6 significant digits: S = S_con x S_ed x S_in (eq. 18) holds to the digits shown
+    cells = "".join(f"<td>{pair[k]:.6g}</td>" for k in ("S", "S_con", "S_ed", "S_in"))
     return (
         f'<p>rank <b>{rank}</b> / {n} &nbsp; {tag}</p>'
         '<table class="scores"><thead><tr><th>S</th><th>S_con</th><th>S_ed</th><th>S_in</th></tr></thead>'
@@ -547,6 +548,13 @@ def write_report(run: Any, out_dir: str | pathlib.Path | None = None, *, n_cases
         counts += [f"{_e(k)} = {_fmt(v, k)}" for k, v in constant.items()]
         if counts:
             body += f'<p class="muted">{", ".join(counts)}.</p>'
+        recorded = metrics.get("labels")
+        if isinstance(recorded, Mapping):
+            from camera_jax import pipeline
+            if recorded != pipeline.labels_record(run.dataset):
+                body += ('<p class="warning">metrics.json was computed on other cooperations or '
+                         'another split than this run\'s dataset (experiments/evaluate.py '
+                         '--data_dir): its tables do not describe the case studies below.</p>')
         for line in metrics.get("warnings") or []:  # what the test pairs leave out
             body += f'<p class="warning">Test set: {_e(line)}</p>'
         per_cat = metrics.get("per_category") or {}

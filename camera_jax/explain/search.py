@@ -400,7 +400,9 @@ def keyword_search(
     rows = np.arange(w_a.shape[0])[:, None]
     top_w = np.maximum(w_a[rows, top_idx], 0.0)
     denom = top_w.sum(axis=1, keepdims=True)
-    v[rows, top_idx] = np.divide(top_w, denom, out=np.full_like(top_w, 1.0 / t), where=denom > 0)
+    # an account none of whose concepts is shown (no history post) has v = 0: it is matched
+    # through no concept, rather than through concepts 0..t-1 it never showed
+    v[rows, top_idx] = np.divide(top_w, denom, out=np.zeros_like(top_w), where=denom > 0)
 
     sim = np.stack([m.similarity for m in matches])
     scores = _scores(sim, v, min_similarity)
