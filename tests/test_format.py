@@ -627,6 +627,15 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_the_old_module_commands_say_where_they_moved():
+    for module, new in (("camera_jax.data.validate", "experiments/validate.py"),
+                        ("camera_jax.data.synthetic", "experiments/synthetic.py")):
+        proc = subprocess.run([sys.executable, "-m", module, "--data_dir=/nonexistent"],
+                              capture_output=True, text=True, timeout=120, cwd=REPO,
+                              env=repo_on_pythonpath())
+        assert proc.returncode == 2 and new in proc.stderr and not proc.stdout, module
+
+
 def test_cli_valid_and_broken(tmp_path):
     good = write_dataset(tmp_path / "good")
     result = _run_cli(f"--data_dir={good}")

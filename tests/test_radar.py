@@ -152,6 +152,9 @@ def test_filler_concepts_are_left_out_of_charts_and_concept_lists(tmp_path):
     run.shown[m, shows] = True
     names, _ = radar.account_concepts(run, "infl_foodie", top=k + 2)
     assert sorted(names) == sorted(run.concepts[c] for c in shows)
+    run.shown[m] = False                                 # nothing shown: the top-K slots
+    names, _ = radar.account_concepts(run, "infl_foodie", top=k + 2)
+    assert names == [run.concepts[int(c)] for c in run.top_idx[m]]
     run.shown = None
     run.tables = types.SimpleNamespace(top_mask=mask)
     mask[m, :] = False                                   # nothing shown: every slot, not no spoke

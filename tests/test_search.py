@@ -217,6 +217,14 @@ def make_run_for_cli(workdir) -> types.SimpleNamespace:
                                  w_a=w_a, top_idx=top_idx, account_index={a: i for i, a in enumerate(INFLUENCERS)})  # fmt: skip
 
 
+def test_search_run_reads_a_comma_separated_string_as_the_list(tmp_path):
+    run = make_run_for_cli(tmp_path)
+    as_list = search.search_run(run, ["watch", "travel"], relevant=["watch"])
+    assert search.search_run(run, "watch, travel", relevant=["watch"]) == as_list
+    with pytest.raises(ValueError, match="'wacth' is not a concept of the run; closest: watch"):
+        search.search_run(run, "watch", relevant=["wacth"])
+
+
 def _cli(tmp_path, *args):
     code = (
         "import sys, runpy, types\n"

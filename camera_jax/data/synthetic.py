@@ -995,3 +995,11 @@ def generate(out_dir: str | os.PathLike[str], preset: str | Preset = "tiny", see
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+if __name__ == "__main__":   # the command moved: never a silent exit 0 for the old one
+    import sys
+
+    print("camera_jax.data.synthetic is no longer a command: run "
+          "python experiments/synthetic.py --out=DIR", file=sys.stderr)
+    sys.exit(2)

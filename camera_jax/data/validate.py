@@ -28,3 +28,11 @@ def main_lines(
         return 1, list(e.errors)
     except Exception as e:  # pylint: disable=broad-except
         return 1, [f"{data_dir}: unexpected error while validating: {type(e).__name__}: {e}"]
+
+
+if __name__ == "__main__":   # the command moved: never a silent exit 0 for the old one
+    import sys
+
+    print("camera_jax.data.validate is no longer a command: run "
+          "python experiments/validate.py --data_dir=DIR", file=sys.stderr)
+    sys.exit(2)

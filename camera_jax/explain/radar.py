@@ -228,7 +228,9 @@ def account_concepts(run: Any, account_id: str, top: int = 10) -> tuple[list[str
     else:  # more than K: the largest w_a among the concepts its posts show, never a filler
         idx = np.argsort(-w_a, kind="stable")
         if getattr(run, "shown", None) is not None:
-            idx = idx[np.asarray(run.shown[row], bool)[idx]]
+            keep = idx[np.asarray(run.shown[row], bool)[idx]]
+            # nothing shown: every top-K slot, as shown_concepts gives (a chart needs a spoke)
+            idx = keep if keep.size else np.asarray(run.top_idx[row]).reshape(-1).astype(np.int64)
         idx = idx[:top]
     return [run.concepts[i] for i in idx], w_a[idx]
 

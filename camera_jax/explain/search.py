@@ -606,7 +606,7 @@ def relevant_problem(relevant: Sequence[str], concept_names: Sequence[str]) -> s
     return f"{unknown[0]!r} is not a concept of the run" + (f"; closest: {', '.join(close)}" if close else "")
 
 
-def search_run(run: Any, keywords: Sequence[str], *, top_k: int = 3, top_concepts: int = 10,
+def search_run(run: Any, keywords: Sequence[str] | str, *, top_k: int = 3, top_concepts: int = 10,
                baselines: bool = True, relevant: Sequence[str] | None = None) -> dict[str, Any]:
     """``experiments/search.py``'s document: CAMERA's keyword search over the run's influencers
     (``camera``, with ``keywords`` and ``fallback``: :func:`keyword_search`), with ``baselines``
@@ -615,7 +615,8 @@ def search_run(run: Any, keywords: Sequence[str], *, top_k: int = 3, top_concept
     each method's ``precision``: the share of its results whose T(m), the top ``top_concepts``
     concepts the search ranked them by, holds one."""
     ids, w_a, categories = run_influencers(run)
-    results = keyword_search(list(keywords or []), embedder=run.embedder,
+    keywords = keywords or []   # a list, or "a,b" as every search here reads it
+    results = keyword_search(keywords, embedder=run.embedder,
                              concept_names=run.concepts, w_a=w_a, influencer_ids=ids, top_k=top_k,
                              top_concepts=top_concepts, categories=categories)
     doc: dict[str, Any] = {"keywords": results[0]["keywords"], "fallback": results[0]["fallback"],
