@@ -38,6 +38,29 @@ def _quiet_third_party_info() -> None:
   absl_logging.get_absl_handler().addFilter(_Filter())
 
 
+def copied_run_problem(args: Sequence[str], workdir) -> str | None:
+  """The line refusing ``--flagfile=DIR/flags.txt`` of a run directory DIR (one with
+  ``checkpoints/``) that is not the ``--workdir`` its flags name, or None. A flags.txt records
+  its run's absolute ``--workdir``: read from a copy of the run (``cp -a``) it would resume and
+  rewrite the original. ``--workdir`` given on the command line (``args``: ``sys.argv[1:]``)
+  decides where the run goes, so it is not refused then."""
+  import os
+
+  if any(a == "--workdir" or a.startswith("--workdir=") for a in args):
+    return None
+  for i, a in enumerate(args):
+    path = a.split("=", 1)[1] if a.startswith("--flagfile=") else (
+        args[i + 1] if a == "--flagfile" and i + 1 < len(args) else None)
+    if path is None or os.path.basename(path) != "flags.txt":
+      continue
+    home = os.path.dirname(os.path.abspath(path))
+    if (os.path.isdir(os.path.join(home, "checkpoints"))
+        and os.path.abspath(workdir) != home):
+      return (f"{path}: records --workdir={os.path.abspath(workdir)}, but lies in {home} "
+              f"(a copied run?); pass --workdir={home} to resume the copy")
+  return None
+
+
 def one_line(text: str) -> str:
   """The first non-empty line of an error message, with a count of the lines left out."""
   lines = [x for x in str(text).splitlines() if x.strip()]

@@ -46,6 +46,8 @@ def main(argv):
   sharding.initialize_distributed(cfg.coordinator_address or None, cfg.num_processes, cfg.process_id)
   workdir = pathlib.Path(_WORKDIR.value or os.path.join(
       "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
+  if _cli.first_problem(_cli.copied_run_problem(sys.argv[1:], workdir)):
+    return 1
   if cfg.data_dir:  # Validate first: stop before doing any work.
     # (A missing directory or a file gives validate's one line: 'does not exist', 'not a directory'.)
     # The form only: train_and_evaluate's load decodes the images (--check_images) as it loads,

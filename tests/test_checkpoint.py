@@ -338,15 +338,16 @@ def test_resume_on_another_device_count_warns(tmp_path: pathlib.Path, caplog) ->
         ckpt.save(3, {"x": jnp.ones(2)}, {"epoch": 3, "loss": 0.5, "devices": 4})
         ckpt.wait()
     log = trainer.TrainLog(None)
-    for devices, warned in ((4, False), (1, True), (None, False)):
+    for devices, epochs, warned in ((4, 5, False), (1, 5, True), (None, 5, False), (1, None, True),
+                                    (1, 3, False)):   # finished: no step trains on this count
         caplog.clear()
         with caplog.at_level(py_logging.WARNING):
             checkpointer, restored, start = trainer.resume("ranker", state, tmp_path / "ckpt", log,
-                                                           devices)
+                                                           devices, epochs)
         checkpointer.close()
         assert start == 3 and restored["x"].tolist() == [1.0, 1.0]
         messages = [r.getMessage() for r in caplog.records if r.levelno >= py_logging.WARNING]
-        assert bool(messages) == warned, (devices, messages)
+        assert bool(messages) == warned, (devices, epochs, messages)
         if warned:
             assert messages == ["ranker: epoch 3 was trained on 4 devices, this run has 1: the result "
                                 "will not be byte-identical to an uninterrupted run on either count "

@@ -142,6 +142,21 @@ def test_flags_txt_round_trips_through_flagfile(tiny_run, tmp_path):
   assert (copy / "train_log.jsonl").read_text() == (workdir / "train_log.jsonl").read_text()
 
 
+def test_the_flags_txt_of_a_copied_run_does_not_resume_the_original(tiny_run, tmp_path):
+  """cp -a of a run keeps its flags.txt, which names the original --workdir: fed back alone it
+  would resume (and rewrite) the original, so it is refused in one line before any work."""
+  workdir, _ = tiny_run
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("report"))
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+  proc = train(f"--flagfile={copy / 'flags.txt'}", cwd=tmp_path)
+  assert proc.returncode == 1
+  assert problem_lines(proc.stderr) == [
+      f"{copy / 'flags.txt'}: records --workdir={workdir.resolve()}, but lies in {copy} (a copied "
+      f"run?); pass --workdir={copy} to resume the copy"]
+  assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
+
 def test_a_failed_report_is_one_line_and_exit_1_after_a_complete_run(tiny_run, tmp_path):
   """The report is written after the run: when it fails (here ``report`` is a file, so its
   folder cannot be made) the run's outputs stand, the results are printed, and one line says

@@ -116,7 +116,8 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
   key = jax.random.PRNGKey(cfg.seed)
   init_key, step_key = jax.random.split(key)
   state = create_image_state(model, cfg.image_size, init_key, tx)
-  checkpointer, state, start_epoch = trainer.resume(stage, state, ckpt_dir, log, mesh.devices.size)
+  checkpointer, state, start_epoch = trainer.resume(stage, state, ckpt_dir, log, mesh.devices.size,
+                                                     cfg.epochs)
   state = sharding.replicate(state, mesh)
   step_key = sharding.replicate(step_key, mesh)
   train_step, _ = make_image_steps(loss_fn, cfg.l1)

@@ -551,7 +551,8 @@ def train_ranker(*, cfg: RankerConfig, tables: Tables, positives: np.ndarray, ed
   init_key, step_key = jax.random.split(key)
   params = init_params(cfg, tables, init_key, model)
   state = trainer.TrainState.create(apply_fn=None, params=params, tx=tx)
-  checkpointer, state, start_epoch = trainer.resume(stage, state, ckpt_dir, log, mesh.devices.size)
+  checkpointer, state, start_epoch = trainer.resume(stage, state, ckpt_dir, log, mesh.devices.size,
+                                                     cfg.epochs)
   state = sharding.replicate(state, mesh)
   dev_tables = tables.device(mesh)
   step_key = sharding.replicate(step_key, mesh)

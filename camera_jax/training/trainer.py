@@ -283,13 +283,16 @@ class TrainLog:
     atomic.write_bytes(self.path, "".join(l + "\n" for l in keep).encode("utf-8"))
 
 
-def resume(stage: str, state: TrainState, ckpt_dir, log: "TrainLog", devices: int | None = None):
+def resume(stage: str, state: TrainState, ckpt_dir, log: "TrainLog", devices: int | None = None,
+           epochs: int | None = None):
   """Restores the latest checkpoint of a stage, if any: returns (checkpointer, state, start epoch).
 
   The stage's train-log records after the restored epoch are dropped (the resumed run rewrites
   them).  ``ckpt_dir=None`` trains without checkpoints. ``devices``: the mesh size this run
   trains on; a checkpoint saved on another count (its meta's ``devices``) is resumed with a
-  warning, since the result then matches neither device count's uninterrupted run.
+  warning when epochs are left to train (before ``epochs``, the stage's count, if given), since
+  the result then matches neither device count's uninterrupted run; a finished stage trains no
+  step, so its parameters are its own device count's.
   """
   from absl import logging
   from camera_jax.training import checkpoint as ckpt_lib
@@ -300,7 +303,8 @@ def resume(stage: str, state: TrainState, ckpt_dir, log: "TrainLog", devices: in
     start_epoch = int(meta["epoch"])
     logging.info("%s: resumed from epoch %d", stage, start_epoch)
     saved = meta.get("devices")
-    if devices is not None and saved is not None and int(saved) != devices:
+    left = epochs is None or start_epoch < epochs
+    if devices is not None and saved is not None and int(saved) != devices and left:
       logging.warning("%s: epoch %d was trained on %d devices, this run has %d: the result will "
                       "not be byte-identical to an uninterrupted run on either count "
                       "(docs/workdir.md)", stage, start_epoch, int(saved), devices)
