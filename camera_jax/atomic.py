@@ -80,3 +80,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
   except BaseException:
     tmp.unlink(missing_ok=True)
     raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  """:func:`write_bytes` of ``text`` encoded as UTF-8."""
+  write_bytes(path, text.encode("utf-8"))

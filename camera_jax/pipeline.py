@@ -157,8 +157,7 @@ def check_config(cfg: Config, *, evaluate_loss: bool = True) -> list[str]:
 atomic_write_bytes = atomic.write_bytes
 
 
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-  atomic_write_bytes(path, text.encode("utf-8"))
+atomic_write_text = atomic.write_text
 
 
 def save_npy(path: pathlib.Path, array: np.ndarray) -> None:
@@ -316,15 +315,20 @@ def data_digests(data_dir: pathlib.Path) -> dict[str, str]:
   Raises DatasetError (one ``FILE:LINE`` line per image) when an image file cannot be stat'ed.
   """
   from camera_jax.data import tfds_builder  # Imported lazily, like input_pipeline does.
-  out = {name: file_sha256(data_dir / name) if (data_dir / name).exists() else "missing"
-         for name in (format_lib.CONCEPTS_FILE, format_lib.ACCOUNTS_FILE, format_lib.POSTS_FILE,
-                      format_lib.COOPERATIONS_FILE, format_lib.LABELED_POSTS_FILE,
-                      format_lib.SPLIT_FILE)}
+  out = file_digests(data_dir, (format_lib.CONCEPTS_FILE, format_lib.ACCOUNTS_FILE,
+                                format_lib.POSTS_FILE, format_lib.COOPERATIONS_FILE,
+                                format_lib.LABELED_POSTS_FILE, format_lib.SPLIT_FILE))
   missing: list[str] = []
   out["image files"] = tfds_builder.fingerprint(data_dir, missing)
   if missing:  # Possible with --check_images=false: stop before the record or any stage.
     raise format_lib.DatasetError(missing)
   return out
+
+
+def file_digests(data_dir: pathlib.Path, names: tuple[str, ...]) -> dict[str, str]:
+  """``{name: sha256 of data_dir/name, or "missing"}``."""
+  return {name: file_sha256(data_dir / name) if (data_dir / name).exists() else "missing"
+          for name in names}
 
 
 def file_sha256(path: pathlib.Path) -> str:
@@ -1166,9 +1170,8 @@ def evaluate_tables(cfg: Config, dataset: format_lib.Dataset, tables: ranker_lib
 
 def labels_record(dataset: format_lib.Dataset) -> dict[str, str]:
   """sha256 of the dataset's cooperations.jsonl and split.json ("missing" when absent)."""
-  root = pathlib.Path(dataset.root)
-  return {name: (file_sha256(root / name) if (root / name).exists() else "missing")
-          for name in (format_lib.COOPERATIONS_FILE, format_lib.SPLIT_FILE)}
+  return file_digests(pathlib.Path(dataset.root), (format_lib.COOPERATIONS_FILE,
+                                                   format_lib.SPLIT_FILE))
 
 
 def saved_concept_metrics(workdir: pathlib.Path) -> dict[str, Any]:

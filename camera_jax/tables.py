@@ -174,10 +174,6 @@ def table_markdown(title: str, table: Mapping[str, Mapping[str, Mapping[str, Any
   return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-  atomic.write_bytes(path, text.encode("utf-8"))   # a unique temporary name, removed on failure
-
-
 def _csv_text(table: Mapping[str, Mapping[str, Mapping[str, Any]]], row_key: str,
               metrics: Sequence[str]) -> str:
   buf = io.StringIO()
@@ -202,13 +198,13 @@ def write_table(stem: str | os.PathLike, title: str,
   """Writes ``stem.md``, ``stem.csv`` and ``stem.json`` (atomically); returns their paths."""
   stem = pathlib.Path(stem)
   paths = {ext: stem.with_name(stem.name + "." + ext) for ext in ("md", "csv", "json")}
-  _atomic_write(paths["md"], table_markdown(title, table, row_key, seeds, metrics, paper,
+  atomic.write_text(paths["md"], table_markdown(title, table, row_key, seeds, metrics, paper,
                                             paper_title))
-  _atomic_write(paths["csv"], _csv_text(table, row_key, metrics))
+  atomic.write_text(paths["csv"], _csv_text(table, row_key, metrics))
   doc = {"title": title, "row_key": row_key, "metrics": list(metrics),
          "seeds": [int(s) for s in seeds], "rows": table,
          "paper": {"note": PAPER_NOTE, "rows": paper or {}}}
-  _atomic_write(paths["json"], json.dumps(doc, indent=2, allow_nan=False) + "\n")
+  atomic.write_text(paths["json"], json.dumps(doc, indent=2, allow_nan=False) + "\n")
   return paths
 
 
@@ -386,8 +382,8 @@ def write_significance(stem: str | os.PathLike, sig: Mapping[str, Any]) -> dict[
   """Writes ``stem.md`` and ``stem.json``; returns their paths."""
   stem = pathlib.Path(stem)
   paths = {ext: stem.with_name(stem.name + "." + ext) for ext in ("md", "json")}
-  _atomic_write(paths["md"], significance_markdown(sig))
-  _atomic_write(paths["json"], json.dumps(sig, indent=2, allow_nan=False) + "\n")
+  atomic.write_text(paths["md"], significance_markdown(sig))
+  atomic.write_text(paths["json"], json.dumps(sig, indent=2, allow_nan=False) + "\n")
   return paths
 
 

@@ -599,7 +599,8 @@ def run_influencers(run: Any) -> tuple[list[str], np.ndarray, dict[str, str]]:
 def relevant_problem(relevant: Sequence[str], concept_names: Sequence[str]) -> str | None:
     """The line for the first of ``relevant`` that is not a concept (with the closest names), or
     None when every one is."""
-    unknown = [c for c in relevant if c not in set(concept_names)]
+    names = set(concept_names)
+    unknown = [c for c in relevant if c not in names]
     if not unknown:
         return None
     close = difflib.get_close_matches(unknown[0], list(concept_names), n=3, cutoff=0.5)
