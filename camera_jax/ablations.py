@@ -48,6 +48,7 @@ import jax
 import numpy as np
 import optax
 
+from camera_jax import atomic
 from camera_jax import baselines as baselines_lib
 from camera_jax import config as config_lib
 from camera_jax import metrics as metrics_lib
@@ -147,7 +148,7 @@ def _check_flags(workdir: pathlib.Path, cfg: Config, inner_data: bool = False) -
 
 
 def _write_flags(workdir: pathlib.Path, cfg: Config) -> None:
-  pipeline.atomic_write_text(workdir / "flags.txt", config_lib.flags_file(cfg, workdir))
+  atomic.write_text(workdir / "flags.txt", config_lib.flags_file(cfg, workdir))
 
 
 def _done(workdir: pathlib.Path) -> bool:
@@ -159,9 +160,7 @@ def _copy_path(src: pathlib.Path, dst: pathlib.Path) -> None:
   if dst.exists() or not src.exists():
     return
   dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = dst.parent / f".{dst.name}.tmp"
-  if tmp.exists():
-    shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+  tmp = atomic.temp_path(dst)          # a fresh name: two runs never share a temporary copy
   if src.is_dir():
     shutil.copytree(src, tmp)
   else:

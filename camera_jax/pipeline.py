@@ -398,9 +398,7 @@ def word2vec_stage(cfg: Config, dataset: format_lib.Dataset, workdir: pathlib.Pa
     model = text_lib.train_word2vec(captions, dataset.concepts, dim=cfg.w2v_dim, seed=cfg.seed,
                                     epochs=cfg.w2v_epochs)
     if is_main():
-      tmp = workdir / ".word2vec.tmp"
-      text_lib.TextEmbedder(model.wv).save(tmp)
-      os.replace(tmp, path)
+      text_lib.TextEmbedder(model.wv).save(path)   # atomic: a temporary directory, renamed
     sharding.sync("word2vec")
   embedder = text_lib.TextEmbedder.load(path)
   cos = text_lib.mean_concept_cosine(embedder.embed_concepts(dataset.concepts))
