@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """The authors' graphs, rebuilt in TensorFlow, timed beside ours on the same machine.
 
-``python benchmarks/authors_graph.py --out=authors.json [--quick]`` with a Python that has
-TensorFlow (not a dependency of camera-jax; e.g. ``python -m venv tf && tf/bin/pip install
-tensorflow==2.21.0``), then ``python benchmarks/run.py --authors=authors.json`` compares our
-rows with these instead of the issue's figures.
+``python benchmarks/authors_graph.py --out=/tmp/authors.json [--quick]`` with a Python that
+has TensorFlow (not a dependency of camera-jax; e.g. ``python -m venv /tmp/tf &&
+/tmp/tf/bin/pip install tensorflow==2.21.0``), then ``python benchmarks/run.py
+--authors=/tmp/authors.json`` compares our rows with these instead of the issue's figures
+(``--quick`` files are for smoke runs: run.py takes only a full one, from this machine).
 
 The issue's figures (395, 1,250 and 1,692 triplets/s; 441 and 36.9 images/s) were measured
 with the authors' own code on the issue's 2-core AVX-512 CPU; on another machine they say
@@ -14,24 +15,29 @@ issue timed, from the facts in ``shared/notes/reference-implementation.md`` (the
 copied, and not available here):
 
 * **The ranking train step** (``camera_v2.py``): a triplet (b, m+, m-) is two pair scores
-  F(b, m+) and F(b, m-), each computed on its own: psi on the pair's two accounts, rho on the
-  two accounts' top-10 concept vectors (the 2 K rows), eq. 7's logits as the mean over the 512
-  features of psi * rho, eq. 8, gamma on concat(e_r, e_h) of both sides, S_con, and S_ed, S_in
-  from the four phi MLPs (d = 64); DropConnect (dropout of the weight matrices, keep 0.6) on
-  psi's and rho's two layers and gamma's first two, drawn in every call; the hinge loss with
-  margin 7 summed over the triplets and divided by the number with a positive loss (+1e-16),
-  plus L1 0.001 on every weight matrix; Adam, lr 0.002 staircase-decayed by 0.99 every
-  24,000 steps; normal(0, 0.1) initialisation; the batch fed with ``feed_dict`` from numpy
-  arrays every step, as their training loop does. Its analytic FLOPs are the issue's (1.665
-  GFLOP at batch 8, ``run.ranker_flops_authors``).
+  F(b, m+) and F(b, m-), each computed on its own from its own inputs (the brand's fed to both
+  pairs, so nothing of the brand is computed once for both): psi on the pair's two accounts,
+  rho on the two accounts' top-10 concept vectors (the 2 K rows), eq. 7's logits as the mean
+  over the 512 features of psi * rho, eq. 8, gamma on concat(e_r, e_h) of both sides, S_con,
+  and S_ed, S_in from the four phi MLPs (d = 64); DropConnect (dropout of the weight
+  matrices, keep 0.6) on psi's and rho's two layers and gamma's first two, one mask per
+  matrix a step (benchmarks/README.md says why); the hinge loss with margin 7 summed over the
+  triplets and divided by the number with a positive loss (+1e-16), plus L1 0.001 on every
+  weight matrix; Adam, lr 0.002 staircase-decayed by 0.99 every 24,000 steps; normal(0, 0.1)
+  initialisation; the batch fed with ``feed_dict`` from numpy arrays every step, as their
+  training loop does. Its analytic FLOPs are the issue's (1.665 GFLOP at batch 8,
+  ``run.ranker_flops_authors``).
 * **The COSMIC train step** (``cosmic/cosmic.py``): five 3x3 'SAME' convolutions (32, 64, 64,
-  128, 128 channels) with BatchNorm (batch statistics, moving averages updated) and ReLU, max
-  pools of 3 after conv1 and of 2 after conv3 and conv5, fc 1024 with BatchNorm and leaky_relu,
-  a linear map to d_u = 100, the concept logits as the mean over the 100 dimensions of
-  v2 * u_i for the 420 concepts of U_C, softmax cross-entropy against a soft target, L1 0.001
-  on the weight matrices, Adam lr 0.001; batch 32 float32 images fed with ``feed_dict``.
-  The same network and FLOPs as ``run.py``'s ``cosmic_train_step`` rows.
+  128, 128 channels) with BatchNorm (the fused kernel, Keras' default for NHWC maps; batch
+  statistics, moving averages updated) and ReLU, max pools of 3 after conv1 and of 2 after
+  conv3 and conv5, fc 1024 with BatchNorm and leaky_relu, a linear map to d_u = 100, the
+  concept logits as the mean over the 100 dimensions of v2 * u_i for the 420 concepts of U_C,
+  softmax cross-entropy against a soft target, L1 0.001 on the weight matrices, Adam lr 0.001
+  staircase-decayed by 0.99 every 100 steps; batch 32 float32 images fed with ``feed_dict``.
+  The same network and FLOPs as ``run.py``'s ``cosmic_train_step`` rows (ours also converts
+  uint8 pixels and applies the augmentation's flips and shifts inside its step).
 
+The graphs run as TensorFlow 1 code runs on TensorFlow 2 (``tf.compat.v1.disable_v2_behavior``).
 What the rebuild cannot know (the exact placement of the dropout calls, their input
 tensors' layout, TensorFlow's session options) moves its speed by an unknown amount, so its
 rows are marked ``variant: "authors' graph (rebuilt)"``. On the issue's CPU, compare its rows
@@ -115,43 +121,44 @@ def _l1(v1: Any) -> Any:
                    if len(v.shape) >= 2])
 
 
+#: Each pair's inputs (the authors feed every pair of a triplet on its own: the brand's rows
+#: twice, so nothing of the brand is shared between the positive and the negative pair).
+PAIR_INPUTS = ("brand_u", "brand_w", "inf_u", "inf_w", "ed_post", "ed_brand", "followers",
+               "eng_inf")
+
+
 def build_ranker(v1: Any, batch: int, k: int = bench.TOP_K, d: int = bench.D_U
                  ) -> tuple[Any, dict[str, Any]]:
-  """The ranking train op and its placeholders (static batch, as their graph has it)."""
-  ph = lambda name, shape: v1.placeholder(v1.float32, shape, name=name)  # noqa: E731
+  """The ranking train op and its placeholders, ``{pair}_{input}`` for pair "pos" and "neg"
+  (static batch, as their graph has it)."""
   feeds = {}
-  for side in ("brand", "pos", "neg"):
-    feeds[f"{side}_u"] = ph(f"{side}_u", (batch, k, d))    # the top-K concept vectors
-    feeds[f"{side}_w"] = ph(f"{side}_w", (batch, k))       # their w_a weights
-  for name in ("ed_pos", "ed_neg", "ed_brand", "followers_pos", "followers_neg", "eng_pos",
-               "eng_neg"):
-    feeds[name] = ph(name, (batch,))
+  for pair_name in ("pos", "neg"):
+    for name in PAIR_INPUTS:
+      shape = {"u": (batch, k, d), "w": (batch, k)}.get(name.rsplit("_", 1)[-1], (batch,))
+      feeds[f"{pair_name}_{name}"] = v1.placeholder(v1.float32, shape, name=f"{pair_name}_{name}")
   psi = _Dense(v1, "psi", d, PSI, 2)
   rho = _Dense(v1, "rho", d, PSI, 2)
   gamma = _Dense(v1, "gamma", 2 * d, GAMMA, 2)
   phis = [_Phi(v1, f"phi{i}") for i in range(4)]
 
-  def pair(brand: str, inf: str, ed: Any, followers: Any, eng: Any) -> Any:
-    u_b, w_b = feeds[f"{brand}_u"], feeds[f"{brand}_w"]
-    u_m, w_m = feeds[f"{inf}_u"], feeds[f"{inf}_w"]
-    e_h_b = v1.reduce_sum(w_b[:, :, None] * u_b, axis=1)                          # eq. 6
-    e_h_m = v1.reduce_sum(w_m[:, :, None] * u_m, axis=1)
+  def pair(x: dict[str, Any]) -> Any:
+    e_h_b = v1.reduce_sum(x["brand_w"][:, :, None] * x["brand_u"], axis=1)          # eq. 6
+    e_h_m = v1.reduce_sum(x["inf_w"][:, :, None] * x["inf_u"], axis=1)
     psi_b, psi_m = psi(e_h_b), psi(e_h_m)
-    rho_b = v1.reshape(rho(v1.reshape(u_b, (-1, d))), (batch, k, PSI[-1]))
-    rho_m = v1.reshape(rho(v1.reshape(u_m, (-1, d))), (batch, k, PSI[-1]))
-    att_b = v1.nn.softmax(v1.reduce_mean(psi_m[:, None, :] * rho_b, axis=2))     # eq. 7
+    rho_b = v1.reshape(rho(v1.reshape(x["brand_u"], (-1, d))), (batch, k, PSI[-1]))
+    rho_m = v1.reshape(rho(v1.reshape(x["inf_u"], (-1, d))), (batch, k, PSI[-1]))
+    att_b = v1.nn.softmax(v1.reduce_mean(psi_m[:, None, :] * rho_b, axis=2))       # eq. 7
     att_m = v1.nn.softmax(v1.reduce_mean(psi_b[:, None, :] * rho_m, axis=2))
-    e_r_b = v1.reduce_sum(att_b[:, :, None] * u_b, axis=1)                        # eq. 8
-    e_r_m = v1.reduce_sum(att_m[:, :, None] * u_m, axis=1)
-    e_a_b = gamma(v1.concat([e_r_b, e_h_b], axis=1))                              # eq. 9
+    e_r_b = v1.reduce_sum(att_b[:, :, None] * x["brand_u"], axis=1)                 # eq. 8
+    e_r_m = v1.reduce_sum(att_m[:, :, None] * x["inf_u"], axis=1)
+    e_a_b = gamma(v1.concat([e_r_b, e_h_b], axis=1))                                # eq. 9
     e_a_m = gamma(v1.concat([e_r_m, e_h_m], axis=1))
-    s_con = v1.reduce_sum(e_a_b * e_a_m, axis=1)                                  # eq. 17
-    s_ed = v1.sigmoid(phis[0](ed) + phis[1](feeds["ed_brand"]))                   # eq. 11
-    s_in = v1.sigmoid(phis[2](followers) + phis[3](eng))                          # eq. 14
-    return s_con * s_ed * s_in                                                    # eq. 18
+    s_con = v1.reduce_sum(e_a_b * e_a_m, axis=1)                                    # eq. 17
+    s_ed = v1.sigmoid(phis[0](x["ed_post"]) + phis[1](x["ed_brand"]))               # eq. 11
+    s_in = v1.sigmoid(phis[2](x["followers"]) + phis[3](x["eng_inf"]))              # eq. 14
+    return s_con * s_ed * s_in                                                      # eq. 18
 
-  s_pos = pair("brand", "pos", feeds["ed_pos"], feeds["followers_pos"], feeds["eng_pos"])
-  s_neg = pair("brand", "neg", feeds["ed_neg"], feeds["followers_neg"], feeds["eng_neg"])
+  s_pos, s_neg = (pair({n: feeds[f"{p}_{n}"] for n in PAIR_INPUTS}) for p in ("pos", "neg"))
   hinge = v1.maximum(s_neg - s_pos + MARGIN, 0.0)
   positive = v1.reduce_sum(v1.cast(hinge > 0, v1.float32))
   loss = v1.reduce_sum(hinge) / (positive + 1e-16) + L1 * _l1(v1)
@@ -160,18 +167,24 @@ def build_ranker(v1: Any, batch: int, k: int = bench.TOP_K, d: int = bench.D_U
   return v1.train.AdamOptimizer(lr).minimize(loss, global_step=step), feeds
 
 
-def ranker_feeds(feeds: dict[str, Any], batch: int, rng: np.random.Generator,
+def ranker_feeds(feeds: dict[Any, Any], batch: int, rng: np.random.Generator,
                  concepts: np.ndarray) -> dict[Any, np.ndarray]:
-  """One random batch (the speed does not depend on the values)."""
-  out = {}
-  for side in ("brand", "pos", "neg"):
-    idx = rng.integers(0, concepts.shape[0], (batch, bench.TOP_K))
-    out[feeds[f"{side}_u"]] = concepts[idx]
+  """One random batch of triplets (the speed does not depend on the values), the brand's
+  arrays fed to both pairs."""
+  def account() -> tuple[np.ndarray, np.ndarray]:
     w = rng.random((batch, bench.TOP_K)).astype(np.float32)
-    out[feeds[f"{side}_w"]] = w / w.sum(1, keepdims=True) * 0.25
-  for name in ("ed_pos", "ed_neg", "ed_brand", "followers_pos", "followers_neg", "eng_pos",
-               "eng_neg"):
-    out[feeds[name]] = rng.random(batch).astype(np.float32)
+    return (concepts[rng.integers(0, concepts.shape[0], (batch, bench.TOP_K))],
+            w / w.sum(1, keepdims=True) * 0.25)
+
+  brand_u, brand_w = account()
+  ed_brand = rng.random(batch).astype(np.float32)
+  out = {}
+  for p in ("pos", "neg"):
+    inf_u, inf_w = account()
+    values = dict(brand_u=brand_u, brand_w=brand_w, inf_u=inf_u, inf_w=inf_w, ed_brand=ed_brand,
+                  **{n: rng.random(batch).astype(np.float32)
+                     for n in ("ed_post", "followers", "eng_inf")})
+    out.update({feeds[f"{p}_{n}"]: values[n] for n in PAIR_INPUTS})
   return out
 
 
@@ -183,10 +196,14 @@ def _batch_norm(v1: Any, x: Any, name: str) -> Any:
     offset = v1.get_variable("offset", (c,), initializer=v1.zeros_initializer())
     ra_mean = v1.get_variable("mean", (c,), initializer=v1.zeros_initializer(), trainable=False)
     ra_var = v1.get_variable("var", (c,), initializer=v1.ones_initializer(), trainable=False)
-  mean, var = v1.nn.moments(x, axes=list(range(len(x.shape) - 1)))
+  if len(x.shape) == 4:   # Keras' BatchNormalization: the fused kernel for NHWC maps
+    y, mean, var = v1.nn.fused_batch_norm(x, scale, offset, epsilon=1e-3, is_training=True)
+  else:
+    mean, var = v1.nn.moments(x, axes=[0])
+    y = v1.nn.batch_normalization(x, mean, var, offset, scale, 1e-3)
   v1.add_to_collection(v1.GraphKeys.UPDATE_OPS, v1.assign(ra_mean, 0.99 * ra_mean + 0.01 * mean))
   v1.add_to_collection(v1.GraphKeys.UPDATE_OPS, v1.assign(ra_var, 0.99 * ra_var + 0.01 * var))
-  return v1.nn.batch_normalization(x, mean, var, offset, scale, 1e-3)
+  return y
 
 
 def build_cosmic(v1: Any, batch: int, size: int) -> tuple[Any, dict[str, Any]]:
@@ -209,8 +226,10 @@ def build_cosmic(v1: Any, batch: int, size: int) -> tuple[Any, dict[str, Any]]:
   logits = v1.matmul(v2, u_c, transpose_b=True) / bench.D_U   # mean over dims of v2 * u_i
   loss = v1.reduce_mean(v1.nn.softmax_cross_entropy_with_logits(labels=target, logits=logits))
   loss = loss + L1 * _l1(v1)
+  step = v1.train.get_or_create_global_step()
+  lr = v1.train.exponential_decay(1e-3, step, 100, 0.99, staircase=True)
   with v1.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
-    train = v1.train.AdamOptimizer(1e-3).minimize(loss)
+    train = v1.train.AdamOptimizer(lr).minimize(loss, global_step=step)
   return train, {"images": images, "target": target}
 
 
@@ -227,8 +246,10 @@ def _timed_session(tf: Any, build: Callable[[Any], tuple[Any, dict[str, Any]]],
   batches = [make_feeds(feeds, rng) for _ in range(4)]
   with v1.Session(graph=graph) as sess:
     sess.run(init)
-    return bench.timed(lambda i: sess.run(train, feed_dict=batches[i % len(batches)]),
-                       lambda out: out, reps, rep_seconds, max_iters=200)
+    t = bench.timed(lambda i: sess.run(train, feed_dict=batches[i % len(batches)]),
+                    lambda out: out, reps, rep_seconds)
+  t["compile_s"] = None   # JAX's compile counter says nothing here; first_call_s holds it
+  return t
 
 
 def ranker_row(tf: Any, batch: int, reps: int, rep_seconds: float) -> dict[str, Any]:
@@ -300,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "that has it, e.g. python -m venv tf && tf/bin/pip install "
                      "tensorflow==2.21.0\n")
     return 2
-  tf.compat.v1.disable_eager_execution()
+  tf.compat.v1.disable_v2_behavior()   # as TensorFlow 1 code runs on TensorFlow 2
   report = run(args, tf)
   if args.out:
     bench.write_json(args.out, report)

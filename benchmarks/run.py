@@ -901,10 +901,12 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     peak = row["gflops_achieved"] / row["peak_share"]
     return {"required_gflops": gflops, "required_peak_share": gflops / peak}
 
+  source = report["meta"].get("authors_source", "issue")
+
   def multiple(row: dict[str, Any], target: float) -> dict[str, Any]:
     call_s = row["items_per_call"] / (target * row["authors_throughput"])
     return {"measured_x_authors": row["vs_authors"], "met": row["vs_authors"] >= target,
-            **required(row, call_s)}
+            "authors_source": source, **required(row, call_s)}
 
   out: dict[str, Any] = {}
   for b in (8, 512):
@@ -1017,9 +1019,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return args
 
 
-def read_authors(path: str) -> dict[str, Any]:
-  """A ``benchmarks/authors_graph.py`` report, checked; ``figures`` added: path -> {batch or
-  image side: throughput}, the form of :data:`AUTHORS`. ValueError (one line) otherwise."""
+def this_machine() -> dict[str, Any]:
+  """What an authors' report must match to be compared with (:func:`read_authors`)."""
+  return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "cpu_avx512": cpu_has_avx512()}
+
+
+def read_authors(path: str, machine: dict[str, Any] | None = None) -> dict[str, Any]:
+  """A full ``benchmarks/authors_graph.py`` report of this machine (``machine``, default
+  :func:`this_machine`), checked; ``figures`` added: path -> {batch or image side: throughput},
+  with every key of :data:`AUTHORS`. ValueError (one line) otherwise."""
   import json
   try:
     with open(path, encoding="utf-8") as f:
@@ -1028,21 +1036,37 @@ def read_authors(path: str) -> dict[str, Any]:
     raise ValueError(f"cannot read {path} ({e.strerror or e})") from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{path} is not JSON ({e})") from None
-  rows = report.get("results") if isinstance(report, dict) else None
-  if not isinstance(rows, list):
-    raise ValueError(f"{path}: no results list; write it with benchmarks/authors_graph.py --out")
+  again = "; write it with benchmarks/authors_graph.py --out"
+  if not isinstance(report, dict) or report.get("schema") != 1 or not isinstance(
+      report.get("results"), list) or not isinstance(report.get("meta"), dict):
+    raise ValueError(f"{path}: not a schema-1 report with meta and results{again}")
+  meta = report["meta"]
+  if meta.get("quick"):
+    raise ValueError(f"{path} is a --quick run (batch 8 and 64 px only); run "
+                     "benchmarks/authors_graph.py without --quick")
+  machine = this_machine() if machine is None else machine
+  other = {k: (meta.get(k), v) for k, v in machine.items() if meta.get(k) != v}
+  if other:
+    raise ValueError(f"{path} was measured on another machine ("
+                     + ", ".join(f"{k} {a!r}, here {b!r}" for k, (a, b) in other.items())
+                     + "): rerun benchmarks/authors_graph.py here")
   figures: dict[str, dict[int, float]] = {}
-  for i, r in enumerate(rows):
+  for i, r in enumerate(report["results"]):
     try:
-      ok = r["variant"] == AUTHORS_REBUILT and r["path"] in AUTHORS
-      key, rate = int(r["authors_key"]), float(r["throughput"])
+      path_ok = r["variant"] == AUTHORS_REBUILT and r["path"] in AUTHORS
+      key, rate = r["authors_key"], float(r["throughput"])
+      ok = (path_ok and type(key) is int and math.isfinite(rate) and rate > 0
+            and key not in figures.get(r["path"], {}))
     except (KeyError, TypeError, ValueError):
       ok = False
-    if not ok or not math.isfinite(rate) or rate <= 0:
-      raise ValueError(f"{path}: results[{i}] is not a row of benchmarks/authors_graph.py")
+    if not ok:
+      raise ValueError(f"{path}: results[{i}] is not a row of benchmarks/authors_graph.py "
+                       "(or repeats one)")
     figures.setdefault(r["path"], {})[key] = rate
-  if not figures:
-    raise ValueError(f"{path}: no rows; write it with benchmarks/authors_graph.py --out")
+  missing = [f"{name} at {key}" for name, keys in AUTHORS.items() for key in keys
+             if key not in figures.get(name, {})]
+  if missing:
+    raise ValueError(f"{path}: no row for {', '.join(missing)}{again}")
   return {**report, "file": str(path), "figures": figures}
 
 
