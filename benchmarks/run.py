@@ -19,6 +19,10 @@ Each row of the printed table (and each entry of ``results`` in the JSON) gives 
 the spread of repeated timed runs after compilation, the compile time, analytic FLOP counts
 (the authors' graph's and ours), the achieved GFLOP/s and their share of a float32 matmul peak
 measured in the same run. ``benchmarks/README.md`` documents every key and formula.
+
+``vs_authors`` compares with the issue's figures for the authors' graphs on its 2-core AVX-512
+CPU, or, with ``--authors=FILE``, with the authors' graphs rebuilt and timed on this machine by
+``benchmarks/authors_graph.py`` (a TensorFlow venv of its own).
 """
 
 from __future__ import annotations
