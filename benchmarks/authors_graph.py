@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import pathlib
 import platform
@@ -305,8 +304,7 @@ def run(args: argparse.Namespace, tf: Any, log: Callable[[str], None] = print) -
   return {"schema": SCHEMA, "meta": {
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "tensorflow": tf.__version__, "python": platform.python_version(),
-      "cpu_model": bench.cpu_model(), "cpu_count": os.cpu_count(),
-      "cpu_avx512": bench.cpu_has_avx512(), "quick": bool(args.quick),
+      **bench.this_machine(), "quick": bool(args.quick),
       "wall_s": time.perf_counter() - t0}, "results": results}
 
 
@@ -318,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except ImportError:
     sys.stderr.write("benchmarks/authors_graph.py: error: TensorFlow is not installed in this "
                      "Python (it is not a camera-jax dependency); run this script with a Python "
-                     "that has it, e.g. python -m venv tf && tf/bin/pip install "
+                     "that has it, e.g. python -m venv /tmp/tf && /tmp/tf/bin/pip install "
                      "tensorflow==2.21.0\n")
     return 2
   tf.compat.v1.disable_v2_behavior()   # as TensorFlow 1 code runs on TensorFlow 2

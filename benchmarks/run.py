@@ -1028,10 +1028,10 @@ def this_machine() -> dict[str, Any]:
   return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "cpu_avx512": cpu_has_avx512()}
 
 
-def read_authors(path: str, machine: dict[str, Any] | None = None) -> dict[str, Any]:
-  """A full ``benchmarks/authors_graph.py`` report of this machine (``machine``, default
-  :func:`this_machine`), checked; ``figures`` added: path -> {batch or image side: throughput},
-  with every key of :data:`AUTHORS`. ValueError (one line) otherwise."""
+def read_authors(path: str) -> dict[str, Any]:
+  """A full ``benchmarks/authors_graph.py`` report of this machine (:func:`this_machine`),
+  checked; ``figures`` added: path -> {batch or image side: throughput}, with every key of
+  :data:`AUTHORS`. ValueError (one line) otherwise."""
   import json
   try:
     with open(path, encoding="utf-8") as f:
@@ -1048,8 +1048,7 @@ def read_authors(path: str, machine: dict[str, Any] | None = None) -> dict[str, 
   if meta.get("quick"):
     raise ValueError(f"{path} is a --quick run (batch 8 and 64 px only); run "
                      "benchmarks/authors_graph.py without --quick")
-  machine = this_machine() if machine is None else machine
-  other = {k: (meta.get(k), v) for k, v in machine.items() if meta.get(k) != v}
+  other = {k: (meta.get(k), v) for k, v in this_machine().items() if meta.get(k) != v}
   if other:
     raise ValueError(f"{path} was measured on another machine ("
                      + ", ".join(f"{k} {a!r}, here {b!r}" for k, (a, b) in other.items())
