@@ -70,10 +70,9 @@ IMAGE_SIZES = (64, 224)
 KEEP = 0.6           # DropConnect keep probability (the authors' code)
 MARGIN = 7.0
 L1 = 1e-3
-PSI = (1024, 512)
-GAMMA = (1024, 1024, 512)
+PSI, GAMMA = bench.PSI, bench.GAMMA   # the paper's sizes (camera_jax.config.Config)
 D_SCORE = 64
-CHANNELS, POOLS, FC = (32, 64, 64, 128, 128), (3, 1, 2, 1, 2), 1024
+CHANNELS, POOLS, FC = bench.CNN_CHANNELS, bench.CNN_POOLS, bench.CNN_FC
 
 
 def _variable(v1: Any, name: str, shape: Sequence[int]) -> Any:

@@ -109,6 +109,14 @@ N_BRANDS = 360
 N_ACCOUNTS = 4108
 IMAGE_BATCH = 32
 
+from camera_jax.config import Config as _Config  # noqa: E402  (the standard library only)
+
+#: The paper's network sizes, the defaults of ``camera_jax.config.Config`` (a module of the
+#: standard library only, so ``authors_graph.py`` reads them in its TensorFlow venv too).
+_PAPER = _Config()
+PSI, GAMMA = tuple(_PAPER.psi_features), tuple(_PAPER.gamma_features)
+CNN_CHANNELS, CNN_POOLS, CNN_FC = tuple(_PAPER.cnn_channels), tuple(_PAPER.cnn_pools), _PAPER.cnn_fc
+
 
 # ----------------------------------------------------------------------------------------------
 # analytic FLOP counts (multiply-add = 2 FLOPs; matmuls only, see README.md)
@@ -457,7 +465,7 @@ class Bench:
     self.device = jax.local_devices()[0]
     self.mesh = sharding.make_mesh()
     self.results: list[dict[str, Any]] = []
-    self.cfg = ranker.RankerConfig()
+    self.cfg = ranker.RankerConfig(psi_features=PSI, gamma_features=GAMMA)
     self.peak_gflops = 0.0
     self.peak_gflops_bf16 = 0.0
     self.extra: dict[str, Any] = {}
@@ -599,14 +607,14 @@ class Bench:
     from camera_jax.models import cosmic as cosmic_lib
     from camera_jax.data import augmentation
     from camera_jax.training import concepts as concepts_lib
-    channels, pools, fc = (32, 64, 64, 128, 128), (3, 1, 2, 1, 2), 1024
+    cnn = dict(channels=CNN_CHANNELS, pools=CNN_POOLS, fc=CNN_FC)
     if model_name == "cosmic":
-      model = cosmic_lib.COSMIC(num_concepts=N_CONCEPTS, d_u=D_U)
+      model = cosmic_lib.COSMIC(num_concepts=N_CONCEPTS, d_u=D_U, **cnn)
       loss_fn = lambda out, b: cosmic_lib.cosmic_loss(out["logits"], b["target"], b["mask"])  # noqa: E731
       head = (D_U, N_CONCEPTS)
       l1 = 1e-3
     else:
-      model = cg_lib.ConceptGenerator(num_concepts=N_CONCEPTS)
+      model = cg_lib.ConceptGenerator(num_concepts=N_CONCEPTS, **cnn)
       loss_fn = lambda out, b: cg_lib.multilabel_bce(out, b["target"], b["mask"])  # noqa: E731
       head = (N_CONCEPTS,)
       l1 = 0.0
@@ -640,7 +648,7 @@ class Bench:
       return box["state"].params
 
     t = timed(run, jax.block_until_ready, self.sizes.reps, self.sizes.rep_seconds)
-    flops = b * cnn_train_flops(image_size, channels, pools, fc, head)
+    flops = b * cnn_train_flops(image_size, CNN_CHANNELS, CNN_POOLS, CNN_FC, head)
     extra = {"jit_cache_size": int(step._cache_size()), "image_dtype": "uint8",
              "augment": "in the step"}
     authors = self.authors.get(f"{model_name}_train_step", {}).get(image_size)

@@ -50,9 +50,11 @@ PAIR_PATH = ranker.RankerModel(make=ranker.make_model, inputs=ranker.pair_inputs
 
 
 def test_quick_benchmark_writes_the_documented_json(tmp_path):
+  """One ``--quick --bf16`` run (one subprocess: CI time) checks the float32 report and the
+  bfloat16 rows, peak and targets that ``--bf16`` adds."""
   out = tmp_path / "bench.json"
   # without the test process's GPU determinism (conftest), which run.py must set itself
-  proc = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", f"--out={out}"],
+  proc = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--bf16", f"--out={out}"],
                         cwd=REPO, env=without_gpu_determinism(), capture_output=True, text=True,
                         timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -66,7 +68,8 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
   for r in report["results"]:
     assert RESULT_KEYS <= set(r), (r["path"], RESULT_KEYS - set(r))
     assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"]
-  cat = next(r for r in report["results"] if r["path"] == "catalogue_scoring")
+  cat = next(r for r in report["results"]
+             if r["path"] == "catalogue_scoring" and r["variant"] == "ours")
   assert cat["items_per_call"] == 74 * 797 and cat["rss_peak_mb"] is not None
   assert cat["jit_cache_size"] == {"concept_parts": 1, "account_parts": 1, "pair_scores": 1}
   ref = next(r for r in report["results"] if r["path"] == "catalogue_scoring_op_by_op")
@@ -81,6 +84,7 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
       target["required_gflops"] / report["peak"]["gflops"])
   cosmic = report["targets"]["cosmic_train_step@64"]
   row = next(r for r in report["results"] if r["path"] == "cosmic_train_step")
+  assert "bf16" not in {r["variant"] for r in report["results"] if r["path"] == "cosmic_train_step"}
   assert cosmic["required_gflops"] == pytest.approx(
       row["flops_ours"] / row["items_per_call"] * bench.AUTHORS["cosmic_train_step"][64] / 1e9)
   assert report["meta"]["authors_source"] == "issue"
@@ -112,15 +116,7 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
   assert "cpu_model" in report["meta"]
   # the table went to stdout
   assert "ranker_train_step" in proc.stdout and "catalogue_scoring" in proc.stdout
-
-
-def test_quick_bf16_benchmark_reports_the_bf16_peak_rows_and_targets(tmp_path):
-  out = tmp_path / "bench.json"
-  proc = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--bf16",
-                         "--only=ranker,catalogue", f"--out={out}"],
-                        cwd=REPO, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  report = json.loads(out.read_text())
+  # --bf16: the bfloat16-operand peak beside the float32 one, the bf16 rows and their targets
   assert report["peak"]["gflops_bf16"] > 0
   assert {r["dtype"] for r in report["peak"]["runs"]} == {"float32", "bfloat16"}
   bf = [r for r in report["results"] if r["variant"] == "bf16"]
