@@ -5,7 +5,9 @@
 has TensorFlow (not a dependency of camera-jax; e.g. ``python -m venv /tmp/tf &&
 /tmp/tf/bin/pip install tensorflow==2.21.0``), then ``python benchmarks/run.py
 --authors=/tmp/authors.json`` compares our rows with these instead of the issue's figures
-(``--quick`` files are for smoke runs: run.py takes only a full one, from this machine).
+(``--quick`` files are for smoke runs: run.py takes only a full one, from this machine;
+``--judged`` times only batch 8, 512 and 64 px, for ``benchmarks/paired.py``, which alternates
+them with ``run.py --judged`` and judges the median ratio).
 
 The issue's figures (395, 1,250 and 1,692 triplets/s; 441 and 36.9 images/s) were measured
 with the authors' own code on the issue's 2-core AVX-512 CPU; on another machine they say
@@ -67,12 +69,24 @@ SCHEMA = 1
 VARIANT = bench.AUTHORS_REBUILT
 RANKER_BATCHES = (8, 64, 512)
 IMAGE_SIZES = (64, 224)
+JUDGED_BATCHES, JUDGED_SIZES = (8, 512), (64,)   # --judged: the rows the targets compare
+
 KEEP = 0.6           # DropConnect keep probability (the authors' code)
 MARGIN = 7.0
 L1 = 1e-3
 PSI, GAMMA = bench.PSI, bench.GAMMA   # the paper's sizes (camera_jax.config.Config)
 D_SCORE = 64
 CHANNELS, POOLS, FC = bench.CNN_CHANNELS, bench.CNN_POOLS, bench.CNN_FC
+
+
+def rows_to_run(quick: bool, judged: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """The ranker batches and COSMIC image sides an invocation times.
+
+  >>> rows_to_run(False, False), rows_to_run(False, True), rows_to_run(True, True)
+  (((8, 64, 512), (64, 224)), ((8, 512), (64,)), ((8,), (64,)))
+  """
+  batches, sizes = (JUDGED_BATCHES, JUDGED_SIZES) if judged else (RANKER_BATCHES, IMAGE_SIZES)
+  return (batches[:1], sizes[:1]) if quick else (batches, sizes)
 
 
 def _variable(v1: Any, name: str, shape: Sequence[int]) -> Any:
@@ -280,6 +294,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--quick", action="store_true",
                  help="batch 8 and 64 px only, few repetitions (a smoke run)")
   p.add_argument("--out", default=None, help="write the JSON report here (a file name)")
+  p.add_argument("--judged", action="store_true",
+                 help="only the rows the issue's targets compare (batch 8 and 512, 64 px), as "
+                      "benchmarks/paired.py runs them; run.py --authors takes no such file")
   args = p.parse_args(argv)
   problem = bench.out_problem(args.out)
   if problem:
@@ -294,16 +311,18 @@ def run(args: argparse.Namespace, tf: Any, log: Callable[[str], None] = print) -
   log(f"the authors' graphs rebuilt, TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, "
       f"{bench.cpu_model()}")
   results = []
-  for b in RANKER_BATCHES[:1] if args.quick else RANKER_BATCHES:
+  judged = bool(getattr(args, "judged", False))
+  batches, sizes = rows_to_run(args.quick, judged)
+  for b in batches:
     results.append(ranker_row(tf, b, reps, rep_seconds))
     log(bench.format_row(results[-1]))
-  for size in IMAGE_SIZES[:1] if args.quick else IMAGE_SIZES:
+  for size in sizes:
     results.append(cosmic_row(tf, size, reps, rep_seconds))
     log(bench.format_row(results[-1]))
   return {"schema": SCHEMA, "meta": {
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "tensorflow": tf.__version__, "python": platform.python_version(),
-      **bench.this_machine(), "quick": bool(args.quick),
+      **bench.this_machine(), "quick": bool(args.quick), "judged": judged,
       "wall_s": time.perf_counter() - t0}, "results": results}
 
 
@@ -319,11 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "tensorflow==2.21.0\n")
     return 2
   tf.compat.v1.disable_v2_behavior()   # as TensorFlow 1 code runs on TensorFlow 2
-  report = run(args, tf)
-  if args.out:
-    bench.write_json(args.out, report)
-    print(f"wrote {args.out}")
-  return 0
+  return bench.finish(args.out, run(args, tf))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ measured in the same run. ``benchmarks/README.md`` documents every key and formu
 
 ``vs_authors`` compares with the issue's figures for the authors' graphs on its 2-core AVX-512
 CPU, or, with ``--authors=FILE``, with the authors' graphs rebuilt and timed on this machine by
-``benchmarks/authors_graph.py`` (a TensorFlow venv of its own).
+``benchmarks/authors_graph.py`` (a TensorFlow venv of its own). ``--judged`` times only the
+rows the issue's multiples judge (ranker batches 8 and 512, COSMIC at 64 px), the rows that
+``benchmarks/paired.py`` alternates with the rebuild's.
 """
 
 from __future__ import annotations
@@ -100,6 +102,26 @@ QUICK = Sizes(
     ranker_batches=(8,), ranker_variant_batches=(), op_by_op_batches=(8,),
     catalogues=((74, 797),), image_sizes=(64,), image_models=("cosmic",), pipeline_sizes=(64,),
     reps=3, rep_seconds=0.1, catalogue_reps=(1,), op_by_op_reps=1, op_by_op_catalogue=(74, 100))
+
+# --judged: only the rows that the issue's targets compare with the authors' figures (ranker
+# batches 8 and 512, COSMIC at 64 px), as benchmarks/paired.py alternates them with the rebuild.
+JUDGED = dataclasses.replace(FULL, ranker_batches=(8, 512), ranker_variant_batches=(),
+                             op_by_op_batches=(), image_sizes=(64,), image_models=("cosmic",))
+JUDGED_QUICK = dataclasses.replace(QUICK, ranker_batches=(8,), image_sizes=(64,),
+                                   image_models=("cosmic",))
+JUDGED_SECTIONS = ("ranker", "images")
+
+
+def sizes_for(quick: bool, judged: bool) -> Sizes:
+  """What an invocation measures: FULL, QUICK, or their --judged subsets.
+
+  >>> sizes_for(False, True).ranker_batches, sizes_for(False, True).image_sizes
+  ((8, 512), (64,))
+  """
+  if judged:
+    return JUDGED_QUICK if quick else JUDGED
+  return QUICK if quick else FULL
+
 
 # The paper's model and data sizes.
 N_CONCEPTS = 420
@@ -1006,12 +1028,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       "matmul operands (float32 accumulation): train steps at batches 8 and 512 "
                       "(not with --quick) and, in the catalogue section, scoring and its effect "
                       "on the scores and metrics")
-  p.add_argument("--only", default=",".join(SECTIONS),
-                 help=f"comma-separated subset of {','.join(SECTIONS)}")
+  p.add_argument("--only", default=None,
+                 help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+  p.add_argument("--judged", action="store_true",
+                 help="only the rows the issue's targets compare with the authors' (ranker "
+                      "batches 8 and 512, COSMIC at 64 px; with --quick batch 8 and 64 px), as "
+                      "benchmarks/paired.py runs them")
   p.add_argument("--authors", default=None, metavar="FILE.json",
                  help="compare with the authors' graphs as benchmarks/authors_graph.py measured "
                       "them on this machine (its --out) instead of the issue's figures")
   args = p.parse_args(argv)
+  if args.judged and (args.only is not None or args.bf16):
+    p.error("--judged runs its own rows; it takes neither --only nor --bf16")
+  if args.only is None:
+    args.only = ",".join(JUDGED_SECTIONS if args.judged else SECTIONS)
   only = [s for s in args.only.split(",") if s]
   bad = [s for s in only if s not in SECTIONS]
   if bad:
@@ -1056,6 +1086,9 @@ def read_authors(path: str) -> dict[str, Any]:
   if meta.get("quick"):
     raise ValueError(f"{path} is a --quick run (batch 8 and 64 px only); run "
                      "benchmarks/authors_graph.py without --quick")
+  if meta.get("judged"):
+    raise ValueError(f"{path} is a --judged run (no batch 64, no 224 px); run "
+                     "benchmarks/authors_graph.py without --judged")
   other = {k: (meta.get(k), v) for k, v in this_machine().items() if meta.get(k) != v}
   if other:
     raise ValueError(f"{path} was measured on another machine ("
@@ -1099,13 +1132,22 @@ def write_json(path: str, report: dict[str, Any]) -> None:
   strict_json.write(path, report, indent=1, sort_keys=True)
 
 
+def finish(out: str | None, report: dict[str, Any]) -> int:
+  """A script's end: the report written to ``out`` (when given) and said; exit status 0."""
+  if out:
+    write_json(out, report)
+    print(f"wrote {out}")
+  return 0
+
+
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs the selected sections; returns the report (the JSON document)."""
   t_start = time.perf_counter()
   load_before = load_average()
   import jax
   watch_compilation()
-  sizes = QUICK if args.quick else FULL
+  judged = bool(getattr(args, "judged", False))
+  sizes = sizes_for(args.quick, judged)
   bench = Bench(sizes, args.quick, args.bf16, log)
   rebuilt = getattr(args, "authors_report", None)
   if rebuilt is not None:
@@ -1181,7 +1223,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
       "schema": SCHEMA,
       "meta": {
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "quick": bool(args.quick), "bf16": bool(args.bf16), "sections": sorted(only),
+          "quick": bool(args.quick), "bf16": bool(args.bf16), "judged": judged,
+          "sections": sorted(only),
           "backend": jax.default_backend(), "devices": [str(d) for d in devices],
           "device_kind": devices[0].device_kind, "device_count": len(devices),
           "cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -1232,11 +1275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   from camera_jax.training import compiler_options
   compiler_options.use_deterministic_gpu_ops()   # as the experiments run (before JAX starts)
-  report = run(args)
-  if args.out:
-    write_json(args.out, report)
-    print(f"wrote {args.out}")
-  return 0
+  return finish(args.out, run(args))
 
 
 if __name__ == "__main__":

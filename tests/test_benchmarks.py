@@ -285,6 +285,7 @@ def test_authors_report_is_read_into_the_figures_and_bad_ones_refused(tmp_path, 
       (report(rows[1:]), "no row for ranker_train_step at 8"),
       (report(rows[:1] + rows[2:4]), "no row for ranker_train_step at 64, cosmic_train_step at 224"),
       (report(quick=True), "is a --quick run"),
+      (report(judged=True), "is a --judged run"),
       (report(cpu_count=64), "another machine (cpu_count 64, here"),
       (report(cpu_avx512="maybe"), "another machine (cpu_avx512 'maybe'"),
       (report([{**good, "variant": "ours"}] + rows[1:]),
@@ -302,6 +303,113 @@ def test_authors_report_is_read_into_the_figures_and_bad_ones_refused(tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("benchmarks/run.py: error: --authors: ") and message in err, err
     assert err.count("\n") == 1
+
+
+def test_benchmark_scripts_doctests():
+  import doctest
+
+  from benchmarks import authors_graph, paired
+  for module in (bench, paired, authors_graph):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted and not result.failed, module.__name__
+
+
+def test_judged_rows_are_the_targets_rows_of_both_scripts(capsys):
+  """--judged: run.py and authors_graph.py time exactly the rows the issue's multiples compare
+  (those benchmarks/paired.py pairs), and run.py takes no other selection with it."""
+  from benchmarks import authors_graph, paired
+  sizes = bench.sizes_for(False, True)
+  assert (sizes.ranker_batches, sizes.image_sizes, sizes.image_models) == ((8, 512), (64,), ("cosmic",))
+  assert sizes.ranker_variant_batches == () and sizes.reps == bench.FULL.reps
+  assert bench.sizes_for(True, True).ranker_batches == (8,) and bench.sizes_for(False, False) is bench.FULL
+  assert bench.parse_args(["--judged"]).only == list(bench.JUDGED_SECTIONS)
+  assert bench.parse_args([]).only == list(bench.SECTIONS)
+  ours = {(("ranker_train_step", f"batch {b}")) for b in sizes.ranker_batches} | {
+      ("cosmic_train_step", f"{s} px, batch {bench.IMAGE_BATCH}") for s in sizes.image_sizes}
+  batches, sides = authors_graph.rows_to_run(False, True)
+  theirs = {("ranker_train_step", f"batch {b}") for b in batches} | {
+      ("cosmic_train_step", f"{s} px, batch {bench.IMAGE_BATCH}") for s in sides}
+  assert ours == theirs == set(paired.PAIRS.values())
+  assert set(paired.PAIRS) == {k for k in bench.TARGETS if not k.startswith("catalogue")}
+  for argv in (["--judged", "--only=ranker"], ["--judged", "--bf16"]):
+    with pytest.raises(SystemExit) as e:
+      bench.parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--judged" in err
+
+
+def _side_report(side, rates, backend="cpu", cpu_count=bench.TARGET_CPU_COUNT):
+  """A report as authors_graph.py or run.py --judged writes it, with the given throughputs."""
+  from benchmarks import paired
+  variant = bench.AUTHORS_REBUILT if side == "authors" else "ours"
+  rows = [{"path": path, "size": size, "variant": variant, "throughput": rates[name]}
+          for name, (path, size) in paired.PAIRS.items() if name in rates]
+  rows.append({"path": "ranker_train_step", "size": "batch 8", "variant": "one call per step",
+               "throughput": 1.0})          # another variant: never paired
+  return {"schema": 1, "meta": {"backend": backend, "cpu_count": cpu_count}, "results": rows}
+
+
+def test_paired_alternates_the_sides_and_judges_the_median_ratio(tmp_path):
+  from benchmarks import paired
+  args = paired.parse_args([f"--authors_python={sys.executable}", "--rounds=4",
+                            f"--out={tmp_path / 'p.json'}"])
+  calls = []
+  # ours / authors at batch 512: 3.9x, 4.2x, 4.1x, 3.5x (median 4.0: met, 2 of 4 rounds);
+  # batch 8: 3.0x in every round; COSMIC 0.9x (not met)
+  ours_512 = iter([3900.0, 4200.0, 4100.0, 3500.0])
+
+  def runner(side, a):
+    assert a is args
+    calls.append(side)
+    if side == "authors":
+      return _side_report(side, {"ranker_train_step@8": 100.0, "ranker_train_step@512": 1000.0,
+                                 "cosmic_train_step@64": 100.0})
+    return _side_report(side, {"ranker_train_step@8": 300.0, "ranker_train_step@512": next(ours_512),
+                               "cosmic_train_step@64": 90.0})
+
+  lines = []
+  report = paired.run(args, runner, lines.append)
+  assert calls == ["authors", "ours", "ours", "authors", "authors", "ours", "ours", "authors"]
+  assert [r["order"] for r in report["rounds"]] == [["authors", "ours"], ["ours", "authors"]] * 2
+  t = report["targets"]
+  assert t["ranker_train_step@512"]["ratios"] == pytest.approx([3.9, 4.2, 4.1, 3.5])
+  assert t["ranker_train_step@512"]["median_ratio"] == pytest.approx(4.0)
+  assert (t["ranker_train_step@512"]["rounds_met"], t["ranker_train_step@512"]["met"]) == (2, True)
+  assert (t["ranker_train_step@8"]["rounds_met"], t["ranker_train_step@8"]["met"]) == (4, True)
+  assert t["cosmic_train_step@64"]["median_ratio"] == pytest.approx(0.9)
+  assert t["cosmic_train_step@64"]["met"] is False
+  assert len(lines) == 4 + 3 and "4.20x" in lines[1] and "met True" in lines[-2]
+  # elsewhere than a 2-core CPU: reported, not judged
+  args = paired.parse_args([f"--authors_python={sys.executable}", "--rounds=1"])
+  report = paired.run(args, lambda side, a: _side_report(
+      side, {"ranker_train_step@8": 300.0 if side == "ours" else 100.0}, cpu_count=64),
+      lambda line: None)
+  t = report["targets"]["ranker_train_step@8"]
+  assert t["met"] is None and "not judged on a 64-core CPU" in t["note"]
+  assert report["targets"]["ranker_train_step@512"] is None          # not measured
+
+
+def test_paired_stops_with_one_line_when_a_side_fails(tmp_path):
+  """The authors' side runs first: a Python without TensorFlow (here a script that fails as
+  authors_graph.py does) stops the run in round 1 with one line, exit 1, no report."""
+  fake = tmp_path / "python"
+  fake.write_text("#!/bin/sh\necho 'some warning' >&2\n"
+                  "echo 'benchmarks/authors_graph.py: error: TensorFlow is not installed' >&2\nexit 2\n")
+  fake.chmod(0o755)
+  out = tmp_path / "paired.json"
+  proc = subprocess.run([sys.executable, "benchmarks/paired.py", f"--authors_python={fake}",
+                         f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+  assert proc.stderr.startswith("benchmarks/paired.py: error: round 1, authors: "
+                                "benchmarks/authors_graph.py exited 2: ")
+  assert "TensorFlow is not installed" in proc.stderr and not out.exists()
+  for argv, message in (([f"--authors_python={tmp_path / 'none'}"], "is not an executable file"),
+                        ([f"--authors_python={fake}", "--rounds=0"], "--rounds: 0"),
+                        ([f"--authors_python={fake}", f"--out={tmp_path}/"], "names a directory")):
+    proc = subprocess.run([sys.executable, "benchmarks/paired.py", *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, (
+        argv, proc.stderr)
 
 
 def test_device_peak_memory_is_the_blocks_own_peak():
