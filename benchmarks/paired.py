@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Our judged rows and the authors' graphs rebuilt, alternated on the same machine.
 
-``python benchmarks/paired.py --authors_python=/tmp/tf/bin/python [--rounds=3] [--out=FILE.json]``
+``python benchmarks/paired.py --authors_python=/tmp/tf/bin/python [--rounds=4] [--out=FILE.json]``
 
 The issue judges the ranker at batches 8 and 512 and COSMIC at 64 px as multiples of the authors'
 throughput "rerun beside yours, same machine, same session". A 2-core VM's speed moves by 10 %
@@ -57,7 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p = bench._Parser(prog=PROG, description=__doc__.splitlines()[0])
   p.add_argument("--authors_python", required=True, metavar="PYTHON",
                  help="a Python with TensorFlow that runs benchmarks/authors_graph.py")
-  p.add_argument("--rounds", type=int, default=3, help="alternations of the two sides (>= 1)")
+  p.add_argument("--rounds", type=int, default=4,
+                 help="alternations of the two sides (>= 1; an even number runs each order "
+                      "equally often)")
   p.add_argument("--quick", action="store_true",
                  help="both sides with --quick (batch 8 and 64 px only, few repetitions)")
   p.add_argument("--out", default=None, help="write the JSON report here (a file name)")
