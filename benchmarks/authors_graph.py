@@ -69,7 +69,7 @@ SCHEMA = 1
 VARIANT = bench.AUTHORS_REBUILT
 RANKER_BATCHES = (8, 64, 512)
 IMAGE_SIZES = (64, 224)
-JUDGED_BATCHES, JUDGED_SIZES = (8, 512), (64,)   # --judged: the rows the targets compare
+JUDGED_BATCHES, JUDGED_SIZES = bench.JUDGED_BATCHES, bench.JUDGED_IMAGE_SIZES   # --judged
 
 KEEP = 0.6           # DropConnect keep probability (the authors' code)
 MARGIN = 7.0

@@ -42,9 +42,9 @@ SCHEMA = 1
 PROG = "benchmarks/paired.py"
 #: target name -> (path, size) of the row that both scripts write for it.
 PAIRS = {
-    "ranker_train_step@8": ("ranker_train_step", "batch 8"),
-    "ranker_train_step@512": ("ranker_train_step", "batch 512"),
-    "cosmic_train_step@64": ("cosmic_train_step", f"64 px, batch {bench.IMAGE_BATCH}"),
+    **{f"ranker_train_step@{b}": ("ranker_train_step", f"batch {b}") for b in bench.JUDGED_BATCHES},
+    **{f"cosmic_train_step@{s}": ("cosmic_train_step", f"{s} px, batch {bench.IMAGE_BATCH}")
+       for s in bench.JUDGED_IMAGE_SIZES},
 }
 SIDES = ("authors", "ours")
 

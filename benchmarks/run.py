@@ -105,10 +105,12 @@ QUICK = Sizes(
 
 # --judged: only the rows that the issue's targets compare with the authors' figures (ranker
 # batches 8 and 512, COSMIC at 64 px), as benchmarks/paired.py alternates them with the rebuild.
-JUDGED = dataclasses.replace(FULL, ranker_batches=(8, 512), ranker_variant_batches=(),
-                             op_by_op_batches=(), image_sizes=(64,), image_models=("cosmic",))
-JUDGED_QUICK = dataclasses.replace(QUICK, ranker_batches=(8,), image_sizes=(64,),
-                                   image_models=("cosmic",))
+JUDGED_BATCHES, JUDGED_IMAGE_SIZES = (8, 512), (64,)
+JUDGED = dataclasses.replace(FULL, ranker_batches=JUDGED_BATCHES, ranker_variant_batches=(),
+                             op_by_op_batches=(), image_sizes=JUDGED_IMAGE_SIZES,
+                             image_models=("cosmic",))
+JUDGED_QUICK = dataclasses.replace(QUICK, ranker_batches=JUDGED_BATCHES[:1],
+                                   image_sizes=JUDGED_IMAGE_SIZES[:1], image_models=("cosmic",))
 JUDGED_SECTIONS = ("ranker", "images")
 
 
