@@ -502,6 +502,42 @@ def test_padded_rows_of_a_train_step_change_nothing(dropout, model):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
+def test_a_batch_brand_missing_from_the_brand_table_skips_the_step_and_is_named():
+  """make_train_step(brands=...) scores each triplet's brand by its slot in the table: a brand
+  outside it would take another brand's features. Its step is skipped (state kept exactly),
+  ``unlisted_brands`` counts the unmasked rows, and check_finite names the cause; a padding
+  row's brand outside the table changes nothing."""
+  cfg = ranker_cfg(dropout=0.0, num_negatives=2)
+  t = ranker_tables()
+  mesh = sharding.make_mesh()
+  params = ranker.init_params(cfg, t, jax.random.PRNGKey(0))
+  tx = trainer.make_optimizer(1e-2, 0.9, 3)
+  dev, key = t.device(mesh), sharding.replicate(jax.random.PRNGKey(1), mesh)
+  host = {"brand": np.array([0, 1, 3, 4], np.int32), "pos": np.array([10, 11, 12, 13], np.int32),
+          "neg": np.array([[20, 21], [22, 23], [24, 25], [26, 27]], np.int32),
+          "ed_obs": np.zeros(4, np.float32)}
+
+  def step(brands, mask):
+    st = trainer.TrainState.create(apply_fn=None, params=jax.tree.map(jnp.array, params), tx=tx)
+    batch = {k: jnp.asarray(v) for k, v in {**host, "mask": np.asarray(mask)}.items()}
+    st, m = ranker.make_train_step(cfg, brands=np.asarray(brands))(st, batch, dev, key)
+    return st, {k: float(v) for k, v in m.items()}
+
+  before = jax.tree.leaves(params)
+  st, m = step([0, 1, 3], [True, True, True, True])        # brand 4 is not in the table
+  assert m["unlisted_brands"] == 1.0 and m["nonfinite"] == 1.0
+  for x, y in zip(before, jax.tree.leaves(st.params)):
+    np.testing.assert_array_equal(x, y)
+  with pytest.raises(trainer.NonFiniteError, match=r"1 triplet\(s\) had a brand missing from "
+                     r"the step's brand table.*make_train_step\(brands=\.\.\.\)"):
+    trainer.check_finite("ranker", 2, m)
+  st, m = step([0, 1, 3], [True, True, True, False])       # brand 4 only on a padding row
+  assert m["unlisted_brands"] == 0.0 and m["nonfinite"] == 0.0
+  assert any(not np.array_equal(x, y) for x, y in zip(before, jax.tree.leaves(st.params)))
+  _, listed = step([0, 1, 3, 4], [True, True, True, True])
+  assert listed["unlisted_brands"] == 0.0 and listed["nonfinite"] == 0.0
+
+
 @pytest.mark.parametrize("use_interaction, negatives_matter", [(True, False), (False, True)])
 def test_observed_endorsement_zeroes_the_negatives_only_where_there_is_an_s_ed(
     use_interaction, negatives_matter):

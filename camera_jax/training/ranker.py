@@ -210,7 +210,10 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
   B (1 + N) pairs independently (``CAMERA.__call__``, the reference). ``jit=False`` returns the
   plain function (op by op, for reference timings). ``brands``: the training brands (every
   batch brand among them, padding rows aside); grouped, one psi dropout mask per brand and
-  step, and psi once per brand when a batch has more triplets (:func:`brand_table`).
+  step, and psi once per brand when a batch has more triplets (:func:`brand_table`). A batch
+  whose unmasked rows hold a brand not in ``brands`` would score another brand's features: its
+  step is skipped instead (the loss is NaN, so the guard keeps the state) and the metric
+  ``unlisted_brands`` counts those rows, which :func:`trainer.check_finite` reports by name.
   """
   grouped = model is None if grouped is None else grouped
   spec = model or _camera_model()
@@ -236,6 +239,10 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
       inputs = spec.inputs(tables, brand, infl, None if ed_post is None else ed_post.reshape(-1))
       method = {}
     where = jnp.broadcast_to(batch["mask"][:, None], (b, n_neg))
+    unlisted = None
+    if grouped and table is not None:   # a brand outside the table has no slot of its own
+      listed = jnp.asarray(table, jnp.int32)[inputs["brand_slot"]] == batch["brand"]
+      unlisted = jnp.sum((batch["mask"] & ~listed).astype(jnp.float32))
 
     def objective(params):
       out = module.apply({"params": params}, inputs, tables.get("concepts"), deterministic=False,
@@ -245,6 +252,8 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
       if observed and cfg.use_interaction:  # the paper's form: a negative pair has S_ed = 0,
         neg = jnp.zeros_like(neg)           # hence S = 0 (eq. 18); C-w/o-MR has no S_ed: S = S_con
       rank_loss = loss_fn(pos, neg, where)
+      if unlisted is not None:           # NaN: the guard skips the step (no gradient flows)
+        rank_loss = jnp.where(unlisted > 0, jnp.nan, rank_loss)
       total = rank_loss + cfg.l1 * trainer.l1_penalty(params) if cfg.l1 else rank_loss
       return total, rank_loss
 
@@ -255,7 +264,10 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
     grads, rank_loss = jax.grad(objective, has_aux=True)(state.params)
     new_state, bad = trainer.guarded_update(state, grads, rank_loss, check_grads=False)
     rows = jnp.sum(batch["mask"].astype(jnp.float32))
-    return new_state, {"loss": rank_loss * rows, "rows": rows, "nonfinite": bad}
+    metrics = {"loss": rank_loss * rows, "rows": rows, "nonfinite": bad}
+    if unlisted is not None:
+      metrics["unlisted_brands"] = unlisted
+    return new_state, metrics
 
   if not jit:
     return train_step

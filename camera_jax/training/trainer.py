@@ -236,15 +236,20 @@ def check_finite(stage: str, epoch: int, sums: dict[str, float], checkpointer: A
   leaves the trainer.
   """
   bad = int(sums.get("nonfinite", 0))
+  unlisted = int(sums.get("unlisted_brands", 0))
   bad_params = params is not None and not bool(_all_finite_jit(params))
   if bad or bad_params:
     if checkpointer is not None:
       checkpointer.wait()
     what = (f"{bad} step(s) of epoch {epoch} had a NaN or inf loss or gradient" if bad else
             f"the parameters became NaN or inf in epoch {epoch} (a NaN or inf gradient)")
+    advice = "Lower the learning rate or check the inputs."
+    if unlisted:
+      what = (f"{bad} step(s) of epoch {epoch} were skipped: {unlisted} triplet(s) had a brand "
+              "missing from the step's brand table")
+      advice = "Pass every training brand to make_train_step(brands=...)."
     raise NonFiniteError(
-        f"{stage}: {what}; stopping (the last good checkpoint is kept). Lower the learning rate "
-        "or check the inputs.", stage=stage)
+        f"{stage}: {what}; stopping (the last good checkpoint is kept). {advice}", stage=stage)
 
 
 @dataclasses.dataclass
