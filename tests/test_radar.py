@@ -114,9 +114,10 @@ def test_account_and_pair_charts(tmp_path):
     with pytest.raises(KeyError, match="brand_food"):
         radar.account_chart(run, "brand_fod")
     # the roles swapped: refused, not scored as an (influencer, brand) pair
-    with pytest.raises(KeyError, match="'infl_foodie' is an influencer, not a brand"):
+    with pytest.raises(KeyError, match=r"^unknown brand 'infl_foodie' \(it is an influencer\); "
+                       "closest known ids: brand_"):
         radar.pair_charts(run, "infl_foodie", "brand_food")
-    with pytest.raises(KeyError, match="'brand_food' is a brand, not an influencer"):
+    with pytest.raises(KeyError, match=r"^unknown influencer 'brand_food' \(it is a brand\)"):
         radar.pair_concepts(run, "brand_food", "brand_food")
 
 

@@ -156,7 +156,7 @@ def test_unknown_brand_names_closest_ids(run):
     msg = str(e.value)
     assert "\n" not in msg and "brand_fod" in msg and "brand_food" in msg
     assert e.value.closest[0] == "brand_food"
-    with pytest.raises(rec.UnknownNameError, match="it is a influencer"):
+    with pytest.raises(rec.UnknownNameError, match=r"\(it is an influencer\)"):
         rec.recommend(run, "infl_watch")
     with pytest.raises(rec.UnknownNameError, match="infl_nobody"):
         rec.recommend(run, "brand_food", candidates=["infl_nobody"])

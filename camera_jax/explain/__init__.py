@@ -11,6 +11,8 @@ Modules:
   matching and exact profile matching).
 * :mod:`camera_jax.explain.recommend` -- ranked recommendations for a known
   brand or for a brand the model has never seen, as a table, JSON or CSV.
+* :mod:`camera_jax.explain.names` -- account ids as a user gives them: an unknown id, or a
+  brand where an influencer is wanted (or the reverse), refused in one line.
 * :mod:`camera_jax.explain.report` -- a static, self-contained HTML report
   (metrics, loss curves, case studies with charts and posts).
 

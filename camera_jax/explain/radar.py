@@ -44,6 +44,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from camera_jax.explain import names
+
 __all__ = [
     "radar_chart",
     "save_figure",
@@ -203,14 +205,8 @@ def save_figure(fig: Figure, path_stem: str | pathlib.Path, *, dpi: int = 120) -
     return [png, svg]
 
 
-def _row(run: Any, account_id: str) -> int:
-    index = run.account_index
-    if account_id not in index:
-        import difflib
-
-        close = difflib.get_close_matches(str(account_id), list(index), n=5, cutoff=0.0)
-        raise KeyError(f"unknown account {account_id!r}; closest known ids: {', '.join(close)}")
-    return int(index[account_id])
+def _row(run: Any, account_id: str, kind: str | None = None) -> int:
+    return names.account_row(run, account_id, kind)
 
 
 def account_concepts(run: Any, account_id: str, top: int = 10) -> tuple[list[str], np.ndarray]:
@@ -262,16 +258,12 @@ def pair_concepts(run: Any, brand_id: str, influencer_id: str) -> dict[str, Any]
     Returns a dict with ``brand_names``, ``w_b`` (over the brand's top-K
     concepts, in ``run.top_idx`` order), ``influencer_names``, ``w_m`` and the
     pair's scores ``S``, ``S_con``, ``S_ed``, ``S_in`` as floats.
+
+    Raises:
+      names.UnknownNameError (a KeyError): an unknown id, or the roles swapped.
     """
-    b = _row(run, brand_id)
-    m = _row(run, influencer_id)
-    kinds = {a.id: a.kind for a in getattr(getattr(run, "dataset", None), "accounts", ())}
-    named = {"brand": "a brand", "influencer": "an influencer"}
-    for given, want in ((brand_id, "brand"), (influencer_id, "influencer")):
-        kind = kinds.get(given, want)   # an account added with run.add_account is not checked
-        if kind != want:
-            raise KeyError(f"{given!r} is {named.get(kind, kind)}, not {named[want]}: "
-                           "pair_charts(run, BRAND_ID, INFLUENCER_ID)")
+    b = _row(run, brand_id, names.BRAND)   # the roles swapped are refused (UnknownNameError)
+    m = _row(run, influencer_id, names.INFLUENCER)
     out = run.score(np.asarray([b], dtype=np.int64), np.asarray([m], dtype=np.int64))
     return {**supported_weights(run, b, np.asarray(out["w_b"], dtype=np.float64)[0], "brand", "w_b"),
             **supported_weights(run, m, np.asarray(out["w_m"], dtype=np.float64)[0],

@@ -38,7 +38,6 @@ a fixed-width text table.
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 import math
@@ -48,6 +47,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from camera_jax import strict_json
+from camera_jax.explain import names
+from camera_jax.explain.names import UnknownNameError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -62,50 +63,16 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
-_BRAND = "brand"
-_INFLUENCER = "influencer"
+_BRAND = names.BRAND
+_INFLUENCER = names.INFLUENCER
 _CSV_COLUMNS = (
     "rank", "brand", "influencer", "category", "S", "S_con", "S_ed", "S_in", "known_partner",
     "brand_concepts", "influencer_concepts",
 )  # fmt: skip
 
 
-class UnknownNameError(LookupError):
-    """An id that the run does not know; the message is one line naming the closest known ids.
-
-    Attributes:
-      name: the unknown id.
-      closest: up to 5 closest known ids (difflib).
-    """
-
-    def __init__(self, what: str, name: str, known: Sequence[str], note: str = ""):
-        self.name = name
-        self.closest = difflib.get_close_matches(str(name), list(known), n=5, cutoff=0.0)
-        msg = f"unknown {what} {name!r}{note}"
-        msg += f"; closest known ids: {', '.join(self.closest)}" if self.closest else "; none known"
-        super().__init__(msg)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
 def _accounts(run: Any) -> dict[str, Any]:
     return {a.id: a for a in run.dataset.accounts}
-
-
-def _brand_ids(run: Any, accounts: Mapping[str, Any]) -> list[str]:
-    """Brands the run can score: dataset brands plus accounts added after loading."""
-    return [i for i in run.account_index if i not in accounts or accounts[i].kind == _BRAND]
-
-
-def _check_kind(run: Any, accounts: Mapping[str, Any], account_id: str, kind: str,
-                known: Sequence[str]) -> None:
-    """Raises UnknownNameError unless the run knows ``account_id`` and it is not another kind."""
-    if account_id not in run.account_index:
-        raise UnknownNameError(kind, account_id, known)
-    if account_id in accounts and accounts[account_id].kind != kind:
-        raise UnknownNameError(kind, account_id, known,
-                               note=f" (it is a {accounts[account_id].kind})")
 
 
 def _default_candidates(run: Any, accounts: Mapping[str, Any]) -> list[str]:
@@ -147,15 +114,13 @@ def recommend(
         or an unknown candidate id (or a brand id given as candidate).
     """
     accounts = _accounts(run)
-    brands = _brand_ids(run, accounts)
-    _check_kind(run, accounts, brand_id, _BRAND, brands)
+    names.account_row(run, brand_id, _BRAND)
     if candidates is None:
         cands = _default_candidates(run, accounts)
     else:
         cands = [str(c) for c in candidates]
-        influencers = [a.id for a in run.dataset.accounts if a.kind == _INFLUENCER]
         for c in cands:
-            _check_kind(run, accounts, c, _INFLUENCER, influencers)
+            names.account_row(run, c, _INFLUENCER)
     cands = [c for c in dict.fromkeys(cands) if c != brand_id]
     if not cands:
         return []
