@@ -154,3 +154,11 @@ def test_two_processes_share_an_image_stage_like_one_process(tiny_run, tiny_data
   multi = _losses(copy / "train_log.jsonl", "cosmic")
   assert [e for e, _ in multi] == [e for e, _ in single] == list(range(1, cfg.cosmic_epochs + 1))
   np.testing.assert_allclose([l for _, l in multi], [l for _, l in single], rtol=1e-4)
+  # the held-out predictions (predict_all), each process decoding its half of every batch and
+  # the outputs gathered by row: the single process's agreement of z with z'
+  got, want = (json.loads((w / "concepts" / "cosmic.json").read_text())["held_out"]
+               for w in (copy, workdir))
+  print("cosmic.json held_out:", got, want)
+  assert got.keys() == want.keys()
+  for key in want:
+    assert got[key] == pytest.approx(want[key], abs=0.02), key

@@ -171,20 +171,24 @@ def predict_all(*, model_outputs: Callable[[Any], np.ndarray], state: trainer.Tr
   """Runs the model over the given data-source records; returns outputs [n_rows, width] by row.
 
   ``model_outputs(outputs) -> array [B, width]`` picks what to keep from the model's outputs;
-  ``input_threads`` as :class:`ImageStageConfig`'s.
+  ``input_threads`` as :class:`ImageStageConfig`'s. Several processes: each reads and decodes
+  only its slice of every global batch (``ImageBatches(part=...)``), as in training; the
+  outputs, rows and mask are gathered, so every process returns the whole array.
   """
   _, predict = make_image_steps(lambda o, b: jnp.zeros(()), 0.0)
   batch_size = sharding.round_up(batch_size, mesh.devices.size)
+  part = ((batch_size, jax.process_index(), jax.process_count()) if jax.process_count() > 1
+          else None)
   out = np.zeros((n_rows, width), dtype)
   for batch in input_pipeline.ImageBatches(source, batch_size, image_size, shuffle=False,
                                             seed=0, epoch=0, augment=False, indices=indices,
                                             num_threads=input_threads, prefetch=input_threads > 0,
-                                            dtype=np.uint8):
-    images = sharding.shard_batch(sharding.process_local({"image": batch["image"]}), mesh)["image"]
-    values = sharding.to_host(model_outputs(predict(state, images)))
-    values = values[: len(batch["mask"])]
-    keep = batch["mask"]
-    out[batch["row"][keep]] = values[keep]
+                                            dtype=np.uint8, part=part):
+    local = {k: batch[k] for k in ("image", "row", "mask")}
+    dev = sharding.shard_batch(local if part else sharding.process_local(local), mesh)
+    values, rows, keep = sharding.to_host(
+        (model_outputs(predict(state, dev["image"])), dev["row"], dev["mask"]))
+    out[rows[keep]] = values[keep]
   return out
 
 
