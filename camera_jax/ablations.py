@@ -6,7 +6,7 @@ label is an input; the endorsement input of every test pair is the label-free E(
 
 * ``CAMERA``: a full pipeline run (``pipeline.train_and_evaluate``) in ``SEED_DIR/camera``.
 * ``RAND``, ``POP``, ``ENG``, ``MIV``, ``CONTENT``: the label-free baselines of
-  ``camera_jax.baselines``, from the CAMERA run's dataset, engagement features and w_a.
+  ``camera_jax.baselines`` (RAND and MIV the paper's; POP, ENG and CONTENT not in the paper), from the CAMERA run's dataset, engagement features and w_a.
 * ``C-w/o-SI``: ``semantic=False`` (z' = the normalised multi-hot h, no semantic attention), which
   changes z', hence COSMIC's U_C (retrained), w_a and the ranker. The concept generator's h and
   Word2Vec are those of the CAMERA run (copied: the ablation changes nothing upstream of z').

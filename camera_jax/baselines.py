@@ -1,4 +1,7 @@
-"""Label-free baselines of the paper (IV-E): RAND, POP, ENG, MIV and CONTENT.
+"""Label-free baselines: the paper's RAND and MIV (IV-E), and POP, ENG and CONTENT (ours).
+
+POP (followers), ENG (engagement rate) and CONTENT (w_a cosine) are not in the paper; they are
+this project's sanity checks of the single signals CAMERA combines.
 
 Every baseline is a pure function ``f(pairs, features, rng=None) -> scores``
 with no label argument, so it cannot see which pairs cooperated:

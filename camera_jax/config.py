@@ -2,7 +2,10 @@
 
 ``experiments/train.py`` maps absl flags one-to-one onto these fields (same names), so
 ``--epochs=40`` sets ``Config.epochs``.  Library code receives a ``Config``; it never reads flags.
-Defaults are the paper's (IV-B) where the paper gives a value, the authors' code where it is silent.
+Defaults are the paper's (IV-B) where the paper gives a value, the authors' code where it is silent,
+with these exceptions (docs/deviations.md; ``experiments/configs/paper.flags`` sets the paper's and
+the authors' values): 64 px images (the authors' 224), and COSMIC without the authors' L1 and
+learning-rate decay but with the same image augmentation as the concept generator.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ class Config:
   # Data.
   data_dir: str = ""                 # a format-v1 directory; empty: generate a synthetic preset
   preset: str = "tiny"               # synthetic preset when data_dir is empty: tiny|small|paper
-  image_size: int = 64               # side of the images fed to both CNNs (paper: 224)
+  image_size: int = 64               # side of the images fed to both CNNs (the authors': 224; the paper names none)
   seed: int = 0                      # one seed for everything (split, init, data order, negatives)
   check_images: bool = True          # the validator decodes every image (false: images are only stat'ed; a missing one stops the run before any work, an undecodable one when first read, each in one FILE:LINE line)
 
@@ -49,7 +52,8 @@ class Config:
   input_threads: int = 0             # image-decoding threads per process, batches prepared ahead; 0: one per CPU core (at most 4)
   image_cache_gb: float = 8.0        # keep a split's images decoded on disk (uint8, under tfds/) when that takes at most this many GB; 0: decode every epoch
 
-  # COSMIC (paper III-B; authors: batch 32, 25 epochs, Adam 1e-3, L1 0.001).
+  # COSMIC (paper III-B; authors: batch 32, 25 epochs, Adam 1e-3, L1 0.001; the defaults keep no
+  # L1 and no decay, paper.flags sets the authors').
   d_u: int = 100                     # length of a concept representation u_i (COSMIC's U_C columns)
   cosmic_epochs: int = 25            # COSMIC training epochs
   cosmic_batch_size: int = 32        # COSMIC images per step

@@ -404,7 +404,7 @@ def word2vec_stage(cfg: Config, dataset: format_lib.Dataset, workdir: pathlib.Pa
   cos = text_lib.mean_concept_cosine(embedder.embed_concepts(dataset.concepts))
   if cos > text_lib.UNTRAINED_COSINE:
     logging.warning("Word2Vec barely trained: the concept embeddings' mean cosine is %.3f, so the "
-                    "semantic attention (eq. 2) hardly changes z' from the normalised h; raise "
+                    "semantic attention (after eq. 2) hardly changes z' from the normalised h; raise "
                     "--w2v_epochs (now %d) and retrain from a new --workdir", cos, cfg.w2v_epochs)
   return embedder
 

@@ -4,7 +4,7 @@ r"""The main job: the whole CAMERA method end to end.
   python experiments/train.py --flagfile=experiments/configs/paper.flags --data_dir=DIR
 
 Without --data_dir it generates the synthetic preset (--preset) into the work directory.
-Bad input stops in one line before any work (exit 1). When the run completes but its HTML
+Bad input stops before any work (exit 1), one line per problem (FILE:LINE: field: what). When the run completes but its HTML
 report cannot be written, the results are printed, one line says why, and the exit status is 1.
 """
 

@@ -156,7 +156,7 @@ def mean_concept_cosine(l: np.ndarray) -> float:
     left out); NaN with fewer than two.
 
     Word2Vec that has barely trained leaves every vector near its common drift direction: the
-    cosines are then all close to 1, and the semantic attention (t . l) o h of eq. 2 hardly differs
+    cosines are then all close to 1, and the semantic attention (t . l) o h (after eq. 2) hardly differs
     between a post's concepts, so z' is about h / |h|. On the tiny preset 10 epochs gave a mean of
     0.99 and 100 epochs a spread of cosines (docs/deviations.md).
 

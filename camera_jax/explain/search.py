@@ -37,19 +37,22 @@ Keywords outside the Word2Vec vocabulary (fallbacks, reported per keyword in
 each result's ``keywords`` entry as ``method``):
 
 1. ``"word2vec"`` -- at least one of the keyword's tokens has a word vector.
-2. ``"concept_string"`` -- otherwise, a keyword that equals a concept name
+2. ``"closest_word"`` for a plural of a vocabulary word (``burgers``,
+   ``dresses``, ``berries``: ``-s``, ``-es``, ``-ies`` -> ``-y`` taken off):
+   that word's similarities (``word`` names it).
+3. ``"concept_string"`` -- otherwise, a keyword that equals a concept name
    (similarity 1), or is a substring/prefix of a concept name or token, or
-   contains a concept token (``"watches"`` contains ``"watch"``; both at least
-   3 characters), matches that concept with similarity
+   contains a concept token (``"smartwatch"`` contains ``"watch"``; both at
+   least 3 characters), matches that concept with similarity
    ``difflib.SequenceMatcher(None, keyword, s).ratio()`` (best over the name
    and its tokens).
-3. ``"closest_word"`` -- otherwise the keyword is mapped to the closest
+4. ``"closest_word"`` -- otherwise the keyword is mapped to the closest
    Word2Vec vocabulary word by character similarity
    (``difflib.get_close_matches(keyword, vocabulary, n=1, cutoff=0.75)``:
    typos such as ``wristwach`` -> ``wristwatch``; the high cutoff avoids
    mapping ``watch`` to ``with``) and that word's similarities are used
    (``word`` names it).
-4. ``"unmatched"`` -- nothing found; the keyword contributes 0.
+5. ``"unmatched"`` -- nothing found; the keyword contributes 0.
 
 If the query as a whole scores 0 for every influencer (every keyword
 unmatched, or only negative cosines), every keyword falls back to

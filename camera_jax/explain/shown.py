@@ -1,8 +1,8 @@
 """Which of an account's top-K concepts the explanations show.
 
-An account with fewer than K concepts of z' sum > 0 (eq. 5) has its K slots of ``top_idx`` filled
-with others (``tables.top_mask`` False). The BCAM attention masks them out (their w_b / w_m are
-0) and their w_a is the account's smallest; the recommendations' concept lists, the radar charts
+An account whose history posts show fewer than K concepts (h = 1 in some post,
+``pipeline.account_shown``) has its K slots of ``top_idx`` filled with others
+(``tables.top_mask`` False). The BCAM attention masks them out (their w_b / w_m are 0) and their w_a is the account's smallest; the recommendations' concept lists, the radar charts
 and the search labels leave them out rather than show a food influencer's "car 0".
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 
 
 def shown_concepts(run: Any, row: int) -> np.ndarray:
-  """[K] bool: which of ``run.top_idx[row]`` the account's posts show. An account with fewer
-  than K concepts of z' sum > 0 has its K slots filled with others (``tables.top_mask`` False):
+  """[K] bool: which of ``run.top_idx[row]`` the account's posts show. An account whose posts
+  show fewer than K concepts (``pipeline.account_shown``) has its K slots filled with others (``tables.top_mask`` False):
   the attention masks them out (their w_b / w_m are 0), and neither the charts, the
   recommendations' concept lists nor the search labels show them as the account's. A run
   object without a mask (``tables.top_mask``), or an account none of whose slots its posts

@@ -1,7 +1,8 @@
 """Trainers of the concept layer: the concept generator (paper IV-D) and COSMIC (paper III-B).
 
 Both are image models trained on batches streamed from the TFDS data source
-(``camera_jax.data.input_pipeline.ImageBatches``): decoding and augmentation happen on the host,
+(``camera_jax.data.input_pipeline.ImageBatches``): decoding happens on the host (augmentation's
+random shifts are drawn there too and applied inside the jitted step, ``augmentation.apply_shifts``);
 the jitted step sees uint8 image batches (a quarter of float32's bytes; the encoder converts them
 to [0, 1] on the device, ``models.visual.unit_pixels``) sharded over the ``data`` axis of a mesh
 of all devices; the last partial batch is padded and masked.  One orbax checkpoint is written per epoch
