@@ -29,10 +29,10 @@ name                per-triplet term / reduction                              de
 ``hinge``           ``max(s_neg - s_pos + margin, 0)`` (optionally squared),  margin=1.0,
                     summed over a positive's negatives, mean over positives   squared=False
 ``bpr``             ``-log sigmoid(s_pos - s_neg)``, mean over valid triplets
-``infonce``         ``-log softmax([s_pos, s_neg...] / T)[0]``, mean over     T=1.0
-                    positives
-``approx_ndcg``     ``1 - 1/log2(1 + approx_rank(pos))`` (ApproxNDCG with a   T=1.0
-                    single relevant item), mean over positives
+``infonce``         ``-log softmax([s_pos, s_neg...] / T)[0]``, mean over     temperature
+                    positives                                                =1.0
+``approx_ndcg``     ``1 - 1/log2(1 + approx_rank(pos))`` (ApproxNDCG with a   temperature
+                    single relevant item, temperature T), mean over positives =1.0
 =================== ======================================================== ==========
 
 Add a loss with one function and one line (see ``docs/adding-a-loss.md``)::
@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -235,10 +236,16 @@ def check(name: str, hparams: Mapping[str, Any] | None = None, *, evaluate: bool
 
 
 def _positive(name: str, value: Any) -> None:
-    """Raises ValueError unless a Python number ``value`` is finite and > 0 (traced values
-    pass): an infinite temperature would leave every score's gradient 0."""
-    if isinstance(value, (int, float)) and not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
+    """Raises ValueError unless a number ``value`` (Python or numpy) is finite and > 0 (traced
+    values pass): an infinite temperature would leave every score's gradient 0.
+
+    >>> _positive("temperature", np.float32(0.0))
+    Traceback (most recent call last):
+    ...
+    ValueError: temperature must be > 0 and finite, got 0.0
+    """
+    if isinstance(value, numbers.Real) and not 0 < float(value) < float("inf"):
+        raise ValueError(f"{name} must be > 0 and finite, got {float(value)!r}")
 
 
 def parse_hparams(name: str, spec: str) -> dict[str, Any]:
@@ -277,6 +284,9 @@ def parse_hparams(name: str, spec: str) -> dict[str, Any]:
                              f"(it has: {', '.join(sorted(accepted)) or 'none'})")
         default = accepted[key]
         kind = _hparam_type(name, key, default)
+        if kind not in (bool, int, float, str):   # a tuple, an array: no text form (items split at ",")
+            raise ValueError(f"{item!r}: {key} defaults to a {kind.__name__} ({default!r}); "
+                             "--loss_hparams sets bool, int, float and str settings only")
         try:
             if kind is bool:
                 if text.lower() not in ("true", "false"):
@@ -323,7 +333,9 @@ def sanitize(pos: jax.Array, neg: jax.Array, where: jax.Array) -> tuple[jax.Arra
 
     Returns ``(pos [B], neg [B, N], where [B, N] bool, row [B] bool)`` where ``row`` is
     True for a positive with at least one valid negative. Replacing masked scores before
-    any arithmetic keeps NaN/inf padding out of both value and gradient.
+    any arithmetic keeps NaN/inf padding out of both value and gradient. ``where`` has ``neg``'s
+    shape [B, N], or is a row mask [B] (every negative of a row valid or not); any other shape
+    raises ValueError, so that no loss counts a broadcast mask's entries as its own.
 
     >>> p, n, w, r = sanitize(jnp.array([1.0, jnp.nan]), jnp.array([[2.0, jnp.inf], [jnp.nan, 3.0]]),
     ...                       jnp.array([[True, False], [False, False]]))
@@ -331,6 +343,12 @@ def sanitize(pos: jax.Array, neg: jax.Array, where: jax.Array) -> tuple[jax.Arra
     ([1.0, 0.0], [[2.0, 0.0], [0.0, 0.0]], [True, False])
     """
     where = jnp.asarray(where, dtype=bool)
+    shape = jnp.shape(neg)
+    if where.shape == shape[:1] and len(shape) == 2:
+        where = jnp.broadcast_to(where[:, None], shape)
+    elif where.shape != shape:
+        raise ValueError(f"where has shape {where.shape}: expected neg's {shape} or a row mask "
+                         f"{shape[:1]}")
     row = jnp.any(where, axis=-1)
     pos = jnp.where(row, jnp.asarray(pos, jnp.float32), 0.0)
     neg = jnp.where(where, jnp.asarray(neg, jnp.float32), 0.0)

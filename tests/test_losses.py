@@ -105,6 +105,28 @@ def test_loss_hparams_are_read_by_their_annotations(monkeypatch: pytest.MonkeyPa
     assert losses.parse_hparams("hinge", "margin=2")["margin"] == 2.0   # unchanged for the built-ins
 
 
+def test_a_setting_without_a_text_form_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--loss_hparams splits items at commas, so a tuple default has no text form: refused in one
+    line naming the setting, not handed to the loss as a string."""
+    monkeypatch.setattr(losses, "REGISTRY", dict(losses.REGISTRY))
+
+    @losses.register("weighted")
+    def weighted(pos, neg, where, *, weights=(1.0, 2.0)):
+        return jnp.zeros(())
+
+    with pytest.raises(ValueError, match=re.escape(
+            "'weights=3': weights defaults to a tuple ((1.0, 2.0)); --loss_hparams sets bool, "
+            "int, float and str settings only")):
+        losses.parse_hparams("weighted", "weights=3")
+
+
+def test_a_numpy_temperature_is_range_checked_like_a_python_float() -> None:
+    for bad in (np.float32(0.0), np.float64(-1.0), np.inf):
+        with pytest.raises(ValueError, match="temperature must be > 0 and finite"):
+            losses.get_loss("infonce", temperature=bad)(POS, NEG, WHERE)
+    assert np.isfinite(float(losses.get_loss("infonce", temperature=np.float32(2.0))(POS, NEG, WHERE)))
+
+
 def test_check_reports_a_failing_loss_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(losses, "REGISTRY", dict(losses.REGISTRY))
 
@@ -146,6 +168,19 @@ def test_hinge_is_n_times_triplet_without_padding() -> None:
     t = losses.triplet(pos, neg, where, margin=1.0)
     h = losses.hinge(pos, neg, where, margin=1.0)
     np.testing.assert_allclose(float(h), 3 * float(t), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(losses.REGISTRY))
+def test_a_row_mask_is_its_broadcast_and_a_column_mask_is_refused(name: str) -> None:
+    """where [B] masks whole rows (its broadcast over the negatives); [B, 1] would broadcast to
+    [B, N] inside the arithmetic while the losses count its B entries: refused."""
+    fn = losses.get_loss(name)
+    rows = np.array([True, False])
+    np.testing.assert_allclose(float(fn(POS, NEG, rows)),
+                               float(fn(POS, NEG, np.broadcast_to(rows[:, None], NEG.shape))),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match=r"where has shape \(2, 1\): expected neg's \(2, 3\)"):
+        fn(POS, NEG, np.ones((2, 1), bool))
 
 
 @pytest.mark.parametrize("name", sorted(losses.REGISTRY))
