@@ -212,7 +212,7 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
   batch brand among them, padding rows aside); grouped, one psi dropout mask per brand and
   step, and psi once per brand when a batch has more triplets (:func:`brand_table`). A batch
   whose unmasked rows hold a brand not in ``brands`` would score another brand's features: its
-  step is skipped instead (the loss is NaN, so the guard keeps the state) and the metric
+  step is skipped instead (its loss is reported as NaN, so the guard keeps the state) and the metric
   ``unlisted_brands`` counts those rows, which :func:`trainer.check_finite` reports by name.
   """
   grouped = model is None if grouped is None else grouped
@@ -252,8 +252,6 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
       if observed and cfg.use_interaction:  # the paper's form: a negative pair has S_ed = 0,
         neg = jnp.zeros_like(neg)           # hence S = 0 (eq. 18); C-w/o-MR has no S_ed: S = S_con
       rank_loss = loss_fn(pos, neg, where)
-      if unlisted is not None:           # NaN: the guard skips the step (no gradient flows)
-        rank_loss = jnp.where(unlisted > 0, jnp.nan, rank_loss)
       total = rank_loss + cfg.l1 * trainer.l1_penalty(params) if cfg.l1 else rank_loss
       return total, rank_loss
 
@@ -262,6 +260,8 @@ def make_train_step(cfg: RankerConfig, model: RankerModel | None = None, *,
     # per step, the gradients through the parameters once per epoch (train_ranker's
     # check_finite): a pass over 3 M gradients is 10 % of a batch-8 step.
     grads, rank_loss = jax.grad(objective, has_aux=True)(state.params)
+    if unlisted is not None:   # NaN: the guard skips the step (its gradients are never applied)
+      rank_loss = jnp.where(unlisted > 0, jnp.nan, rank_loss)
     new_state, bad = trainer.guarded_update(state, grads, rank_loss, check_grads=False)
     rows = jnp.sum(batch["mask"].astype(jnp.float32))
     metrics = {"loss": rank_loss * rows, "rows": rows, "nonfinite": bad}
