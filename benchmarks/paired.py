@@ -109,7 +109,8 @@ def throughputs(report: dict[str, Any], side: str) -> dict[str, float]:
 
 
 def order(round_index: int) -> tuple[str, str]:
-  """The sides' order in a round: authors first in even rounds, ours first in odd ones.
+  """The sides' order in a round (``round_index`` from 0): authors first at even indices, that
+  is in the printed rounds 1, 3, ..., ours first in rounds 2, 4, ....
 
   >>> [order(i)[0] for i in range(4)]
   ['authors', 'ours', 'authors', 'ours']

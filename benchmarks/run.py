@@ -748,7 +748,7 @@ class Bench:
                        if variant == "pairs path (CAMERA.__call__)"
                        else ranker.pair_chunk(cfg, len(b), self.mesh)),
              "output_mb": out["S"].nbytes / 2 ** 20}
-    if variant == "ours":
+    if variant not in ("pairs path (CAMERA.__call__)", "op by op"):   # the jitted scorer
       extra["jit_cache_size"] = {"concept_parts": int(scorer.concept_parts._cache_size()),
                                  "account_parts": int(scorer.account_parts._cache_size()),
                                  "pair_scores": int(scorer.pair_scores._cache_size())}

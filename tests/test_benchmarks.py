@@ -71,7 +71,10 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
   cat = next(r for r in report["results"]
              if r["path"] == "catalogue_scoring" and r["variant"] == "ours")
   assert cat["items_per_call"] == 74 * 797 and cat["rss_peak_mb"] is not None
-  assert cat["jit_cache_size"] == {"concept_parts": 1, "account_parts": 1, "pair_scores": 1}
+  cat16 = next(r for r in report["results"]          # the bfloat16 scorer is checked too
+               if r["path"] == "catalogue_scoring" and r["variant"] == "bf16")
+  for r in (cat, cat16):
+    assert r["jit_cache_size"] == {"concept_parts": 1, "account_parts": 1, "pair_scores": 1}
   ref = next(r for r in report["results"] if r["path"] == "catalogue_scoring_op_by_op")
   assert ref["max_abs_diff_vs_ours"] < 1e-3       # op by op == jitted (the same algebra)
   assert ref["max_abs_diff_vs_call"] < 1e-3       # the fast algebra == CAMERA.__call__
