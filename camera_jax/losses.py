@@ -19,9 +19,9 @@ the batch is sharded or not.
 
 The registry (names are what ``--loss`` accepts):
 
-=================== ======================================================== ==========
+=================== ======================================================== ============
 name                per-triplet term / reduction                              defaults
-=================== ======================================================== ==========
+=================== ======================================================== ============
 ``triplet``         ``max(s_neg - s_pos + margin, 0)`` (paper eq. 19),       margin=7.0
                     mean over valid triplets
 ``triplet_authors`` same term; sum / (#triplets with positive loss + 1e-16)   margin=7.0
@@ -30,10 +30,10 @@ name                per-triplet term / reduction                              de
                     summed over a positive's negatives, mean over positives   squared=False
 ``bpr``             ``-log sigmoid(s_pos - s_neg)``, mean over valid triplets
 ``infonce``         ``-log softmax([s_pos, s_neg...] / T)[0]``, mean over     temperature
-                    positives                                                =1.0
+                    positives (T: the temperature)                           =1.0
 ``approx_ndcg``     ``1 - 1/log2(1 + approx_rank(pos))`` (ApproxNDCG with a   temperature
-                    single relevant item, temperature T), mean over positives =1.0
-=================== ======================================================== ==========
+                    single relevant item), mean over positives               =1.0
+=================== ======================================================== ============
 
 Add a loss with one function and one line (see ``docs/adding-a-loss.md``)::
 
