@@ -9,9 +9,9 @@ closest known ids, never scored as a pair the model was not trained on.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-__all__ = ["BRAND", "INFLUENCER", "UnknownNameError", "account_row"]
+__all__ = ["BRAND", "INFLUENCER", "UnknownNameError", "account_row", "dataset_accounts"]
 
 BRAND = "brand"
 INFLUENCER = "influencer"
@@ -45,18 +45,25 @@ def _article(kind: str) -> str:
     return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
 
 
-def account_row(run: Any, account_id: str, kind: str | None = None) -> int:
+def dataset_accounts(run: Any) -> dict[str, Any]:
+    """The run's dataset accounts by id (none for a run object without a dataset)."""
+    return {a.id: a for a in getattr(getattr(run, "dataset", None), "accounts", ())}
+
+
+def account_row(run: Any, account_id: str, kind: str | None = None,
+                accounts: Mapping[str, Any] | None = None) -> int:
     """The row of ``account_id`` in the run's tables (``run.account_index``).
 
     ``kind`` (``BRAND`` or ``INFLUENCER``): the dataset account must be of that kind; an account
     added after loading (``run.add_account``) has none recorded and is taken as asked. The known
     ids named on an error are the run's accounts of that kind (every account without ``kind``).
+    ``accounts``: :func:`dataset_accounts` of the run, for a caller checking many ids.
 
     Raises:
       UnknownNameError: the run does not know ``account_id``, or it is of the other kind.
     """
     index = run.account_index
-    accounts = {a.id: a for a in getattr(getattr(run, "dataset", None), "accounts", ())}
+    accounts = dataset_accounts(run) if accounts is None else accounts
     given = accounts[account_id].kind if account_id in accounts else kind
     if account_id in index and (kind is None or given == kind):
         return int(index[account_id])

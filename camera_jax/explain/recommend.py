@@ -71,10 +71,6 @@ _CSV_COLUMNS = (
 )  # fmt: skip
 
 
-def _accounts(run: Any) -> dict[str, Any]:
-    return {a.id: a for a in run.dataset.accounts}
-
-
 def _default_candidates(run: Any, accounts: Mapping[str, Any]) -> list[str]:
     cands = list(getattr(run.dataset.split, "candidates", ()) or ())
     if not cands:
@@ -113,14 +109,14 @@ def recommend(
       UnknownNameError: unknown brand id (or an influencer id given as brand),
         or an unknown candidate id (or a brand id given as candidate).
     """
-    accounts = _accounts(run)
-    names.account_row(run, brand_id, _BRAND)
+    accounts = names.dataset_accounts(run)
+    names.account_row(run, brand_id, _BRAND, accounts)
     if candidates is None:
         cands = _default_candidates(run, accounts)
     else:
         cands = [str(c) for c in candidates]
         for c in cands:
-            names.account_row(run, c, _INFLUENCER)
+            names.account_row(run, c, _INFLUENCER, accounts)
     cands = [c for c in dict.fromkeys(cands) if c != brand_id]
     if not cands:
         return []

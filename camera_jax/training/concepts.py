@@ -98,6 +98,15 @@ def make_image_steps(loss_fn: Callable[[Any, dict[str, jax.Array]], jax.Array], 
           jax.jit(predict, compiler_options=options))
 
 
+def process_part(width: int) -> tuple[int, int, int] | None:
+  """``ImageBatches(part=...)`` of this process: in a multi-process run each process reads and
+  decodes only its slice of every global batch padded to ``width``; None in a single process
+  (its batch is the whole batch)."""
+  if jax.process_count() == 1:
+    return None
+  return width, jax.process_index(), jax.process_count()
+
+
 def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
                     targets: dict[str, np.ndarray],
                     loss_fn: Callable[[Any, dict[str, jax.Array]], jax.Array],
@@ -124,9 +133,7 @@ def fit_image_model(*, stage: str, model: Any, source: Any, indices: np.ndarray,
   train_step, _ = make_image_steps(loss_fn, cfg.l1)
   lr_fn = trainer.learning_rate_schedule(cfg.learning_rate, cfg.lr_decay, steps_per_epoch)
 
-  # Several processes: each reads and decodes only its slice of the padded global batch.
-  part = ((width, jax.process_index(), jax.process_count()) if jax.process_count() > 1
-          else None)
+  part = process_part(width)
   for epoch in range(start_epoch, cfg.epochs):
     batches = input_pipeline.ImageBatches(
         source, batch_size, cfg.image_size, shuffle=True, seed=cfg.seed, epoch=epoch,
@@ -178,15 +185,13 @@ def predict_all(*, model_outputs: Callable[[Any], np.ndarray], state: trainer.Tr
   """
   _, predict = make_image_steps(lambda o, b: jnp.zeros(()), 0.0)
   batch_size = sharding.round_up(batch_size, mesh.devices.size)
-  part = ((batch_size, jax.process_index(), jax.process_count()) if jax.process_count() > 1
-          else None)
+  part = process_part(batch_size)
   out = np.zeros((n_rows, width), dtype)
   for batch in input_pipeline.ImageBatches(source, batch_size, image_size, shuffle=False,
                                             seed=0, epoch=0, augment=False, indices=indices,
                                             num_threads=input_threads, prefetch=input_threads > 0,
                                             dtype=np.uint8, part=part):
-    local = {k: batch[k] for k in ("image", "row", "mask")}
-    dev = sharding.shard_batch(local if part else sharding.process_local(local), mesh)
+    dev = sharding.shard_batch({k: batch[k] for k in ("image", "row", "mask")}, mesh)
     values, rows, keep = sharding.to_host(
         (model_outputs(predict(state, dev["image"])), dev["row"], dev["mask"]))
     out[rows[keep]] = values[keep]
